@@ -1,0 +1,38 @@
+# Shared set-up steps for scripts/install, scripts/test and the benchmark (sourced, not run).
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "$0: run as root (the tests and most backends watch the kernel: sudo $0)" >&2
+        exit 2
+    fi
+}
+
+# tracefs is not always mounted (it was not on a fresh VM here): mount it where the kernel has it.
+ensure_tracefs() {
+    if [ ! -e /sys/kernel/tracing/events ] && grep -qw tracefs /proc/filesystems; then
+        mount -t tracefs nodev /sys/kernel/tracing || echo "warning: could not mount tracefs" >&2
+    fi
+}
+
+# apt_install PKG...: install the Debian packages that are missing (apt-get update once, only if needed).
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "== apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# python_env EXTRA: a virtualenv in .venv with proctap installed (editable) plus EXTRA; sets $PY.
+python_env() {
+    local spec="$1"
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+    fi
+    PY="$PWD/.venv/bin/python"
+    "$PY" -m pip install -q --disable-pip-version-check -e "$spec"
+}

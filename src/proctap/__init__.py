@@ -1,0 +1,72 @@
+"""proctap: know the moment a Linux task is created, exec'd or destroyed.
+
+>>> import proctap
+>>> with proctap.watch(events="exec,exit") as w:      # doctest: +SKIP
+...     for ev in w:
+...         print(ev.kind, ev.pid, ev)
+"""
+
+from __future__ import annotations
+
+from .backends import Availability, Backend, BackendConfig, Feature, choose_backend, probe_all
+from .errors import BackendUnavailable, DecodeError, ProctapError
+from .events import (
+    Accounting,
+    Comm,
+    Coredump,
+    Event,
+    EventKind,
+    Exec,
+    Exit,
+    Fork,
+    ForkFailed,
+    Gid,
+    Lost,
+    Origin,
+    Ptrace,
+    Sid,
+    TaskKey,
+    Uid,
+    decode_wait_status,
+)
+from .table import ProcessInfo, ProcessTable
+from .watcher import AsyncWatcher, Watcher, WatchStats, awatch, watch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Accounting",
+    "AsyncWatcher",
+    "Availability",
+    "Backend",
+    "BackendConfig",
+    "BackendUnavailable",
+    "Comm",
+    "Coredump",
+    "DecodeError",
+    "Event",
+    "EventKind",
+    "Exec",
+    "Exit",
+    "Feature",
+    "Fork",
+    "ForkFailed",
+    "Gid",
+    "Lost",
+    "Origin",
+    "ProcessInfo",
+    "ProcessTable",
+    "ProctapError",
+    "Ptrace",
+    "Sid",
+    "TaskKey",
+    "Uid",
+    "WatchStats",
+    "Watcher",
+    "__version__",
+    "awatch",
+    "choose_backend",
+    "decode_wait_status",
+    "probe_all",
+    "watch",
+]

@@ -1,0 +1,154 @@
+"""What a backend is: a source of :mod:`proctap.events` with a pollable file descriptor.
+
+A backend only produces events.  Filtering for the user, the process table, rendering: all of that consumes them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+from ..clock import proc_start_ns
+from ..events import EventKind
+
+__all__ = ["Availability", "Backend", "BackendConfig", "Feature", "StartTimes"]
+
+
+class Feature(str, Enum):
+    """What a backend can deliver; the conformance suite tests each backend for what it declares."""
+
+    FORK = "fork"  # Fork events for processes
+    THREADS = "threads"  # Fork/Exit events for threads, with is_thread
+    EXEC = "exec"  # Exec events
+    EXEC_FILENAME_KERNEL = "exec_filename_kernel"  # Exec.filename captured by the kernel (else read from /proc)
+    ARGV_KERNEL = "argv_kernel"  # Exec.argv captured by the kernel, with argc and argv_truncated
+    EXIT = "exit"  # Exit events
+    EXIT_STATUS = "exit_status"  # Exit.status / exit_code / signal for every exit
+    CORE_DUMPED = "core_dumped"  # Exit.core_dumped is reliable
+    FORK_FAILED = "fork_failed"  # ForkFailed events (sees the fork path's return value)
+    COMM = "comm"  # Comm events
+    CREDENTIALS = "credentials"  # Uid / Gid events
+    SID = "sid"  # Sid events
+    PTRACE = "ptrace"  # Ptrace events
+    COREDUMP = "coredump"  # Coredump events
+    LOSS_EXACT = "loss_exact"  # Lost events carry exact counts
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend works here; ``reason`` is one line saying why not (and what would make it work)."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """What the consumer wants; backends use it to filter in the kernel where they can.
+
+    ``events``: the kinds wanted (``Lost`` is always delivered).  ``root_pid``: only this process and its
+    descendants are wanted (a hint: backends may deliver more, the watcher filters exactly).  ``threads``: whether
+    thread Fork/Exit events are wanted.  ``buffer_bytes``: kernel buffer to ask for (None: the backend's default).
+    ``read_proc``: enrich events from /proc when the kernel does not say (argv, filename, comm).
+    ``argv_limit``: bytes of argv to capture where the backend captures argv itself.
+    """
+
+    events: frozenset[EventKind] = field(default_factory=lambda: frozenset(EventKind))
+    root_pid: int | None = None
+    threads: bool = True
+    buffer_bytes: int | None = None
+    read_proc: bool = True
+    argv_limit: int = 4096
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, name: str, default: str | None = None) -> str | None:
+        """A backend-specific option (``--backend-option NAME=VALUE`` on the command line)."""
+        for key, value in self.options:
+            if key == name:
+                return value
+        return default
+
+
+class Backend(abc.ABC):
+    """A source of events.  Open on construction; ``close()`` releases every kernel resource it made.
+
+    ``fileno()`` becomes readable when events may be ready; ``read_events()`` never blocks and returns what is
+    ready now (possibly nothing).  Backends are context managers.
+    """
+
+    name: ClassVar[str]
+    features: ClassVar[frozenset[Feature]]
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls) -> Availability:
+        """Whether this backend can work here, checked without leaving anything behind in the kernel."""
+
+    @abc.abstractmethod
+    def fileno(self) -> int: ...
+
+    @abc.abstractmethod
+    def read_events(self) -> list:  # type: ignore[type-arg]  # list[Event]
+        """Drain what is ready without blocking."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """Backend-specific counters (e.g. buffer size, kernel overruns); empty by default."""
+        return {}
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StartTimes:
+    """Process start times (ns since boot) by pid, learnt from Fork events or, failing that, from /proc.
+
+    Backends use it to fill ``Event.start_ns`` (the PID-reuse-safe key) and ``Exit.lifetime_ns``.
+    """
+
+    __slots__ = ("_starts",)
+
+    def __init__(self) -> None:
+        self._starts: dict[int, int] = {}
+
+    def started(self, pid: int, start_ns: int) -> None:
+        """A process started (its Fork event)."""
+        self._starts[pid] = start_ns
+
+    def get(self, pid: int) -> int | None:
+        """The start of a live process; looked up in /proc (and remembered) when its Fork was not seen."""
+        start = self._starts.get(pid)
+        if start is None:
+            start = proc_start_ns(pid)
+            if start is not None:
+                self._starts[pid] = start
+        return start
+
+    def ended(self, pid: int) -> int | None:
+        """A process ended: forget it and return its start."""
+        start = self._starts.pop(pid, None)
+        if start is None:
+            start = proc_start_ns(pid)
+        return start
+
+    def preload(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            self.get(pid)
+
+    def __len__(self) -> int:
+        return len(self._starts)

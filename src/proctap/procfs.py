@@ -1,0 +1,58 @@
+"""Reading what /proc tells about a task *after* an event (used to enrich events the kernel reports bare).
+
+Every function returns ``None`` when the task is gone or the file unreadable: /proc races with the task.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["read_argv", "read_comm", "read_exe", "read_ppid"]
+
+
+def read_argv(pid: int) -> tuple[str, ...] | None:
+    """argv of the process as a tuple (empty arguments kept, non-UTF-8 bytes as surrogate escapes).
+
+    An empty cmdline (kernel threads, zombies) gives ``None``.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if not data:
+        return None
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(os.fsdecode(arg) for arg in data.split(b"\0"))
+
+
+def read_exe(pid: int) -> str | None:
+    """The path of the executable (readlink of /proc/PID/exe)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def read_comm(pid: int, tid: int | None = None) -> str | None:
+    """The task's comm (at most 15 characters)."""
+    path = f"/proc/{pid}/comm" if tid is None or tid == pid else f"/proc/{pid}/task/{tid}/comm"
+    try:
+        with open(path, "rb") as f:
+            return os.fsdecode(f.read().rstrip(b"\n"))
+    except OSError:
+        return None
+
+
+def read_ppid(pid: int) -> int | None:
+    """The parent's pid, from /proc/PID/stat (field 4)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rfind(b")") + 2 :].split()[1])
+    except (IndexError, ValueError):
+        return None

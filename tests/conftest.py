@@ -1,0 +1,1 @@
+"""Shared fixtures: the tests run against the real kernel, as root."""
