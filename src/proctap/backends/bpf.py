@@ -1,0 +1,363 @@
+"""The eBPF backend: programs generated in Python from BTF offsets, events filled in the kernel at the moment of the
+event, delivered through one BPF ring buffer read by mmap.  No compiler, no BCC, no kernel headers.
+
+Backend options (``--backend-option NAME=VALUE``): ``uid=N`` only tasks whose current uid is N; ``cgroup_id=N`` only
+tasks in the cgroup v2 cgroup with that id (the inode number of its directory, ``stat -c %i``); ``wakeup_bytes=N``
+force a reader wakeup when more than N bytes are pending (default: half the ring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import time
+from typing import ClassVar
+
+from ..bpf import programs as progs
+from ..bpf import records as rec
+from ..bpf.btf import TYPEDEF, VMLINUX, vmlinux
+from ..bpf.insn import R0, Asm
+from ..bpf.ringbuf import RingBuffer
+from ..bpf.syscall import (
+    BPF_TRACE_RAW_TP,
+    BpfError,
+    MapType,
+    ProgType,
+    create_map,
+    load_program,
+    map_lookup,
+    map_update,
+    obj_info,
+    perf_event_open_tracepoint,
+    raw_tracepoint_open,
+)
+from ..clock import Clock
+from ..errors import BackendUnavailable, DecodeError, ProctapError
+from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin, decode_wait_status
+from .base import Availability, Backend, BackendConfig, Feature, StartTimes
+
+__all__ = ["BpfBackend"]
+
+DEFAULT_RING_BYTES = 8 << 20
+TRACKED_MAX = 1 << 16
+FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+MISSES_INTERVAL_S = 1.0
+_U64 = struct.Struct("=Q")
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs (per-CPU map values come in that many 8-byte slots)."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def _ring_size(requested: int | None) -> int:
+    size = max(requested or DEFAULT_RING_BYTES, os.sysconf("SC_PAGE_SIZE"))
+    return 1 << (size - 1).bit_length()
+
+
+def _int_option(config: BackendConfig, name: str) -> int | None:
+    value = config.option(name)
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise ProctapError(f"bpf option {name}={value!r} is not a number: give an integer") from None
+
+
+def _tracepoint_format(group: str, name: str) -> tuple[int, dict[str, int]] | None:
+    """(id, field offsets) of a classic tracepoint from tracefs, or None when tracefs is not mounted."""
+    for root in TRACEFS_ROOTS:
+        base = f"{root}/events/{group}/{name}"
+        try:
+            with open(f"{base}/id") as f:
+                tp_id = int(f.read())
+            with open(f"{base}/format") as f:
+                text = f.read()
+        except OSError:
+            continue
+        offsets = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line.startswith("field:"):
+                continue
+            parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
+            field_name = parts["field"].split()[-1].split("[")[0]
+            offsets[field_name] = int(parts["offset"])
+        return tp_id, offsets
+    return None
+
+
+def _unavailable_reason(exc: BpfError) -> str:
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return "needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run as root"
+    if exc.errno == errno.EINVAL:
+        return "the kernel lacks BPF ring buffers or BTF tracepoints (needs Linux >= 5.8 with CONFIG_DEBUG_INFO_BTF)"
+    if exc.errno == errno.ENOSYS:
+        return "the kernel has no bpf() syscall (CONFIG_BPF_SYSCALL off)"
+    return str(exc)
+
+
+class BpfBackend(Backend):
+    name: ClassVar[str] = "bpf"
+    description: ClassVar[str] = "eBPF programs on sched/task tracepoints, ring buffer (root, BTF)"
+    features: ClassVar[frozenset[Feature]] = frozenset(
+        {
+            Feature.FORK, Feature.THREADS, Feature.EXEC, Feature.EXEC_FILENAME_KERNEL, Feature.ARGV_KERNEL,
+            Feature.EXIT, Feature.EXIT_STATUS, Feature.CORE_DUMPED, Feature.FORK_FAILED, Feature.LOSS_EXACT,
+        }
+    )  # fmt: skip
+
+    @classmethod
+    def probe(cls) -> Availability:
+        if not os.path.exists(VMLINUX):
+            return Availability(False, f"no kernel BTF ({VMLINUX} missing: kernel built without CONFIG_DEBUG_INFO_BTF)")
+        fds: list[int] = []
+        try:
+            fds.append(create_map(MapType.RINGBUF, 0, 0, os.sysconf("SC_PAGE_SIZE"), "proctap_probe"))
+            a = Asm()
+            a.mov(R0, 0)
+            a.exit()
+            tp = vmlinux().find("btf_trace_sched_process_exec", TYPEDEF)
+            fds.append(load_program(ProgType.TRACING, a.assemble(), "proctap_probe",
+                                    expected_attach_type=BPF_TRACE_RAW_TP, attach_btf_id=tp))  # fmt: skip
+        except BpfError as exc:
+            reason = _unavailable_reason(exc)
+            with contextlib.suppress(OSError), open("/proc/sys/kernel/unprivileged_bpf_disabled") as f:
+                if os.geteuid() != 0 and f.read().strip() != "0":
+                    reason += " (kernel.unprivileged_bpf_disabled is set)"
+            return Availability(False, reason)
+        except (OSError, KeyError, DecodeError) as exc:
+            return Availability(False, f"cannot use the kernel BTF: {exc}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return Availability(True)
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self._fds: list[int] = []  # every kernel object, closed in reverse order
+        self._prog_fds: list[int] = []
+        self._ring: RingBuffer | None = None
+        self._closed = False
+        self._clock = Clock()
+        self._starts = StartTimes()
+        self._ncpus = possible_cpus()
+        self._lost_seen = [0] * self._ncpus
+        self._misses_seen = 0
+        self._misses_checked = 0.0
+        self._records = 0
+        self._decode_errors = 0
+        self._fork_syscalls: list[str] = []
+        self._notes: list[str] = []
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def _own(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def _open(self) -> None:
+        cfg = self.config
+        try:
+            layout = progs.Layout.from_btf(vmlinux())
+        except (OSError, KeyError, DecodeError) as exc:
+            raise BackendUnavailable(f"bpf: cannot read the kernel BTF ({exc}): use another backend") from None
+        ring_size = _ring_size(cfg.buffer_bytes)
+        wakeup = _int_option(cfg, "wakeup_bytes")
+        filters = progs.Filters(
+            tracked=cfg.root_pid is not None,
+            uid=_int_option(cfg, "uid"),
+            cgroup_id=_int_option(cfg, "cgroup_id"),
+            threads=cfg.threads,
+            wakeup_threshold=ring_size // 2 if wakeup is None else wakeup,
+        )
+        argv_limit = max(0, cfg.argv_limit)
+        try:
+            maps = progs.MapFds(
+                ringbuf=self._own(create_map(MapType.RINGBUF, 0, 0, ring_size, "proctap_ring")),
+                scratch=self._own(create_map(MapType.ARRAY, 4, progs.scratch_size(argv_limit), self._ncpus,
+                                             "proctap_scratch")),
+                lost=self._own(create_map(MapType.PERCPU_ARRAY, 4, 8, 1, "proctap_lost")),
+                tracked=self._own(create_map(MapType.HASH, 4, 8, TRACKED_MAX, "proctap_tracked"))
+                if filters.tracked else -1,
+            )  # fmt: skip
+            self._lost_fd = maps.lost
+            if cfg.root_pid is not None:
+                map_update(maps.tracked, struct.pack("=I", cfg.root_pid), _U64.pack(1))
+            self._ring = RingBuffer(maps.ringbuf, ring_size)
+            self._attach_all(layout, maps, filters, argv_limit)
+        except BpfError as exc:
+            detail = f"\n{exc.log}" if exc.log else ""
+            raise BackendUnavailable(f"bpf: {_unavailable_reason(exc)}{detail}") from None
+        except OSError as exc:
+            raise BackendUnavailable(f"bpf: {exc}") from None
+
+    def _attach_tp_btf(self, tracepoint: str, prog_name: str, code: bytes) -> None:
+        type_id = vmlinux().find(f"btf_trace_{tracepoint}", TYPEDEF)
+        fd = self._own(load_program(ProgType.TRACING, code, prog_name, expected_attach_type=BPF_TRACE_RAW_TP,
+                                    attach_btf_id=type_id))  # fmt: skip
+        self._prog_fds.append(fd)
+        self._own(raw_tracepoint_open(fd))
+
+    def _attach_all(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters, argv_limit: int) -> None:
+        kinds = self.config.events
+        if EventKind.FORK in kinds or filters.tracked:
+            self._attach_tp_btf("task_newtask", "proctap_fork", progs.fork_program(layout, maps, filters))
+        if EventKind.EXEC in kinds:
+            self._attach_tp_btf("sched_process_exec", "proctap_exec",
+                                progs.exec_program(layout, maps, filters, argv_limit))  # fmt: skip
+        if EventKind.EXIT in kinds or filters.tracked:
+            self._attach_tp_btf("sched_process_exit", "proctap_exit", progs.exit_program(layout, maps, filters))
+        if EventKind.FORK_FAILED in kinds:
+            self._attach_fork_failed(maps, filters)
+
+    def _attach_fork_failed(self, maps: progs.MapFds, filters: progs.Filters) -> None:
+        for index, syscall in enumerate(FORK_SYSCALLS):
+            fmt = _tracepoint_format("syscalls", f"sys_exit_{syscall}")
+            if fmt is None:
+                continue
+            tp_id, offsets = fmt
+            if "ret" not in offsets:
+                continue
+            code = progs.fork_failed_program(maps, filters, index, offsets["ret"])
+            fd = self._own(load_program(ProgType.TRACEPOINT, code, f"proctap_ff_{syscall}"))
+            self._prog_fds.append(fd)
+            self._own(perf_event_open_tracepoint(tp_id, fd))
+            self._fork_syscalls.append(syscall)
+        if not self._fork_syscalls:
+            self._notes.append("fork_failed unavailable: tracefs (syscalls/sys_exit_clone) not mounted")
+
+    # -- the Backend interface ---------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        if self._ring is None or self._closed:
+            raise ProctapError("the bpf backend is closed")
+        return self._fds[0]
+
+    def read_events(self) -> list[Event]:
+        ring = self._ring
+        if ring is None or self._closed:
+            return []
+        out: list[Event] = []
+        data = ring.data
+        convert = self._convert
+        for offset, length in ring.pending():
+            try:
+                record = rec.decode_record(data, offset, length)  # type: ignore[arg-type]
+            except DecodeError:
+                self._decode_errors += 1
+                continue
+            out.append(convert(record))
+        ring.release()
+        self._records += len(out)
+        self._check_lost(out)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        for fd in reversed(self._fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._prog_fds.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "records": self._records,
+            "lost": sum(self._lost_seen),
+            "recursion_misses": self._misses_seen,
+            "decode_errors": self._decode_errors,
+            "ring_bytes": 0 if self._ring is None else self._ring.size,
+            "fork_failed_syscalls": len(self._fork_syscalls),
+        }
+
+    # -- decoding ----------------------------------------------------------------------------------------------
+    def _convert(self, r: rec.Record) -> Event:
+        ts = r.ts
+        wall = self._clock.wall_time(ts)
+        if r.type == rec.TYPE_EXEC:
+            return Exec(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=r.start_ns,
+                filename=r.filename, argv=r.argv, argc=r.aux64, argv_truncated=r.argv_truncated, comm=r.comm,
+                parent_pid=r.ppid, uid=r.uid, gid=r.gid, cgroup_id=r.cgroup_id, filename_from=Origin.KERNEL,
+                argv_from=None if r.argv is None else Origin.KERNEL, comm_from=Origin.KERNEL,
+            )  # fmt: skip
+        if r.type == rec.TYPE_FORK:
+            is_thread = bool(r.aux64 & progs.CLONE_THREAD)
+            return Fork(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=r.start_ns,
+                parent_pid=r.tgid if is_thread else r.ppid, parent_tid=r.aux32, is_thread=is_thread,
+                clone_flags=r.aux64, comm=r.comm, uid=r.uid, gid=r.gid, cgroup_id=r.cgroup_id,
+            )  # fmt: skip
+        if r.type == rec.TYPE_EXIT:
+            status = decode_wait_status(r.aux32)
+            is_thread = not r.aux64
+            began = r.task_start_ns if is_thread else r.start_ns
+            return Exit(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=r.start_ns,
+                is_thread=is_thread, status=r.aux32 & 0xFFFF, exit_code=status.exit_code, signal=status.signal,
+                core_dumped=status.core_dumped, lifetime_ns=max(0, self._clock.since_boot(ts) - began),
+                parent_pid=r.ppid, comm=r.comm,
+            )  # fmt: skip
+        ret = r.aux64 - (1 << 64) if r.aux64 >= 1 << 63 else r.aux64
+        return ForkFailed(
+            source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=self._starts.get(r.tgid),
+            errno=-ret, syscall=FORK_SYSCALLS[r.aux32] if r.aux32 < len(FORK_SYSCALLS) else None, comm=r.comm,
+        )  # fmt: skip
+
+    # -- loss ----------------------------------------------------------------------------------------------------
+    def _lost_event(self, count: int, reason: str, cpu: int | None) -> Lost:
+        now = time.monotonic_ns()
+        return Lost(source="bpf", timestamp_ns=now, wall_time=self._clock.wall_time(now), pid=0, tid=0,
+                    count=count, reason=reason, cpu=cpu)  # fmt: skip
+
+    def _check_lost(self, out: list[Event]) -> None:
+        raw = map_lookup(self._lost_fd, b"\0\0\0\0", 8 * self._ncpus)
+        if raw is not None:
+            for cpu in range(self._ncpus):
+                total = _U64.unpack_from(raw, 8 * cpu)[0]
+                delta = total - self._lost_seen[cpu]
+                if delta > 0:
+                    self._lost_seen[cpu] = total
+                    out.append(self._lost_event(delta, "bpf ring buffer full", cpu))
+        now = time.monotonic()
+        if now - self._misses_checked >= MISSES_INTERVAL_S:
+            self._misses_checked = now
+            misses = self._recursion_misses()
+            if misses > self._misses_seen:
+                out.append(self._lost_event(misses - self._misses_seen, "bpf program skipped (recursion)", None))
+                self._misses_seen = misses
+
+    def _recursion_misses(self) -> int:
+        """Runs the kernel skipped because the program was already running on that CPU (bpf_prog_info)."""
+        try:
+            offset = vmlinux().member("bpf_prog_info", "recursion_misses").offset
+        except (KeyError, DecodeError):
+            return 0
+        total = 0
+        for fd in self._prog_fds:
+            info = obj_info(fd, offset + 8)
+            total += _U64.unpack_from(info, offset)[0]
+        return total

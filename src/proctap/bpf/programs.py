@@ -1,0 +1,369 @@
+"""proctap's BPF programs, generated for the running kernel from BTF offsets.
+
+* ``proctap_fork``: tp_btf ``task_newtask(task, clone_flags)``, the end of copy_process (kernel/fork.c): the child
+  is complete (pid, parent, start time, cgroup) and the clone flags are at hand.  Runs in the parent.
+* ``proctap_exec``: tp_btf ``sched_process_exec(task, old_pid, bprm)`` (fs/exec.c), after the new image is set up:
+  filename from bprm->filename, argc from bprm->argc, argv from the new mm's arg_start..arg_end.
+* ``proctap_exit``: tp_btf ``sched_process_exit(task[, group_dead])`` (kernel/exit.c do_exit), after
+  task->exit_code is set; group_dead from the argument (6.18+) or signal->live == 0.
+* ``proctap_ffail``: classic tracepoints ``syscalls/sys_exit_{clone,clone3,fork,vfork}`` with ret < 0.
+
+All write :mod:`records` into one ring buffer through a per-CPU scratch slot, with NO_WAKEUP unless the ring was
+empty (the first record after a drain wakes the reader) or more than half full.  A failed output increments a per-CPU
+loss counter.  Filters (pid subtree, uid, cgroup, threads) run before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import records as rec
+from .btf import Btf
+from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, Helper, Reg, W
+
+__all__ = ["FNAME_MAX", "Filters", "Layout", "MapFds", "exec_program", "exit_program", "fork_failed_program",
+           "fork_program", "scratch_size"]  # fmt: skip
+
+FNAME_MAX = 4096  # PATH_MAX
+CLONE_THREAD = 0x00010000
+BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP = 1, 2
+BPF_RB_AVAIL_DATA = 0
+BPF_ANY = 0
+
+# stack slots (offsets from the frame pointer)
+SLOT_KEY = -8  # u32 map keys
+SLOT_VAL = -16  # u64 value for map updates
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Kernel struct offsets this build of the programs relies on, all read from BTF."""
+
+    task_tgid: int
+    task_pid: int
+    task_real_parent: int
+    task_group_leader: int
+    task_start_boottime: int
+    task_exit_code: int
+    task_mm: int
+    task_signal: int
+    signal_live: int
+    mm_arg_start: int
+    mm_arg_end: int
+    bprm_argc: int
+    bprm_filename: int
+    exit_has_group_dead: bool
+
+    @classmethod
+    def from_btf(cls, btf: Btf) -> Layout:
+        def off(struct_name: str, member: str) -> int:
+            return btf.member(struct_name, member).offset
+
+        exit_params = btf.func_params("btf_trace_sched_process_exit")  # (void *__data, task[, group_dead])
+        return cls(
+            task_tgid=off("task_struct", "tgid"),
+            task_pid=off("task_struct", "pid"),
+            task_real_parent=off("task_struct", "real_parent"),
+            task_group_leader=off("task_struct", "group_leader"),
+            task_start_boottime=off("task_struct", "start_boottime"),
+            task_exit_code=off("task_struct", "exit_code"),
+            task_mm=off("task_struct", "mm"),
+            task_signal=off("task_struct", "signal"),
+            signal_live=off("signal_struct", "live"),
+            mm_arg_start=off("mm_struct", "arg_start"),
+            mm_arg_end=off("mm_struct", "arg_end"),
+            bprm_argc=off("linux_binprm", "argc"),
+            bprm_filename=off("linux_binprm", "filename"),
+            exit_has_group_dead=len(exit_params) >= 3,
+        )
+
+
+@dataclass(frozen=True)
+class Filters:
+    """In-kernel filters; None/True: no filtering on that criterion."""
+
+    tracked: bool = False  # only tgids in the tracked map (the pid subtree, extended by forks)
+    uid: int | None = None
+    cgroup_id: int | None = None
+    threads: bool = True
+    wakeup_threshold: int = 1 << 20  # force a wakeup when more bytes than this are pending
+
+
+@dataclass(frozen=True)
+class MapFds:
+    ringbuf: int
+    scratch: int  # ARRAY of one record slot per CPU
+    lost: int  # PERCPU_ARRAY[1] of u64
+    tracked: int  # HASH u32 tgid -> u64 (or -1 when not filtering)
+
+
+def scratch_size(argv_limit: int) -> int:
+    return rec.HEADER_SIZE + FNAME_MAX + argv_limit
+
+
+# -- building blocks ---------------------------------------------------------------------------------------------
+
+
+def _scratch_slot(a: Asm, maps: MapFds) -> None:
+    """r9 = this CPU's scratch record, or exit."""
+    a.call(Helper.get_smp_processor_id)
+    a.stx(W, FP, SLOT_KEY, R0)
+    a.ld_map_fd(R1, maps.scratch)
+    a.mov(R2, FP)
+    a.add(R2, SLOT_KEY)
+    a.call(Helper.map_lookup_elem)
+    a.jeq(R0, 0, "out")
+    a.mov(R9, R0)
+
+
+def _check_tracked(a: Asm, maps: MapFds, tgid: Reg) -> None:
+    """Exit unless the tgid in register ``tgid`` is in the tracked map (pid-subtree filter)."""
+    a.stx(W, FP, SLOT_KEY, tgid)
+    a.ld_map_fd(R1, maps.tracked)
+    a.mov(R2, FP)
+    a.add(R2, SLOT_KEY)
+    a.call(Helper.map_lookup_elem)
+    a.jeq(R0, 0, "out")
+
+
+def _creds_cgroup_comm(a: Asm, filters: Filters) -> None:
+    """uid, gid, cgroup id and comm of the current task into the record at r9 (applying uid/cgroup filters)."""
+    a.call(Helper.get_current_uid_gid)
+    a.stx(W, R9, rec.OFF_UID, R0)
+    if filters.uid is not None:
+        a.mov32(R1, R0)
+        a.jne(R1, filters.uid, "out")
+    a.rsh(R0, 32)
+    a.stx(W, R9, rec.OFF_GID, R0)
+    a.call(Helper.get_current_cgroup_id)
+    a.stx(DW, R9, rec.OFF_CGROUP, R0)
+    if filters.cgroup_id is not None:
+        a.ld_imm64(R1, filters.cgroup_id)
+        a.jne(R0, R1, "out")
+    a.mov(R1, R9)
+    a.add(R1, rec.OFF_COMM)
+    a.mov(R2, 16)
+    a.call(Helper.get_current_comm)
+
+
+def _task_fields(a: Asm, lay: Layout) -> None:
+    """tgid, tid, process start, task start and parent tgid of the task in r7 into the record at r9."""
+    a.ldx(W, R1, R7, lay.task_tgid)
+    a.stx(W, R9, rec.OFF_TGID, R1)
+    a.ldx(W, R1, R7, lay.task_pid)
+    a.stx(W, R9, rec.OFF_TID, R1)
+    a.ldx(DW, R1, R7, lay.task_group_leader)
+    a.ldx(DW, R1, R1, lay.task_start_boottime)
+    a.stx(DW, R9, rec.OFF_START, R1)
+    a.ldx(DW, R1, R7, lay.task_start_boottime)
+    a.stx(DW, R9, rec.OFF_TASK_START, R1)
+    a.ldx(DW, R1, R7, lay.task_real_parent)
+    a.ldx(W, R1, R1, lay.task_tgid)
+    a.stx(W, R9, rec.OFF_PPID, R1)
+
+
+def _begin(a: Asm, rtype: int) -> None:
+    a.st(W, R9, rec.OFF_TYPE, rtype)
+    a.st(W, R9, rec.OFF_FLAGS, 0)
+    a.call(Helper.ktime_get_ns)
+    a.stx(DW, R9, rec.OFF_TS, R0)
+
+
+def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | None) -> None:
+    """Send the record at r9 (size HEADER_SIZE, or in ``size_reg``, a callee-saved register); count a failure.
+
+    Wake the reader only for the first record after a drain or when much is pending (batched wakeups).
+    """
+    a.ld_map_fd(R1, maps.ringbuf)
+    a.mov(R2, BPF_RB_AVAIL_DATA)
+    a.call(Helper.ringbuf_query)
+    a.mov(R4, BPF_RB_FORCE_WAKEUP)
+    a.jeq(R0, 0, "wake")
+    a.jgt(R0, filters.wakeup_threshold, "wake")
+    a.mov(R4, BPF_RB_NO_WAKEUP)
+    a.label("wake")
+    a.ld_map_fd(R1, maps.ringbuf)
+    a.mov(R2, R9)
+    if size_reg is None:
+        a.mov(R3, rec.HEADER_SIZE)
+    else:
+        a.mov(R3, size_reg)
+    a.call(Helper.ringbuf_output)
+    a.jeq(R0, 0, "out")
+    # the ring is full: count the record as lost on this CPU
+    a.st(W, FP, SLOT_KEY, 0)
+    a.ld_map_fd(R1, maps.lost)
+    a.mov(R2, FP)
+    a.add(R2, SLOT_KEY)
+    a.call(Helper.map_lookup_elem)
+    a.jeq(R0, 0, "out")
+    a.mov(R1, 1)
+    a.atomic_add(DW, R0, 0, R1)
+    a.label("out")
+    a.mov(R0, 0)
+    a.exit()
+
+
+# -- the programs ------------------------------------------------------------------------------------------------
+
+
+def fork_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
+    a = Asm()
+    a.ldx(DW, R7, R1, 0)  # the new task
+    a.ldx(DW, R6, R1, 8)  # clone_flags
+    if not filters.threads:
+        a.jset(R6, CLONE_THREAD, "out")
+    if filters.tracked:
+        # a thread belongs to its process; a process to its parent (real_parent, CLONE_PARENT included)
+        a.ldx(W, R8, R7, lay.task_tgid)
+        a.jset(R6, CLONE_THREAD, "check")
+        a.ldx(DW, R8, R7, lay.task_real_parent)
+        a.ldx(W, R8, R8, lay.task_tgid)
+        a.label("check")
+        _check_tracked(a, maps, R8)
+        a.jset(R6, CLONE_THREAD, "tracked")
+        a.ldx(W, R1, R7, lay.task_tgid)
+        a.stx(W, FP, SLOT_KEY, R1)
+        a.st(DW, FP, SLOT_VAL, 1)
+        a.ld_map_fd(R1, maps.tracked)
+        a.mov(R2, FP)
+        a.add(R2, SLOT_KEY)
+        a.mov(R3, FP)
+        a.add(R3, SLOT_VAL)
+        a.mov(R4, BPF_ANY)
+        a.call(Helper.map_update_elem)
+        a.label("tracked")
+    _scratch_slot(a, maps)
+    _begin(a, rec.TYPE_FORK)
+    _task_fields(a, lay)
+    a.stx(DW, R9, rec.OFF_AUX64, R6)
+    a.call(Helper.get_current_pid_tgid)
+    a.stx(W, R9, rec.OFF_AUX32, R0)  # the creating thread
+    _creds_cgroup_comm(a, filters)
+    _output(a, maps, filters, None)
+    return a.assemble()
+
+
+def exec_program(lay: Layout, maps: MapFds, filters: Filters, argv_limit: int) -> bytes:
+    a = Asm()
+    a.mov(R6, R1)
+    a.ldx(DW, R7, R6, 0)  # the task (current)
+    if filters.tracked:
+        a.ldx(W, R8, R7, lay.task_tgid)
+        _check_tracked(a, maps, R8)
+    _scratch_slot(a, maps)
+    _begin(a, rec.TYPE_EXEC)
+    _task_fields(a, lay)
+    a.ldx(DW, R1, R6, 8)
+    a.stx(W, R9, rec.OFF_AUX32, R1)  # old_pid
+    a.ldx(DW, R8, R6, 16)  # bprm
+    a.ldx(W, R1, R8, lay.bprm_argc)
+    a.stx(DW, R9, rec.OFF_AUX64, R1)
+    # filename: r8 = bytes read including the NUL, within [0, FNAME_MAX]
+    a.mov(R1, R9)
+    a.add(R1, rec.HEADER_SIZE)
+    a.mov(R2, FNAME_MAX)
+    a.ldx(DW, R3, R8, lay.bprm_filename)
+    a.call(Helper.probe_read_kernel_str)
+    a.mov(R8, R0)
+    a.jsge(R8, 0, "fname_nonneg")
+    a.mov(R8, 0)
+    a.label("fname_nonneg")
+    a.jle(R8, FNAME_MAX, "fname_ok")
+    a.mov(R8, FNAME_MAX)
+    a.label("fname_ok")
+    a.stx(W, R9, rec.OFF_LEN_A, R8)
+    _creds_cgroup_comm(a, filters)
+    # argv: the true length, then as much as the limit allows
+    a.ldx(DW, R1, R7, lay.task_mm)
+    a.ldx(DW, R3, R1, lay.mm_arg_start)
+    a.ldx(DW, R2, R1, lay.mm_arg_end)
+    a.sub(R2, R3)
+    a.jsge(R2, 0, "argv_nonneg")
+    a.mov(R2, 0)
+    a.label("argv_nonneg")
+    a.stx(W, R9, rec.OFF_LEN_B, R2)
+    a.jle(R2, argv_limit, "argv_ok")
+    a.mov(R2, argv_limit)
+    a.label("argv_ok")
+    a.mov(R1, R9)
+    a.add(R1, R8)
+    a.add(R1, rec.HEADER_SIZE)
+    a.add(R8, R2)
+    a.add(R8, rec.HEADER_SIZE)  # r8 = record size
+    a.call(Helper.probe_read_user)
+    a.jeq(R0, 0, "send")
+    a.st(W, R9, rec.OFF_FLAGS, rec.FLAG_ARGV_UNREADABLE)
+    a.ldx(W, R8, R9, rec.OFF_LEN_A)
+    a.jle(R8, FNAME_MAX, "fname_again")
+    a.mov(R8, FNAME_MAX)
+    a.label("fname_again")
+    a.add(R8, rec.HEADER_SIZE)
+    a.label("send")
+    _output(a, maps, filters, R8)
+    return a.assemble()
+
+
+def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
+    a = Asm()
+    a.mov(R6, R1)
+    a.ldx(DW, R7, R6, 0)  # the task (current)
+    if lay.exit_has_group_dead:
+        a.ldx(DW, R8, R6, 8)
+        a.and_(R8, 0xFF)  # bool
+    else:
+        # do_exit decrements signal->live before the tracepoint: 0 means the whole group is dead
+        a.ldx(DW, R1, R7, lay.task_signal)
+        a.ldx(W, R1, R1, lay.signal_live)
+        a.mov(R8, 0)
+        a.jne(R1, 0, "have_group_dead")
+        a.mov(R8, 1)
+        a.label("have_group_dead")
+    if not filters.threads:
+        a.jeq(R8, 0, "out")
+    if filters.tracked:
+        a.ldx(W, R1, R7, lay.task_tgid)
+        _check_tracked(a, maps, R1)
+        a.jeq(R8, 0, "still_tracked")
+        a.ld_map_fd(R1, maps.tracked)
+        a.mov(R2, FP)
+        a.add(R2, SLOT_KEY)
+        a.call(Helper.map_delete_elem)
+        a.label("still_tracked")
+    _scratch_slot(a, maps)
+    _begin(a, rec.TYPE_EXIT)
+    _task_fields(a, lay)
+    a.stx(DW, R9, rec.OFF_AUX64, R8)
+    a.ldx(W, R1, R7, lay.task_exit_code)
+    a.stx(W, R9, rec.OFF_AUX32, R1)
+    _creds_cgroup_comm(a, filters)
+    _output(a, maps, filters, None)
+    return a.assemble()
+
+
+def fork_failed_program(maps: MapFds, filters: Filters, syscall_index: int, ret_offset: int) -> bytes:
+    """For a sys_exit_<fork syscall> tracepoint; ``ret_offset`` from its format file, ``syscall_index`` is
+    written to aux32 to tell the syscalls apart."""
+    a = Asm()
+    a.mov(R6, R1)
+    a.ldx(DW, R7, R6, ret_offset)
+    a.jsge(R7, 0, "out")
+    a.call(Helper.get_current_pid_tgid)
+    a.mov(R8, R0)
+    if filters.tracked:
+        a.mov(R1, R8)
+        a.rsh(R1, 32)
+        _check_tracked(a, maps, R1)
+    _scratch_slot(a, maps)
+    _begin(a, rec.TYPE_FORK_FAILED)
+    a.stx(W, R9, rec.OFF_TID, R8)
+    a.rsh(R8, 32)
+    a.stx(W, R9, rec.OFF_TGID, R8)
+    for off in (rec.OFF_START, rec.OFF_TASK_START):
+        a.st(DW, R9, off, 0)
+    a.st(W, R9, rec.OFF_PPID, 0)
+    a.st(W, R9, rec.OFF_AUX32, syscall_index)
+    a.stx(DW, R9, rec.OFF_AUX64, R7)
+    _creds_cgroup_comm(a, filters)
+    _output(a, maps, filters, None)
+    return a.assemble()

@@ -1,0 +1,118 @@
+"""The records proctap's BPF programs write to the ring buffer, and their decoding (pure functions over bytes).
+
+Every record starts with the same 96-byte header (native endian, written by :mod:`proctap.bpf.programs`)::
+
+     0 u32 type          4 u32 flags         8 u64 ktime_get_ns (CLOCK_MONOTONIC)
+    16 u32 tgid         20 u32 tid          24 u64 process start (group_leader->start_boottime)
+    32 u64 task start (task->start_boottime)                    40 u32 parent tgid (real_parent->tgid)
+    44 u32 uid          48 u32 gid          52 u32 aux32        56 u64 cgroup id
+    64 char comm[16]   80 u64 aux64        88 u32 len_a        92 u32 len_b
+    96 payload
+
+aux/len fields by type: FORK aux32 = creating thread's tid, aux64 = clone flags; EXEC aux32 = old pid,
+aux64 = argc, len_a = bytes of filename read (with its NUL), len_b = true argv bytes (mm->arg_end - arg_start),
+payload = filename then the captured argv; EXIT aux32 = task->exit_code (a wait status), aux64 = group_dead;
+FORK_FAILED aux32 = syscall number, aux64 = return value (-errno).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import DecodeError
+
+__all__ = [
+    "FLAG_ARGV_UNREADABLE",
+    "HEADER",
+    "HEADER_SIZE",
+    "RECORD_TYPES",
+    "Record",
+    "decode_argv",
+    "decode_record",
+]
+
+HEADER = struct.Struct("=IIQIIQQIIIIQ16sQII")
+HEADER_SIZE = HEADER.size  # 96
+
+TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED = 1, 2, 3, 4
+RECORD_TYPES = frozenset({TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED})
+FLAG_ARGV_UNREADABLE = 1  # bpf_probe_read_user of the argv area failed
+
+# header field offsets, used by the programs that write them
+OFF_TYPE, OFF_FLAGS, OFF_TS, OFF_TGID, OFF_TID, OFF_START, OFF_TASK_START = 0, 4, 8, 16, 20, 24, 32
+OFF_PPID, OFF_UID, OFF_GID, OFF_AUX32, OFF_CGROUP, OFF_COMM, OFF_AUX64, OFF_LEN_A, OFF_LEN_B = (
+    40, 44, 48, 52, 56, 64, 80, 88, 92,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decoded record, still in kernel terms (the backend turns it into an Event)."""
+
+    type: int
+    flags: int
+    ts: int
+    tgid: int
+    tid: int
+    start_ns: int
+    task_start_ns: int
+    ppid: int
+    uid: int
+    gid: int
+    aux32: int
+    cgroup_id: int
+    comm: str
+    aux64: int
+    filename: str | None = None
+    argv: tuple[str, ...] | None = None
+    argv_bytes: int = 0  # true length of the argv area
+    argv_truncated: bool = False
+
+
+def decode_comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def decode_argv(raw: bytes, truncated: bool) -> tuple[str, ...]:
+    """NUL-separated arguments; when truncated the last one is what fitted (possibly empty)."""
+    if not truncated:
+        if not raw:
+            return ()
+        if raw[-1:] != b"\0":
+            raise DecodeError("argv area does not end with NUL")
+        raw = raw[:-1]
+    return tuple(part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0"))
+
+
+def decode_record(buf: bytes | memoryview, offset: int = 0, length: int | None = None) -> Record:
+    """Decode one ring buffer record at ``buf[offset:offset+length]``; DecodeError when malformed."""
+    if length is None:
+        length = len(buf) - offset
+    if length < HEADER_SIZE or offset < 0 or offset + length > len(buf):
+        raise DecodeError(f"BPF record of {length} bytes is shorter than its {HEADER_SIZE}-byte header")
+    (rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, comm, aux64, len_a, len_b) = (
+        HEADER.unpack_from(buf, offset)
+    )
+    if rtype not in RECORD_TYPES:
+        raise DecodeError(f"unknown BPF record type {rtype}")
+    if rtype != TYPE_EXEC:
+        if length != HEADER_SIZE:
+            raise DecodeError(f"BPF record type {rtype} has {length} bytes, expected {HEADER_SIZE}")
+        return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
+                      decode_comm(comm), aux64)  # fmt: skip
+    payload = bytes(buf[offset + HEADER_SIZE : offset + length])
+    if len_a > len(payload):
+        raise DecodeError(f"exec record: filename of {len_a} bytes overruns the {len(payload)}-byte payload")
+    filename = payload[:len_a].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    captured = payload[len_a:]
+    if flags & FLAG_ARGV_UNREADABLE:
+        argv = None
+        truncated = False
+    else:
+        if len(captured) > len_b:
+            raise DecodeError(f"exec record: {len(captured)} argv bytes captured of {len_b}")
+        truncated = len(captured) < len_b
+        argv = decode_argv(captured, truncated)
+    return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, decode_comm(comm),
+                  aux64, filename, argv, len_b, truncated)  # fmt: skip
