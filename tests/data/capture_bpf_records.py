@@ -1,0 +1,40 @@
+"""Capture raw ring buffer records of one /bin/echo run into bpf_records.bin (u32 length + record, repeated).
+
+Run as root from the repository: ``python3 tests/data/capture_bpf_records.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from proctap.backends.base import BackendConfig
+from proctap.backends.bpf import BpfBackend
+from proctap.bpf import records as rec
+
+
+def main() -> None:
+    backend = BpfBackend(BackendConfig())
+    ring = backend._ring
+    assert ring is not None
+    proc = subprocess.Popen(["/bin/echo", "captured", "", "a b"], stdout=subprocess.DEVNULL)
+    proc.wait()
+    time.sleep(0.2)
+    out = bytearray()
+    for offset, length in ring.pending():
+        raw = bytes(ring.data[offset : offset + length])
+        if rec.HEADER.unpack_from(raw)[3] == proc.pid:
+            out += struct.pack("<I", length) + raw
+    ring.release()
+    backend.close()
+    Path(__file__).with_name("bpf_records.bin").write_bytes(out)
+    print(f"{len(out)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,632 @@
+"""The bpf backend and its toolkit, against the real kernel (root, BTF)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proctap.backends.base import BackendConfig
+from proctap.backends.bpf import BpfBackend
+from proctap.bpf import records as rec
+from proctap.bpf.btf import ENUM, FUNC_PROTO, STRUCT, TYPEDEF, vmlinux
+from proctap.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
+from proctap.bpf.ringbuf import RingBuffer
+from proctap.bpf.syscall import BpfError, MapType, ProgType, create_map, load_program, obj_info, prog_fd_by_id, prog_ids
+from proctap.errors import DecodeError
+from proctap.events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
+from proctap.watcher import Watcher
+
+AVAILABLE = BpfBackend.probe()
+needs_bpf = pytest.mark.skipif(not AVAILABLE, reason=f"bpf backend unavailable: {AVAILABLE.reason}")
+DATA = Path(__file__).parent / "data"
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def backend(**kwargs: object) -> Iterator[BpfBackend]:
+    b = BpfBackend(BackendConfig(**kwargs))  # type: ignore[arg-type]
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def collect(b: BpfBackend, done: Callable[[list[Event]], bool], timeout: float = 10.0) -> list[Event]:
+    """Read events until ``done(events)`` or the timeout."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events.extend(b.read_events())
+        if done(events):
+            break
+        time.sleep(0.01)
+    return events
+
+
+def of_pid(events: list[Event], pid: int) -> list[Event]:
+    return [e for e in events if e.pid == pid and not isinstance(e, Lost)]
+
+
+def exited(pid: int) -> Callable[[list[Event]], bool]:
+    return lambda evs: any(isinstance(e, Exit) and e.pid == pid and not e.is_thread for e in evs)
+
+
+def run_and_collect(b: BpfBackend, argv: list[bytes] | list[str], **popen: object) -> tuple[int, list[Event]]:
+    proc = subprocess.Popen(argv, **popen)  # type: ignore[call-overload]
+    proc.wait()
+    return proc.pid, of_pid(collect(b, exited(proc.pid)), proc.pid)
+
+
+def proctap_programs() -> list[str]:
+    """Names of loaded BPF programs that start with proctap (struct bpf_prog_info.name, offset from BTF)."""
+    name_off = vmlinux().member("bpf_prog_info", "name").offset
+    names = []
+    for prog_id in prog_ids():
+        try:
+            fd = prog_fd_by_id(prog_id)
+        except BpfError:
+            continue  # unloaded meanwhile
+        try:
+            info = obj_info(fd, name_off + 16)
+        finally:
+            os.close(fd)
+        name = info[name_off : name_off + 16].split(b"\0", 1)[0].decode()
+        if name.startswith("proctap"):
+            names.append(name)
+    return names
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+# -- instruction encoding -----------------------------------------------------------------------------------------
+
+
+def test_encodes_known_instructions() -> None:
+    a = Asm()
+    a.mov(R0, 0)  # b7: ALU64 | MOV | K
+    a.mov(R1, R2)  # bf: ALU64 | MOV | X, regs byte src<<4 | dst
+    a.ldx(DW, R0, R1, 8)  # 79
+    a.stx(W, FP, -4, R0)  # 63
+    a.call(Helper.ringbuf_output)  # 85, imm 130
+    a.exit()  # 95
+    code = a.assemble()
+    assert code == bytes.fromhex(
+        "b700000000000000 bf21000000000000 7910080000000000 630afcff00000000 8500000082000000 9500000000000000"
+    )
+
+
+def test_ld_imm64_takes_two_slots_and_jumps_count_them() -> None:
+    a = Asm()
+    a.jeq(R1, 0, "end")
+    a.ld_imm64(R2, 0x1122334455667788)
+    a.label("end")
+    a.exit()
+    code = a.assemble()
+    assert len(code) == 4 * 8
+    code_, regs, off, imm = struct.unpack_from("<BBhi", code, 0)
+    assert (code_, regs, off, imm) == (0x15, 0x01, 2, 0)  # skips both slots of the 64-bit load
+    assert struct.unpack_from("<BBhi", code, 8) == (0x18, 0x02, 0, 0x55667788)
+    assert struct.unpack_from("<BBhi", code, 16) == (0, 0, 0, 0x11223344)
+
+
+def test_backward_jump_and_label_errors() -> None:
+    a = Asm()
+    a.label("top")
+    a.mov(R0, 1)
+    a.ja("top")
+    assert struct.unpack_from("<BBhi", a.assemble(), 8) == (0x05, 0, -2, 0)
+    b = Asm()
+    b.ja("nowhere")
+    with pytest.raises(AsmError, match="unknown label"):
+        b.assemble()
+    with pytest.raises(AsmError, match="duplicate"):
+        b.label("x")
+        b.label("x")
+
+
+def test_helper_ids_agree_with_kernel_btf() -> None:
+    btf = vmlinux()
+    for helper in Helper:
+        assert btf.enum_value("bpf_func_id", f"BPF_FUNC_{helper.name}") == helper.value
+
+
+# -- BTF ----------------------------------------------------------------------------------------------------------
+
+
+def test_btf_task_struct_known_facts() -> None:
+    btf = vmlinux()
+    pid = btf.member("task_struct", "pid")
+    tgid = btf.member("task_struct", "tgid")
+    assert pid.size == tgid.size == 4
+    assert tgid.offset == pid.offset + 4  # declared next to each other in include/linux/sched.h
+    assert btf.member("task_struct", "comm").size == 16  # TASK_COMM_LEN
+    assert btf.member("task_struct", "start_boottime").size == 8
+    assert btf.member("task_struct", "real_parent").size == 8
+    assert btf.name(btf.pointee(btf.member("task_struct", "real_parent").type_id)) == "task_struct"
+    # mm_struct's fields sit in an anonymous struct: found through it, arg_end right after arg_start
+    start, end = btf.member("mm_struct", "arg_start"), btf.member("mm_struct", "arg_end")
+    assert end.offset == start.offset + 8
+    # a path through an embedded struct: list_head is two pointers
+    assert btf.member("task_struct", "children.next").offset + 8 == btf.member("task_struct", "children.prev").offset
+
+
+def test_btf_uapi_layouts_and_tracepoints() -> None:
+    btf = vmlinux()
+    # struct bpf_prog_info is UAPI: name[16] has been at byte 64 since Linux 4.15
+    assert btf.member("bpf_prog_info", "name").offset == 64
+    fork = btf.func_params("btf_trace_sched_process_fork")  # (void *__data, parent, child)
+    assert len(fork) == 3
+    assert btf.name(btf.pointee(fork[1][1])) == "task_struct"
+    assert btf.kind(btf.find("btf_trace_sched_process_exec", TYPEDEF)) == TYPEDEF
+    assert btf.kind(btf.find("task_struct", STRUCT)) == STRUCT
+    assert btf.kind(btf.find("bpf_func_id", ENUM)) == ENUM
+    with pytest.raises(KeyError):
+        btf.find("no_such_struct_proctap", STRUCT)
+    with pytest.raises(KeyError):
+        btf.member("task_struct", "no_such_member")
+    assert FUNC_PROTO == 13
+
+
+def test_btf_bitfield_member() -> None:
+    btf = vmlinux()
+    # task_struct has single-bit flags (sched_reset_on_fork:1 ...) declared with kind_flag bitfield offsets
+    m = btf.member("task_struct", "sched_reset_on_fork")
+    assert m.bit_size == 1 and m.size == 0
+
+
+def test_btf_rejects_garbage() -> None:
+    from proctap.bpf.btf import Btf
+
+    with pytest.raises(DecodeError):
+        Btf(b"\0" * 40)
+    with pytest.raises(DecodeError):
+        Btf(b"")
+
+
+# -- record decoding ----------------------------------------------------------------------------------------------
+
+
+def make_record(rtype: int, payload: bytes = b"", **fields: int) -> bytes:
+    values = {"flags": 0, "ts": 1, "tgid": 2, "tid": 3, "start": 4, "task_start": 5, "ppid": 6, "uid": 7, "gid": 8,
+              "aux32": 9, "cgroup": 10, "aux64": 11, "len_a": 0, "len_b": 0}  # fmt: skip
+    values.update(fields)
+    header = rec.HEADER.pack(
+        rtype, values["flags"], values["ts"], values["tgid"], values["tid"], values["start"], values["task_start"],
+        values["ppid"], values["uid"], values["gid"], values["aux32"], values["cgroup"], b"comm\0junk",
+        values["aux64"], values["len_a"], values["len_b"],
+    )  # fmt: skip
+    return header + payload
+
+
+def test_decode_exec_record() -> None:
+    fname = b"/bin/x\0"
+    args = b"x\0\0a b\0\xff\0"
+    r = rec.decode_record(make_record(rec.TYPE_EXEC, fname + args, len_a=len(fname), len_b=len(args), aux64=4))
+    assert r.filename == "/bin/x"
+    assert r.argv == ("x", "", "a b", "\udcff")
+    assert not r.argv_truncated and r.comm == "comm"
+    t = rec.decode_record(make_record(rec.TYPE_EXEC, fname + args[:5], len_a=len(fname), len_b=len(args)))
+    assert t.argv_truncated and t.argv == ("x", "", "a ")
+
+
+def test_decode_rejects_malformed() -> None:
+    with pytest.raises(DecodeError):
+        rec.decode_record(b"\0" * 95)
+    with pytest.raises(DecodeError):
+        rec.decode_record(make_record(99))
+    with pytest.raises(DecodeError):
+        rec.decode_record(make_record(rec.TYPE_FORK, b"x"))
+    with pytest.raises(DecodeError):
+        rec.decode_record(make_record(rec.TYPE_EXEC, b"ab", len_a=3))
+    with pytest.raises(DecodeError):
+        rec.decode_record(make_record(rec.TYPE_EXEC, b"a\0b\0", len_a=0, len_b=2))
+    with pytest.raises(DecodeError):
+        rec.decode_record(make_record(rec.TYPE_EXEC, b"ab", len_a=0, len_b=2))  # complete argv without NUL
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_decoder_raw_bytes(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        rec.decode_record(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rtype=st.sampled_from([*sorted(rec.RECORD_TYPES), 0, 5]),
+    payload=st.binary(max_size=200),
+    len_a=st.integers(0, 2**32 - 1),
+    len_b=st.integers(0, 2**32 - 1),
+    flags=st.integers(0, 3),
+)
+def test_fuzz_decoder_structured(rtype: int, payload: bytes, len_a: int, len_b: int, flags: int) -> None:
+    data = make_record(rtype, payload, len_a=len_a, len_b=len_b, flags=flags)
+    try:
+        r = rec.decode_record(data)
+    except DecodeError:
+        return
+    if r.argv is not None and rtype == rec.TYPE_EXEC:
+        assert r.argv_truncated == (len(payload) - len_a < len_b)
+
+
+@needs_bpf
+def test_decode_captured_records() -> None:
+    """Records captured from the real kernel by scripts in this test's capture mode (tests/data/bpf_records.bin)."""
+    blob = (DATA / "bpf_records.bin").read_bytes()
+    pos = 0
+    decoded = []
+    while pos < len(blob):
+        (length,) = struct.unpack_from("<I", blob, pos)
+        decoded.append(rec.decode_record(blob, pos + 4, length))
+        pos += 4 + length
+    execs = [r for r in decoded if r.type == rec.TYPE_EXEC]
+    assert any(r.argv == ("/bin/echo", "captured", "", "a b") for r in execs)
+    exits = [r for r in decoded if r.type == rec.TYPE_EXIT and r.comm == "echo"]
+    assert exits and exits[0].aux32 == 0 and exits[0].aux64 == 1
+
+
+# -- ring buffer --------------------------------------------------------------------------------------------------
+
+
+@needs_bpf
+def test_ringbuf_empty_and_closes() -> None:
+    fd = create_map(MapType.RINGBUF, 0, 0, 4096 * 4, "proctap_test")
+    try:
+        ring = RingBuffer(fd, 4096 * 4)
+        assert ring.pending() == [] and ring.available() == 0
+        ring.release()
+        ring.close()
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError):
+        RingBuffer(-1, 1000)
+
+
+# -- syscall layer ------------------------------------------------------------------------------------------------
+
+
+@needs_bpf
+def test_refused_program_returns_verifier_log() -> None:
+    a = Asm()
+    a.ldx(DW, R0, R1, 0)  # classic tracepoint programs may not read the first 8 bytes of the context
+    a.exit()
+    with pytest.raises(BpfError) as info:
+        load_program(ProgType.TRACEPOINT, a.assemble(), "proctap_bad")
+    assert "invalid bpf_context access" in info.value.log
+    b = Asm()
+    b.mov(R2, 0)
+    b.exit()  # R0 never set
+    with pytest.raises(BpfError) as info:
+        load_program(ProgType.TRACEPOINT, b.assemble(), "proctap_bad")
+    assert "R0" in info.value.log and info.value.errno == errno.EACCES
+
+
+# -- the backend on the real kernel ------------------------------------------------------------------------------
+
+
+@needs_bpf
+def test_fork_exec_exit_of_a_child() -> None:
+    with backend() as b:
+        pid, events = run_and_collect(b, ["/bin/sh", "-c", "exit 3"])
+    fork = next(e for e in events if isinstance(e, Fork))
+    exe = next(e for e in events if isinstance(e, Exec))
+    exit_ = next(e for e in events if isinstance(e, Exit))
+    assert fork.parent_pid == os.getpid() and not fork.is_thread and fork.tid == pid
+    assert fork.uid == os.getuid() and fork.gid == os.getgid() and fork.cgroup_id
+    assert fork.clone_flags is not None and not fork.clone_flags & 0x10000
+    assert exe.filename == "/bin/sh" and exe.argv == ("/bin/sh", "-c", "exit 3") and exe.argc == 3
+    assert exe.comm == "sh" and exe.filename_from is Origin.KERNEL and exe.argv_from is Origin.KERNEL
+    assert exe.parent_pid == os.getpid()
+    assert exit_.exit_code == 3 and exit_.status == 0x300 and exit_.signal is None and not exit_.is_thread
+    # the key survives: same start for the whole life, and it is the kernel's (matches /proc to the tick)
+    assert fork.start_ns == exe.start_ns == exit_.start_ns
+    assert fork.timestamp_ns <= exe.timestamp_ns <= exit_.timestamp_ns
+    assert exit_.lifetime_ns is not None and 0 < exit_.lifetime_ns < 60e9
+    assert {e.source for e in events} == {"bpf"}
+
+
+@needs_bpf
+def test_argv_edge_cases() -> None:
+    argv = [b"/bin/true", b"", b"two words", b"\xff\xfenot-utf8", b"", b"tab\there"]
+    with backend() as b:
+        _, events = run_and_collect(b, argv)
+    exe = next(e for e in events if isinstance(e, Exec))
+    assert exe.argv is not None
+    assert [os.fsencode(a) for a in exe.argv] == argv
+    assert exe.argc == len(argv) and not exe.argv_truncated
+
+
+@needs_bpf
+def test_empty_argv() -> None:
+    # execve with argv = {NULL}: the kernel (>= 5.18) inserts an empty argv[0]; argc reports what it counts
+    code = "import ctypes; null = (ctypes.c_char_p * 1)(None); ctypes.CDLL(None).execve(b'/bin/true', null, null)"
+    with backend() as b:
+        child = subprocess.Popen([sys.executable, "-c", code])
+        child.wait()
+        events = of_pid(collect(b, exited(child.pid)), child.pid)
+    exe = next(e for e in events if isinstance(e, Exec) and e.filename == "/bin/true")
+    assert exe.argc in (0, 1)
+    assert exe.argv in ((), ("",))
+
+
+@needs_bpf
+def test_huge_argv_is_truncated_with_true_argc() -> None:
+    args = [f"arg{i:05d}-" + "x" * 90 for i in range(1000)]  # ~100 KB
+    with backend(argv_limit=4096) as b:
+        _, events = run_and_collect(b, ["/bin/true", *args])
+    exe = next(e for e in events if isinstance(e, Exec))
+    assert exe.argv_truncated and exe.argc == 1001
+    assert exe.argv is not None and 1 < len(exe.argv) < 1001
+    captured = "\0".join(exe.argv).encode()
+    full = "\0".join(["/bin/true", *args]).encode()
+    assert len(captured) == 4096 and full.startswith(captured)
+
+
+@needs_bpf
+def test_larger_argv_limit_captures_everything() -> None:
+    args = ["y" * 1000] * 60
+    with backend(argv_limit=100_000) as b:
+        _, events = run_and_collect(b, ["/bin/true", *args])
+    exe = next(e for e in events if isinstance(e, Exec))
+    assert not exe.argv_truncated and exe.argv == ("/bin/true", *args)
+
+
+@needs_bpf
+def test_exit_by_signal() -> None:
+    with backend() as b:
+        proc = subprocess.Popen(["/bin/sleep", "30"])
+        time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        events = of_pid(collect(b, exited(proc.pid)), proc.pid)
+    exit_ = next(e for e in events if isinstance(e, Exit) and not e.is_thread)
+    assert exit_.signal == signal.SIGKILL and exit_.exit_code is None and not exit_.core_dumped
+
+
+def _core_pattern() -> str:
+    with open("/proc/sys/kernel/core_pattern") as f:
+        return f.read().strip()
+
+
+@needs_bpf
+@pytest.mark.skipif(_core_pattern().startswith("|"), reason="core_pattern pipes cores to a helper")
+def test_exit_with_core_dump(tmp_path: Path) -> None:
+    def allow_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    with backend() as b:
+        proc = subprocess.Popen(["/bin/sh", "-c", "kill -SEGV $$"], cwd=tmp_path, preexec_fn=allow_core)
+        proc.wait()
+        events = of_pid(collect(b, exited(proc.pid)), proc.pid)
+    exit_ = next(e for e in events if isinstance(e, Exit) and not e.is_thread)
+    assert exit_.signal == signal.SIGSEGV and exit_.core_dumped
+    assert exit_.status is not None and exit_.status & 0x80
+
+
+THREADS_CHILD = textwrap.dedent(
+    """
+    import threading
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    """
+)
+
+
+@needs_bpf
+def test_threads() -> None:
+    with backend() as b:
+        pid, events = run_and_collect(b, [sys.executable, "-c", THREADS_CHILD])
+    thread_forks = [e for e in events if isinstance(e, Fork) and e.is_thread]
+    assert thread_forks
+    tf = thread_forks[0]
+    assert tf.parent_pid == pid and tf.tid != pid and tf.parent_tid == pid
+    assert tf.clone_flags is not None and tf.clone_flags & 0x10000
+    process_fork = next(e for e in events if isinstance(e, Fork) and not e.is_thread)
+    assert tf.start_ns == process_fork.start_ns  # a thread carries its process's start: the key
+    thread_exit = next(e for e in events if isinstance(e, Exit) and e.tid == tf.tid)
+    assert thread_exit.is_thread and thread_exit.pid == pid
+    assert next(e for e in events if isinstance(e, Exit) and not e.is_thread).tid == pid
+
+
+@needs_bpf
+def test_threads_off_filters_in_kernel() -> None:
+    with backend(threads=False) as b:
+        _, events = run_and_collect(b, [sys.executable, "-c", THREADS_CHILD])
+    assert not [e for e in events if isinstance(e, (Fork, Exit)) and e.is_thread]
+    assert [e for e in events if isinstance(e, Exit)]
+
+
+FORK_BOMB_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    with open(sys.argv[1] + "/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+    failures = 0
+    kids = []
+    for _ in range(6):
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            failures += 1
+            continue
+        if pid == 0:
+            time.sleep(1)
+            os._exit(0)
+        kids.append(pid)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    print(failures)
+    """
+)
+
+
+@contextlib.contextmanager
+def pids_cgroup(limit: int) -> Iterator[Path]:
+    root = Path("/sys/fs/cgroup/pids")
+    if not (root / "cgroup.procs").exists():
+        pytest.skip("no pids cgroup v1 hierarchy at /sys/fs/cgroup/pids")
+    cg = root / f"proctap-test-{os.getpid()}"
+    cg.mkdir()
+    try:
+        (cg / "pids.max").write_text(str(limit))
+        yield cg
+    finally:
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+@needs_bpf
+def test_failed_forks() -> None:
+    with pids_cgroup(3) as cg, backend(events=frozenset({EventKind.FORK_FAILED, EventKind.EXIT})) as b:
+        out = subprocess.run([sys.executable, "-c", FORK_BOMB_CHILD, str(cg)], capture_output=True, check=True)
+        failures = int(out.stdout)
+        events = collect(b, lambda evs: len([e for e in evs if isinstance(e, ForkFailed)]) >= failures)
+    assert failures >= 1
+    failed = [e for e in events if isinstance(e, ForkFailed) and e.comm == "python3"]
+    assert len(failed) == failures
+    for e in failed:
+        assert e.errno == errno.EAGAIN and e.errno_name == "EAGAIN" and e.syscall in ("clone", "clone3", "fork")
+    assert not [e for e in events if isinstance(e, (Fork, Exec))]  # only the kinds asked for
+
+
+@needs_bpf
+def test_pid_subtree_filter_in_kernel() -> None:
+    root = subprocess.Popen(["/bin/sh", "-c", "read x; /bin/echo sub >/dev/null; exit 0"], stdin=subprocess.PIPE)
+    try:
+        with backend(root_pid=root.pid) as b:
+            outsider = subprocess.Popen(["/bin/true"])
+            outsider.wait()
+            assert root.stdin is not None
+            root.stdin.write(b"go\n")
+            root.stdin.close()
+            root.wait()
+            events = [e for e in collect(b, exited(root.pid)) if not isinstance(e, Lost)]
+    finally:
+        root.kill()
+        root.wait()
+    pids = {e.pid for e in events}
+    assert root.pid in pids and outsider.pid not in pids
+    echo = next(e for e in events if isinstance(e, Exec) and e.argv and e.argv[0] == "/bin/echo")
+    assert echo.parent_pid == root.pid
+    assert pids == {root.pid, echo.pid}
+
+
+@needs_bpf
+def test_uid_filter_keeps_only_that_user() -> None:
+    with backend(options=(("uid", "4242"),)) as b:
+        other = subprocess.Popen(["/bin/true", "as-root"])
+        other.wait()
+        proc = subprocess.Popen(["/bin/true", "as-4242"], user=4242, group=4242)
+        proc.wait()
+        events = [e for e in collect(b, exited(proc.pid)) if not isinstance(e, Lost)]
+    assert events and all(getattr(e, "uid", 4242) == 4242 for e in events)
+    assert any(isinstance(e, Exec) and e.pid == proc.pid and e.uid == 4242 for e in events)
+    assert not [e for e in events if e.pid == other.pid]
+
+
+@needs_bpf
+def test_cgroup_filter_option() -> None:
+    cgroup_id = os.stat("/sys/fs/cgroup/unified").st_ino if os.path.isdir("/sys/fs/cgroup/unified") else None
+    if cgroup_id is None:
+        pytest.skip("no cgroup v2 hierarchy")
+    with backend(options=(("cgroup_id", str(cgroup_id + 10_000_000)),)) as b:  # an id no cgroup has
+        subprocess.run(["/bin/true"], check=True)
+        assert not [e for e in collect(b, lambda evs: False, 0.3) if not isinstance(e, Lost)]
+
+
+@needs_bpf
+def test_ring_overflow_reports_exact_loss() -> None:
+    with backend(buffer_bytes=4096) as b:
+        for _ in range(60):
+            subprocess.run(["/bin/true"], check=True)
+        events = b.read_events()
+    lost = [e for e in events if isinstance(e, Lost)]
+    assert lost, "a 4 KiB ring cannot hold 180 records"
+    assert all(e.count and e.count > 0 and e.cpu is not None and e.reason for e in lost)
+    assert b.stats()["lost"] == sum(e.count or 0 for e in lost)
+
+
+@needs_bpf
+def test_watcher_delivers_an_isolated_event() -> None:
+    with Watcher("exec", backend="bpf") as w:
+        assert w.backend_name == "bpf"
+        proc = subprocess.Popen(["/bin/true", "isolated"])
+        proc.wait()
+        deadline = time.monotonic() + 10
+        seen = False
+        while not seen and time.monotonic() < deadline:
+            seen = any(isinstance(e, Exec) and e.pid == proc.pid for e in w.read(timeout=1))
+    assert seen
+
+
+def program_ids(b: BpfBackend) -> set[int]:
+    """Kernel ids of a backend's programs (struct bpf_prog_info.id, UAPI offset 4)."""
+    return {struct.unpack_from("=I", obj_info(fd, 8), 4)[0] for fd in b._prog_fds}
+
+
+def still_loaded(ids: set[int]) -> set[int]:
+    """Those of ``ids`` the kernel still has; freeing after the last close is deferred (RCU), so wait a little."""
+    deadline = time.monotonic() + 5
+    while True:
+        alive = ids & set(prog_ids())
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@needs_bpf
+def test_load_and_close_in_a_loop_leaves_nothing() -> None:
+    before_fds = open_fds()
+    ours: set[int] = set()
+    for _ in range(5):
+        with backend(root_pid=os.getpid()) as b:
+            ids = program_ids(b)
+            assert len(ids) >= 4  # fork, exec, exit and the fork-failure programs
+            names = proctap_programs()
+            assert {"proctap_fork", "proctap_exec", "proctap_exit"} <= set(names)
+            b.read_events()
+        ours |= ids
+        b.close()  # idempotent
+    assert open_fds() == before_fds
+    assert still_loaded(ours) == set()
+
+
+@needs_bpf
+def test_probe_leaves_nothing() -> None:
+    before_fds = open_fds()
+    assert BpfBackend.probe()
+    assert open_fds() == before_fds
+    deadline = time.monotonic() + 5
+    while "proctap_probe" in proctap_programs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "proctap_probe" not in proctap_programs()
+
+
+def test_bad_option_is_one_line_error() -> None:
+    from proctap.errors import ProctapError
+
+    with pytest.raises(ProctapError, match="uid"):
+        BpfBackend(BackendConfig(options=(("uid", "root"),)))
