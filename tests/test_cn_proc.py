@@ -1,4 +1,4 @@
-"""The proc connector decoder on datagrams captured from the real kernel (tests/tools/capture_cn_proc.py), and fuzzed."""
+"""The proc connector decoder on datagrams captured from the real kernel (tests/tools/capture_cn_proc.py), fuzzed."""
 
 from __future__ import annotations
 
