@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
@@ -185,6 +186,11 @@ class TracefsBackend(Backend):
         self.exits = ExitTracker()
         self._reader = TraceReader(self._buffer_kb(config))
         self._handlers: dict[int, Handler] = {}
+        self._out: list[Event] = []  # where handlers that make several events put them
+        self._parents: dict[int, int] = {}  # pid -> parent's pid at fork
+        self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
+        self._threads: dict[int, set[int]] = {}  # tgid -> live threads (only on kernels without group_dead)
+        self._count_threads = False
         self._decoders: dict[str, RecordDecoder] = {}
         try:
             self._enable_events(config.events)
@@ -197,7 +203,7 @@ class TracefsBackend(Backend):
     def _buffer_kb(config: BackendConfig) -> int | None:
         if config.buffer_bytes is None:
             return None
-        return max(64, config.buffer_bytes // 1024 // max(1, os.cpu_count() or 1))
+        return max(4, config.buffer_bytes // 1024 // max(1, os.cpu_count() or 1))
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _enable(
@@ -238,6 +244,7 @@ class TracefsBackend(Backend):
         if wanted_exit:
             self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
                          optional=("group_dead",))  # fmt: skip
+            self._count_threads = self._decoders["sched_process_exit"].event.field("group_dead") is None
             self._enable("syscalls", "sys_enter_exit", ("error_code",), self._on_exit_syscall)
             self._enable("syscalls", "sys_enter_exit_group", ("error_code",), self._on_exit_group_syscall)
             self._enable("signal", "signal_generate", ("sig", "pid"), self._on_signal_generate, _GENERATE_FILTER)
@@ -263,6 +270,7 @@ class TracefsBackend(Backend):
                 out.append(Lost(source="tracefs", timestamp_ns=ts, wall_time=wall(ts), pid=0, tid=0, count=count,
                                 reason="tracefs ring buffer overrun", cpu=cpu))  # fmt: skip
         handlers = self._handlers
+        self._out = out
         append = out.append
         for ts, type_id, buf, start, length in records:
             handler = handlers.get(type_id)
@@ -279,7 +287,7 @@ class TracefsBackend(Backend):
     def stats(self) -> dict[str, int]:
         out = self._reader.stats()
         out["tracked_tasks"] = len(self.starts)
-        out["pending_exit_state"] = len(self.exits)
+        out["pending_exit_state"] = len(self.exits) + len(self._leader_gone)
         return out
 
     @property
@@ -292,6 +300,8 @@ class TracefsBackend(Backend):
         parent_tgid = groups.tgid(parent_tid)
         if clone_flags & CLONE_THREAD:
             groups.new_task(tid, parent_tgid)
+            if self._count_threads:
+                self._threads.setdefault(parent_tgid, set()).add(tid)
             if not self.config.threads:
                 return None
             return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=parent_tgid,
@@ -303,6 +313,7 @@ class TracefsBackend(Backend):
         parent = parent_tgid
         if clone_flags & CLONE_PARENT:  # the new process is a sibling of its creator (kernel/fork.c)
             parent = read_ppid(parent_tgid) or parent_tgid
+        self._parents[tid] = parent
         return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=tid, tid=tid,
                     start_ns=start_ns, parent_pid=parent, parent_tid=parent_tid, is_thread=False,
                     clone_flags=clone_flags, comm=comm)  # fmt: skip
@@ -313,6 +324,8 @@ class TracefsBackend(Backend):
             self.groups.forget(old_pid)
         self.groups.new_task(pid, pid)
         self.exits.exec(pid)
+        self._leader_gone.pop(pid, None)
+        self._threads.pop(pid, None)
         if EventKind.EXEC not in self.config.events:
             return None
         argv = comm = parent = None
@@ -325,31 +338,53 @@ class TracefsBackend(Backend):
                     argc=None if argv is None else len(argv), argv_from=None if argv is None else Origin.PROC,
                     comm=comm, comm_from=None if comm is None else Origin.PROC, parent_pid=parent)  # fmt: skip
 
-    def _on_exit(self, ts: int, _current: int, comm: str, tid: int, group_dead: bool | int | None) -> Event | None:
+    def _on_exit(self, ts: int, _current: int, comm: str, tid: int, group_dead: int | None) -> None:
+        """One task ended.  Like the proc connector, every task but the leader gets a thread Exit, and the leader's
+        is the process Exit, reported when the last task of the process is gone (``group_dead``): a leader that
+        ends before its threads (exit_group kills them in any order, or pthread_exit) is held back until then."""
         groups = self.groups
         tgid = groups.tgid(tid)
         groups.forget(tid)
-        # Without group_dead (kernels before 6.16) the leader's exit is taken as the process's.
-        is_thread = not group_dead if group_dead is not None else tid != tgid
-        clock = self.clock
-        if is_thread:
-            if not self.config.threads:
-                self.exits.thread_exited(tid, tgid)
-                return None
+        if group_dead is None:  # kernels before 6.16 lack the field: count the threads we saw created
+            group_dead = self._last_task(tid, tgid)
+        if tid != tgid:
             status = self.exits.thread_exited(tid, tgid)
-            start_ns = self.starts.get(tgid)
-            lifetime = None
-        else:
-            status = self.exits.process_exited(tid, tgid)
-            start_ns = self.starts.ended(tgid)
-            lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
+            if self.config.threads:
+                self._out.append(self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
+            if not group_dead:
+                return
+        elif not group_dead:
+            self._leader_gone[tgid] = comm
+            return
+        status = self.exits.process_exited(tid, tgid)
+        comm = self._leader_gone.pop(tgid, comm)
+        start_ns = self.starts.ended(tgid)
+        event = self._exit_event(ts, tgid, tgid, False, status, comm, start_ns)
+        parent = self._parents.pop(tgid, None)
+        if parent is not None:
+            event = replace(event, parent_pid=parent)
+        self._out.append(event)
+
+    def _last_task(self, tid: int, tgid: int) -> bool:
+        threads = self._threads.get(tgid)
+        if tid != tgid:
+            if threads is not None:
+                threads.discard(tid)
+            return not threads and tgid in self._leader_gone
+        return not threads
+
+    def _exit_event(
+        self, ts: int, pid: int, tid: int, is_thread: bool, status: int | None, comm: str, start_ns: int | None
+    ) -> Exit:
         exit_code = sig = None
         if status is not None:
             if status & 0x7F:
                 sig = status & 0x7F
             else:
                 exit_code = (status >> 8) & 0xFF
-        return Exit(source="tracefs", timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=tgid, tid=tid,
+        clock = self.clock
+        lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
+        return Exit(source="tracefs", timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=pid, tid=tid,
                     start_ns=start_ns, is_thread=is_thread, status=status, exit_code=exit_code, signal=sig,
                     lifetime_ns=lifetime, comm=comm)  # fmt: skip
 
