@@ -260,9 +260,12 @@ class BpfBackend(Backend):
             except DecodeError:
                 self._decode_errors += 1
                 continue
-            out.append(convert(record))
+            if record.type == rec.TYPE_EXIT:
+                self._exits(record, out)
+            else:
+                out.append(convert(record))
         ring.release()
-        self._records += len(out)
+        self._records += len(out)  # approximately: a group exit of a thread counts twice
         self._check_lost(out)
         return out
 
@@ -311,20 +314,31 @@ class BpfBackend(Backend):
                 parent_pid=r.tgid if is_thread else r.ppid, parent_tid=r.aux32, is_thread=is_thread,
                 clone_flags=r.aux64, comm=r.comm, uid=r.uid, gid=r.gid, cgroup_id=r.cgroup_id,
             )  # fmt: skip
-        if r.type == rec.TYPE_EXIT:
-            status = decode_wait_status(r.aux32)
-            is_thread = not r.aux64
-            began = r.task_start_ns if is_thread else r.start_ns
-            return Exit(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=r.start_ns,
-                is_thread=is_thread, status=r.aux32 & 0xFFFF, exit_code=status.exit_code, signal=status.signal,
-                core_dumped=status.core_dumped, lifetime_ns=max(0, self._clock.since_boot(ts) - began),
-                parent_pid=r.ppid, comm=r.comm,
-            )  # fmt: skip
         ret = r.aux64 - (1 << 64) if r.aux64 >= 1 << 63 else r.aux64
         return ForkFailed(
             source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=self._starts.get(r.tgid),
             errno=-ret, syscall=FORK_SYSCALLS[r.aux32] if r.aux32 < len(FORK_SYSCALLS) else None, comm=r.comm,
+        )  # fmt: skip
+
+    def _exits(self, r: rec.Record, out: list[Event]) -> None:
+        """A task's exit: a thread Exit for a non-leader thread, then a process Exit (with the leader's tid, as
+        the other backends) when it was the last thread.  A leader that ends before its threads says nothing: its
+        process ends with the last thread."""
+        group_dead = bool(r.aux64)
+        since_boot = self._clock.since_boot(r.ts)
+        wall = self._clock.wall_time(r.ts)
+        if r.tid != r.tgid and self.config.threads:
+            out.append(self._exit(r, wall, r.tid, r.aux32, True, since_boot - r.task_start_ns))
+        if group_dead:
+            out.append(self._exit(r, wall, r.tgid, r.process_status, False, since_boot - r.start_ns))
+
+    @staticmethod
+    def _exit(r: rec.Record, wall: float, tid: int, status: int, is_thread: bool, lifetime: int) -> Exit:
+        decoded = decode_wait_status(status)
+        return Exit(
+            source="bpf", timestamp_ns=r.ts, wall_time=wall, pid=r.tgid, tid=tid, start_ns=r.start_ns,
+            is_thread=is_thread, status=status & 0xFFFF, exit_code=decoded.exit_code, signal=decoded.signal,
+            core_dumped=decoded.core_dumped, lifetime_ns=max(0, lifetime), parent_pid=r.ppid, comm=r.comm,
         )  # fmt: skip
 
     # -- loss ----------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = ["FNAME_MAX", "Filters", "Layout", "MapFds", "exec_program", "exit_pro
 
 FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
+SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h: signal->flags while a group exit is in progress
 BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP = 1, 2
 BPF_RB_AVAIL_DATA = 0
 BPF_ANY = 0
@@ -48,6 +49,8 @@ class Layout:
     task_mm: int
     task_signal: int
     signal_live: int
+    signal_flags: int
+    signal_group_exit_code: int
     mm_arg_start: int
     mm_arg_end: int
     bprm_argc: int
@@ -70,6 +73,8 @@ class Layout:
             task_mm=off("task_struct", "mm"),
             task_signal=off("task_struct", "signal"),
             signal_live=off("signal_struct", "live"),
+            signal_flags=off("signal_struct", "flags"),
+            signal_group_exit_code=off("signal_struct", "group_exit_code"),
             mm_arg_start=off("mm_struct", "arg_start"),
             mm_arg_end=off("mm_struct", "arg_end"),
             bprm_argc=off("linux_binprm", "argc"),
@@ -336,6 +341,19 @@ def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
     a.stx(DW, R9, rec.OFF_AUX64, R8)
     a.ldx(W, R1, R7, lay.task_exit_code)
     a.stx(W, R9, rec.OFF_AUX32, R1)
+    # the status wait() will report for the process (kernel/exit.c wait_task_zombie): the group exit code during a
+    # group exit, else the leader's own exit code
+    a.ldx(DW, R2, R7, lay.task_signal)
+    a.ldx(W, R1, R2, lay.signal_flags)
+    a.jset(R1, SIGNAL_GROUP_EXIT, "group_exit")
+    a.ldx(DW, R2, R7, lay.task_group_leader)
+    a.ldx(W, R1, R2, lay.task_exit_code)
+    a.ja("have_status")
+    a.label("group_exit")
+    a.ldx(W, R1, R2, lay.signal_group_exit_code)
+    a.label("have_status")
+    a.stx(W, R9, rec.OFF_LEN_A, R1)
+    a.st(W, R9, rec.OFF_LEN_B, 0)
     _creds_cgroup_comm(a, filters)
     _output(a, maps, filters, None)
     return a.assemble()

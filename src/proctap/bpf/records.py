@@ -11,8 +11,9 @@ Every record starts with the same 96-byte header (native endian, written by :mod
 
 aux/len fields by type: FORK aux32 = creating thread's tid, aux64 = clone flags; EXEC aux32 = old pid,
 aux64 = argc, len_a = bytes of filename read (with its NUL), len_b = true argv bytes (mm->arg_end - arg_start),
-payload = filename then the captured argv; EXIT aux32 = task->exit_code (a wait status), aux64 = group_dead;
-FORK_FAILED aux32 = syscall number, aux64 = return value (-errno).
+payload = filename then the captured argv; EXIT aux32 = task->exit_code (a wait status), aux64 = group_dead,
+len_a = the process's wait status (meaningful when group_dead); FORK_FAILED aux32 = index of the syscall in
+the backend's list, aux64 = return value (-errno).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Record:
     argv: tuple[str, ...] | None = None
     argv_bytes: int = 0  # true length of the argv area
     argv_truncated: bool = False
+    process_status: int = 0  # EXIT: the wait status of the process (when aux64, group_dead, is set)
 
 
 def decode_comm(raw: bytes) -> str:
@@ -100,7 +102,7 @@ def decode_record(buf: bytes | memoryview, offset: int = 0, length: int | None =
         if length != HEADER_SIZE:
             raise DecodeError(f"BPF record type {rtype} has {length} bytes, expected {HEADER_SIZE}")
         return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
-                      decode_comm(comm), aux64)  # fmt: skip
+                      decode_comm(comm), aux64, process_status=len_a if rtype == TYPE_EXIT else 0)  # fmt: skip
     payload = bytes(buf[offset + HEADER_SIZE : offset + length])
     if len_a > len(payload):
         raise DecodeError(f"exec record: filename of {len_a} bytes overruns the {len(payload)}-byte payload")
