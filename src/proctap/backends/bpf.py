@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import struct
 import time
@@ -46,6 +47,8 @@ FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MISSES_INTERVAL_S = 1.0
 _U64 = struct.Struct("=Q")
+HEADER_SIZE = rec.HEADER_SIZE
+_unpack_header = rec.HEADER.unpack_from
 
 
 def possible_cpus() -> int:
@@ -150,6 +153,9 @@ class BpfBackend(Backend):
         self._ring: RingBuffer | None = None
         self._closed = False
         self._clock = Clock()
+        self._wall_offset_ns = self._clock.wall_offset_ns
+        self._boot_offset_ns = self._clock.boot_offset_ns
+        self._comms: dict[bytes, str] = {}
         self._starts = StartTimes()
         self._ncpus = possible_cpus()
         self._lost_seen = [0] * self._ncpus
@@ -253,19 +259,14 @@ class BpfBackend(Backend):
             return []
         out: list[Event] = []
         data = ring.data
-        convert = self._convert
+        decode = self._decode
         for offset, length in ring.pending():
             try:
-                record = rec.decode_record(data, offset, length)  # type: ignore[arg-type]
+                decode(data, offset, length, out)
             except DecodeError:
                 self._decode_errors += 1
-                continue
-            if record.type == rec.TYPE_EXIT:
-                self._exits(record, out)
-            else:
-                out.append(convert(record))
         ring.release()
-        self._records += len(out)  # approximately: a group exit of a thread counts twice
+        self._records += len(out)  # approximately: the exit of a process's last thread gives two events
         self._check_lost(out)
         return out
 
@@ -297,48 +298,71 @@ class BpfBackend(Backend):
         }
 
     # -- decoding ----------------------------------------------------------------------------------------------
-    def _convert(self, r: rec.Record) -> Event:
-        ts = r.ts
-        wall = self._clock.wall_time(ts)
-        if r.type == rec.TYPE_EXEC:
-            return Exec(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=r.start_ns,
-                filename=r.filename, argv=r.argv, argc=r.aux64, argv_truncated=r.argv_truncated, comm=r.comm,
-                parent_pid=r.ppid, uid=r.uid, gid=r.gid, cgroup_id=r.cgroup_id, filename_from=Origin.KERNEL,
-                argv_from=None if r.argv is None else Origin.KERNEL, comm_from=Origin.KERNEL,
-            )  # fmt: skip
-        if r.type == rec.TYPE_FORK:
-            is_thread = bool(r.aux64 & progs.CLONE_THREAD)
-            return Fork(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=r.start_ns,
-                parent_pid=r.tgid if is_thread else r.ppid, parent_tid=r.aux32, is_thread=is_thread,
-                clone_flags=r.aux64, comm=r.comm, uid=r.uid, gid=r.gid, cgroup_id=r.cgroup_id,
-            )  # fmt: skip
-        ret = r.aux64 - (1 << 64) if r.aux64 >= 1 << 63 else r.aux64
-        return ForkFailed(
-            source="bpf", timestamp_ns=ts, wall_time=wall, pid=r.tgid, tid=r.tid, start_ns=self._starts.get(r.tgid),
-            errno=-ret, syscall=FORK_SYSCALLS[r.aux32] if r.aux32 < len(FORK_SYSCALLS) else None, comm=r.comm,
-        )  # fmt: skip
+    def _comm(self, raw: bytes) -> str:
+        """comm[16] as text; cached, since a storm repeats a few names."""
+        comm = self._comms.get(raw)
+        if comm is None:
+            if len(self._comms) > 4096:
+                self._comms.clear()
+            comm = self._comms[raw] = rec.decode_comm(raw)
+        return comm
 
-    def _exits(self, r: rec.Record, out: list[Event]) -> None:
-        """A task's exit: a thread Exit for a non-leader thread, then a process Exit (with the leader's tid, as
-        the other backends) when it was the last thread.  A leader that ends before its threads says nothing: its
-        process ends with the last thread."""
-        group_dead = bool(r.aux64)
-        since_boot = self._clock.since_boot(r.ts)
-        wall = self._clock.wall_time(r.ts)
-        if r.tid != r.tgid and self.config.threads:
-            out.append(self._exit(r, wall, r.tid, r.aux32, True, since_boot - r.task_start_ns))
-        if group_dead:
-            out.append(self._exit(r, wall, r.tgid, r.process_status, False, since_boot - r.start_ns))
+    def _decode(self, data: mmap.mmap, offset: int, length: int, out: list[Event]) -> None:
+        """One ring record (layout: proctap.bpf.records) into 0-2 events appended to ``out``; the hot path, so it
+        unpacks the header once and builds the events directly."""
+        if length < HEADER_SIZE:
+            raise DecodeError(f"BPF record of {length} bytes is shorter than its header")
+        (rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, comm, aux64, len_a, len_b) = (
+            _unpack_header(data, offset)
+        )
+        wall = (ts + self._wall_offset_ns) / 1e9
+        if rtype != rec.TYPE_EXEC and length != HEADER_SIZE:
+            raise DecodeError(f"BPF record type {rtype} has {length} bytes, expected {HEADER_SIZE}")
+        if rtype == rec.TYPE_FORK:
+            is_thread = bool(aux64 & progs.CLONE_THREAD)
+            out.append(Fork(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
+                parent_pid=tgid if is_thread else ppid, parent_tid=aux32, is_thread=is_thread, clone_flags=aux64,
+                comm=self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup,
+            ))  # fmt: skip
+        elif rtype == rec.TYPE_EXIT:
+            # a non-leader thread's own Exit, then the process Exit (with the leader's tid, as the other backends)
+            # when it was the last thread; a leader ending before its threads says nothing until the process ends
+            since_boot = ts + self._boot_offset_ns
+            name = self._comm(comm)
+            if tid != tgid and self.config.threads:
+                out.append(self._exit(ts, wall, tgid, tid, start, aux32, True, since_boot - task_start, ppid, name))
+            if aux64:  # group_dead
+                out.append(self._exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, name))
+        elif rtype == rec.TYPE_EXEC:
+            payload = data[offset + HEADER_SIZE : offset + length]
+            filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)
+            out.append(Exec(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
+                filename=filename, argv=argv, argc=aux64, argv_truncated=truncated, comm=self._comm(comm),
+                parent_pid=ppid, uid=uid, gid=gid, cgroup_id=cgroup, filename_from=Origin.KERNEL,
+                argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL,
+            ))  # fmt: skip
+        elif rtype == rec.TYPE_FORK_FAILED:
+            ret = aux64 - (1 << 64) if aux64 >= 1 << 63 else aux64
+            out.append(ForkFailed(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=self._starts.get(tgid),
+                errno=-ret, syscall=FORK_SYSCALLS[aux32] if aux32 < len(FORK_SYSCALLS) else None,
+                comm=self._comm(comm),
+            ))  # fmt: skip
+        else:
+            raise DecodeError(f"unknown BPF record type {rtype}")
 
     @staticmethod
-    def _exit(r: rec.Record, wall: float, tid: int, status: int, is_thread: bool, lifetime: int) -> Exit:
+    def _exit(
+        ts: int, wall: float, pid: int, tid: int, start: int, status: int, is_thread: bool, lifetime: int, ppid: int,
+        comm: str,
+    ) -> Exit:  # fmt: skip
         decoded = decode_wait_status(status)
         return Exit(
-            source="bpf", timestamp_ns=r.ts, wall_time=wall, pid=r.tgid, tid=tid, start_ns=r.start_ns,
-            is_thread=is_thread, status=status & 0xFFFF, exit_code=decoded.exit_code, signal=decoded.signal,
-            core_dumped=decoded.core_dumped, lifetime_ns=max(0, lifetime), parent_pid=r.ppid, comm=r.comm,
+            source="bpf", timestamp_ns=ts, wall_time=wall, pid=pid, tid=tid, start_ns=start, is_thread=is_thread,
+            status=status & 0xFFFF, exit_code=decoded.exit_code, signal=decoded.signal,
+            core_dumped=decoded.core_dumped, lifetime_ns=max(0, lifetime), parent_pid=ppid, comm=comm,
         )  # fmt: skip
 
     # -- loss ----------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ enum values.  Nothing about the kernel's layout is hard-coded: every offset come
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,9 +65,10 @@ class Btf:
         self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         if self._types_start + type_len > len(data) or len(self._strings) != str_len:
             raise DecodeError("BTF sections extend past the end of the blob")
-        self._offsets = [0]  # byte offset of each type record; id 0 is void
-        self._name_offs = [0]
-        self._kinds = [0]
+        # compact per-type columns (a list of ints would cost ~10x the memory for 126k types)
+        self._offsets = array("I", [0])  # byte offset of each type record; id 0 is void
+        self._name_offs = array("I", [0])
+        self._kinds = array("B", [0])
         pos, end = self._types_start, self._types_start + type_len
         unpack = _TYPE.unpack_from
         trailer = _TRAILER

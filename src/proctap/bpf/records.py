@@ -30,6 +30,7 @@ __all__ = [
     "RECORD_TYPES",
     "Record",
     "decode_argv",
+    "decode_exec_payload",
     "decode_record",
 ]
 
@@ -87,6 +88,20 @@ def decode_argv(raw: bytes, truncated: bool) -> tuple[str, ...]:
     return tuple(part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0"))
 
 
+def decode_exec_payload(payload: bytes, len_a: int, len_b: int, flags: int) -> tuple[str, tuple[str, ...] | None, bool]:
+    """(filename, argv or None when unreadable, argv_truncated) from an exec record's payload."""
+    if len_a > len(payload):
+        raise DecodeError(f"exec record: filename of {len_a} bytes overruns the {len(payload)}-byte payload")
+    filename = payload[:len_a].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if flags & FLAG_ARGV_UNREADABLE:
+        return filename, None, False
+    captured = payload[len_a:]
+    if len(captured) > len_b:
+        raise DecodeError(f"exec record: {len(captured)} argv bytes captured of {len_b}")
+    truncated = len(captured) < len_b
+    return filename, decode_argv(captured, truncated), truncated
+
+
 def decode_record(buf: bytes | memoryview, offset: int = 0, length: int | None = None) -> Record:
     """Decode one ring buffer record at ``buf[offset:offset+length]``; DecodeError when malformed."""
     if length is None:
@@ -104,17 +119,6 @@ def decode_record(buf: bytes | memoryview, offset: int = 0, length: int | None =
         return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
                       decode_comm(comm), aux64, process_status=len_a if rtype == TYPE_EXIT else 0)  # fmt: skip
     payload = bytes(buf[offset + HEADER_SIZE : offset + length])
-    if len_a > len(payload):
-        raise DecodeError(f"exec record: filename of {len_a} bytes overruns the {len(payload)}-byte payload")
-    filename = payload[:len_a].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-    captured = payload[len_a:]
-    if flags & FLAG_ARGV_UNREADABLE:
-        argv = None
-        truncated = False
-    else:
-        if len(captured) > len_b:
-            raise DecodeError(f"exec record: {len(captured)} argv bytes captured of {len_b}")
-        truncated = len(captured) < len_b
-        argv = decode_argv(captured, truncated)
+    filename, argv, truncated = decode_exec_payload(payload, len_a, len_b, flags)
     return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, decode_comm(comm),
                   aux64, filename, argv, len_b, truncated)  # fmt: skip
