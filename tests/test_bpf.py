@@ -535,6 +535,29 @@ def test_pid_subtree_filter_in_kernel() -> None:
 
 
 @needs_bpf
+def test_pid_subtree_includes_existing_descendants() -> None:
+    root = subprocess.Popen(["/bin/sh", "-c", "/bin/sh -c 'read x; exec /bin/echo grandchild >/dev/null'; exit 0"],
+                            stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        children: list[str] = []
+        while not children and time.monotonic() < deadline:
+            children = Path(f"/proc/{root.pid}/task/{root.pid}/children").read_text().split()
+            time.sleep(0.01)
+        (grandchild,) = (int(c) for c in children)
+        with backend(root_pid=root.pid) as b:
+            assert root.stdin is not None
+            root.stdin.write(b"go\n")
+            root.stdin.close()
+            root.wait()
+            events = collect(b, exited(root.pid))
+    finally:
+        root.kill()
+        root.wait()
+    assert any(isinstance(e, Exec) and e.pid == grandchild and e.filename == "/bin/echo" for e in events)
+
+
+@needs_bpf
 def test_uid_filter_keeps_only_that_user() -> None:
     with backend(options=(("uid", "4242"),)) as b:
         other = subprocess.Popen(["/bin/true", "as-root"])

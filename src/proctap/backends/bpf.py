@@ -37,6 +37,7 @@ from ..bpf.syscall import (
 from ..clock import Clock
 from ..errors import BackendUnavailable, DecodeError, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin, decode_wait_status
+from ..procfs import read_ppid
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
 __all__ = ["BpfBackend"]
@@ -60,6 +61,24 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         count += int(hi or lo) - int(lo) + 1
     return count
+
+
+def descendants(root: int) -> set[int]:
+    """Live descendants of ``root``, from one scan of /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            ppid = read_ppid(int(name))
+            if ppid is not None:
+                children.setdefault(ppid, []).append(int(name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _ring_size(requested: int | None) -> int:
@@ -203,14 +222,24 @@ class BpfBackend(Backend):
             )  # fmt: skip
             self._lost_fd = maps.lost
             if cfg.root_pid is not None:
-                map_update(maps.tracked, struct.pack("=I", cfg.root_pid), _U64.pack(1))
+                self._track_subtree(maps.tracked, cfg.root_pid)
             self._ring = RingBuffer(maps.ringbuf, ring_size)
             self._attach_all(layout, maps, filters, argv_limit)
+            if cfg.root_pid is not None:
+                # again, for processes forked by untracked parents between the first scan and the attachment
+                self._track_subtree(maps.tracked, cfg.root_pid)
         except BpfError as exc:
             detail = f"\n{exc.log}" if exc.log else ""
             raise BackendUnavailable(f"bpf: {_unavailable_reason(exc)}{detail}") from None
         except OSError as exc:
             raise BackendUnavailable(f"bpf: {exc}") from None
+
+    @staticmethod
+    def _track_subtree(tracked_fd: int, root: int) -> None:
+        """Put the root and its live descendants into the tracked map (later ones are added by the fork program)."""
+        for pid in {root} | descendants(root):
+            with contextlib.suppress(BpfError):  # a full map: the watcher still filters exactly in user space
+                map_update(tracked_fd, struct.pack("=I", pid), _U64.pack(1))
 
     def _attach_tp_btf(self, tracepoint: str, prog_name: str, code: bytes) -> None:
         type_id = vmlinux().find(f"btf_trace_{tracepoint}", TYPEDEF)
