@@ -8,6 +8,7 @@ data, padded to 8 bytes.  Positions are free-running u64 byte counters.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 
@@ -40,6 +41,11 @@ class RingBuffer:
         except BaseException:
             self._consumer.close()
             raise
+        # The kernel maps the ring with vm_insert_page (VM_MIXEDMAP), so a fork would copy every page table entry of
+        # it: keep the mapping out of children (they do not consume the ring), which keeps our forks cheap.
+        for mapping in (self._consumer, self.data):
+            with contextlib.suppress(OSError, AttributeError):
+                mapping.madvise(mmap.MADV_DONTFORK)
         self._cons_pos = _POS.unpack_from(self._consumer, 0)[0]
         self._next_pos = self._cons_pos
 
