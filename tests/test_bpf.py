@@ -653,3 +653,53 @@ def test_bad_option_is_one_line_error() -> None:
 
     with pytest.raises(ProctapError, match="uid"):
         BpfBackend(BackendConfig(options=(("uid", "root"),)))
+
+
+HOLDER = textwrap.dedent(
+    """
+    import struct, sys, time
+    from proctap.backends.base import BackendConfig
+    from proctap.backends.bpf import BpfBackend
+    from proctap.bpf.syscall import obj_info
+    b = BpfBackend(BackendConfig())
+    print(" ".join(str(struct.unpack_from("=I", obj_info(fd, 8), 4)[0]) for fd in b._prog_fds), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@needs_bpf
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_programs_go_away_when_the_process_dies(sig: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout is not None
+        ids = {int(i) for i in holder.stdout.readline().split()}
+        assert ids and ids <= set(prog_ids())
+    finally:
+        holder.send_signal(sig)
+        holder.wait()
+    assert still_loaded(ids) == set()
+
+
+def test_probe_explains_an_unprivileged_user() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            vmlinux.cache_clear()
+            availability = BpfBackend.probe()
+            os.write(w, f"{availability.ok}|{availability.reason}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        ok, _, reason = f.read().decode().partition("|")
+    os.waitpid(child, 0)
+    assert ok == "False" and "root" in reason and "\n" not in reason
