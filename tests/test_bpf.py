@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proctap.backends.base import BackendConfig
-from proctap.backends.bpf import BpfBackend
+from proctap.backends.bpf import BpfBackend, _verifier_summary
 from proctap.bpf import records as rec
 from proctap.bpf.btf import ENUM, FUNC_PROTO, STRUCT, TYPEDEF, vmlinux
 from proctap.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
@@ -311,6 +311,8 @@ def test_refused_program_returns_verifier_log() -> None:
     with pytest.raises(BpfError) as info:
         load_program(ProgType.TRACEPOINT, a.assemble(), "proctap_bad")
     assert "invalid bpf_context access" in info.value.log
+    summary = _verifier_summary(info.value.log)
+    assert "invalid bpf_context access off=0 size=8" in summary and "\n" not in summary
     b = Asm()
     b.mov(R2, 0)
     b.exit()  # R0 never set
@@ -659,7 +661,7 @@ HOLDER = textwrap.dedent(
     """
     import struct, sys, time
     from proctap.backends.base import BackendConfig
-    from proctap.backends.bpf import BpfBackend
+    from proctap.backends.bpf import BpfBackend, _verifier_summary
     from proctap.bpf.syscall import obj_info
     b = BpfBackend(BackendConfig())
     print(" ".join(str(struct.unpack_from("=I", obj_info(fd, 8), 4)[0]) for fd in b._prog_fds), flush=True)

@@ -129,6 +129,14 @@ def _unavailable_reason(exc: BpfError) -> str:
     return str(exc)
 
 
+def _verifier_summary(log: str) -> str:
+    """The verifier's reason for refusing a program (its last line before the statistics), as a message tail."""
+    lines = [line for line in log.splitlines() if line.strip() and not line.startswith(("processed ", "verification"))]
+    if not lines:
+        return ""
+    return f" (verifier: {lines[-1].strip()}; use another backend and report this kernel's version)"
+
+
 class BpfBackend(Backend):
     name: ClassVar[str] = "bpf"
     description: ClassVar[str] = "eBPF programs on sched/task tracepoints, ring buffer (root, BTF)"
@@ -229,8 +237,9 @@ class BpfBackend(Backend):
                 # again, for processes forked by untracked parents between the first scan and the attachment
                 self._track_subtree(maps.tracked, cfg.root_pid)
         except BpfError as exc:
-            detail = f"\n{exc.log}" if exc.log else ""
-            raise BackendUnavailable(f"bpf: {_unavailable_reason(exc)}{detail}") from None
+            error = BackendUnavailable(f"bpf: {_unavailable_reason(exc)}{_verifier_summary(exc.log)}")
+            error.verifier_log = exc.log  # type: ignore[attr-defined]  # the whole log, for bug reports
+            raise error from None
         except OSError as exc:
             raise BackendUnavailable(f"bpf: {exc}") from None
 
