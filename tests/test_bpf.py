@@ -148,6 +148,29 @@ def test_helper_ids_agree_with_kernel_btf() -> None:
         assert btf.enum_value("bpf_func_id", f"BPF_FUNC_{helper.name}") == helper.value
 
 
+def test_uapi_constants_agree_with_kernel_btf() -> None:
+    from proctap.bpf import programs, syscall
+
+    btf = vmlinux()
+    for name, value in [
+        ("BPF_RB_NO_WAKEUP", programs.BPF_RB_NO_WAKEUP), ("BPF_RB_FORCE_WAKEUP", programs.BPF_RB_FORCE_WAKEUP),
+        ("BPF_RB_AVAIL_DATA", programs.BPF_RB_AVAIL_DATA), ("BPF_RB_CONS_POS", programs.BPF_RB_CONS_POS),
+        ("BPF_TRACE_RAW_TP", syscall.BPF_TRACE_RAW_TP), ("BPF_MAP_TYPE_RINGBUF", syscall.MapType.RINGBUF),
+        ("BPF_MAP_TYPE_PERCPU_ARRAY", syscall.MapType.PERCPU_ARRAY),
+        ("BPF_PROG_TYPE_TRACING", syscall.ProgType.TRACING),
+        ("BPF_PROG_TYPE_TRACEPOINT", syscall.ProgType.TRACEPOINT), ("BPF_PROG_LOAD", syscall.Cmd.PROG_LOAD),
+        ("BPF_RAW_TRACEPOINT_OPEN", syscall.Cmd.RAW_TRACEPOINT_OPEN), ("BPF_ANY", programs.BPF_ANY),
+    ]:  # fmt: skip
+        assert btf.enumerator(name) == value, name
+    # the offsets in union bpf_attr that syscall.load_program and create_map fill
+    for field, offset in [
+        ("prog_type", 0), ("insn_cnt", 4), ("insns", 8), ("license", 16), ("log_level", 24), ("log_size", 28),
+        ("log_buf", 32), ("prog_name", 48), ("expected_attach_type", 68), ("attach_btf_id", 108),
+        ("map_type", 0), ("key_size", 4), ("value_size", 8), ("max_entries", 12), ("map_name", 28),
+    ]:  # fmt: skip
+        assert btf.member("bpf_attr", field).offset == offset, field
+
+
 # -- BTF ----------------------------------------------------------------------------------------------------------
 
 

@@ -411,4 +411,3 @@ class TracefsBackend(Backend):
                               comm=comm)  # fmt: skip
 
         return on_fork_failed
-

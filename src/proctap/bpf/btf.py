@@ -175,8 +175,13 @@ class Btf:
         return None
 
     def member(self, struct_name: str, path: str) -> Member:
-        """``member("task_struct", "signal")`` or a dotted path through embedded structs (``"se.vruntime"``)."""
-        type_id = self.find(struct_name, STRUCT)
+        """``member("task_struct", "signal")`` or a dotted path through embedded structs (``"se.vruntime"``).
+
+        ``struct_name`` names a struct, or a union when no struct has that name."""
+        try:
+            type_id = self.find(struct_name, STRUCT)
+        except KeyError:
+            type_id = self.find(struct_name, UNION)
         bits = 0
         bit_size = 0
         mtype = type_id
@@ -213,6 +218,17 @@ class Btf:
             if self._string(name_off) == value_name:
                 return int(value)
         raise KeyError(f"enum {enum_name} has no {value_name}")
+
+    def enumerator(self, value_name: str) -> int:
+        """The value of enumerator ``value_name`` in whichever enum declares it (anonymous enums included)."""
+        for type_id, kind in enumerate(self._kinds):
+            if kind == ENUM:
+                vlen, _, _, pos = self._record(type_id)
+                for i in range(vlen):
+                    name_off, value = _ENUM.unpack_from(self._data, pos + 8 * i)
+                    if self._string(name_off) == value_name:
+                        return int(value)
+        raise KeyError(f"no enumerator {value_name}")
 
 
 @lru_cache(maxsize=1)

@@ -91,6 +91,9 @@ class Helper(IntEnum):
     probe_read_kernel_str = 115
     ktime_get_boot_ns = 125
     ringbuf_output = 130
+    ringbuf_reserve = 131
+    ringbuf_submit = 132
+    ringbuf_discard = 133
     ringbuf_query = 134
     get_current_task_btf = 158
 

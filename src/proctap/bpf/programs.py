@@ -28,12 +28,14 @@ FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
 SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h: signal->flags while a group exit is in progress
 BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP = 1, 2
-BPF_RB_AVAIL_DATA = 0
+BPF_RB_AVAIL_DATA, BPF_RB_CONS_POS = 0, 2  # bpf_ringbuf_query flags (include/uapi/linux/bpf.h)
 BPF_ANY = 0
 
 # stack slots (offsets from the frame pointer)
 SLOT_KEY = -8  # u32 map keys
 SLOT_VAL = -16  # u64 value for map updates
+SLOT_CONS = -24  # u64 consumer position seen before the output
+SLOT_FLAGS = -32  # u64 wakeup flags of the output
 
 
 @dataclass(frozen=True)
@@ -177,16 +179,23 @@ def _begin(a: Asm, rtype: int) -> None:
 def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | None) -> None:
     """Send the record at r9 (size HEADER_SIZE, or in ``size_reg``, a callee-saved register); count a failure.
 
-    Wake the reader only for the first record after a drain or when much is pending (batched wakeups).
+    Batched wakeups: wake the reader only for the first record after a drain (the ring was empty) or when much is
+    pending.  A reader that drained the ring between our look at it and our commit may have gone to sleep without
+    seeing our record: the consumer position moved meanwhile, so wake it with an empty (discarded) record.
     """
+    a.ld_map_fd(R1, maps.ringbuf)
+    a.mov(R2, BPF_RB_CONS_POS)
+    a.call(Helper.ringbuf_query)
+    a.stx(DW, FP, SLOT_CONS, R0)
     a.ld_map_fd(R1, maps.ringbuf)
     a.mov(R2, BPF_RB_AVAIL_DATA)
     a.call(Helper.ringbuf_query)
     a.mov(R4, BPF_RB_FORCE_WAKEUP)
-    a.jeq(R0, 0, "wake")
-    a.jgt(R0, filters.wakeup_threshold, "wake")
+    a.jeq(R0, 0, "flags")
+    a.jgt(R0, filters.wakeup_threshold, "flags")
     a.mov(R4, BPF_RB_NO_WAKEUP)
-    a.label("wake")
+    a.label("flags")
+    a.stx(DW, FP, SLOT_FLAGS, R4)
     a.ld_map_fd(R1, maps.ringbuf)
     a.mov(R2, R9)
     if size_reg is None:
@@ -194,8 +203,25 @@ def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | None) -> Non
     else:
         a.mov(R3, size_reg)
     a.call(Helper.ringbuf_output)
+    a.jne(R0, 0, "lost")
+    a.ldx(DW, R1, FP, SLOT_FLAGS)
+    a.jeq(R1, BPF_RB_FORCE_WAKEUP, "out")
+    a.ld_map_fd(R1, maps.ringbuf)
+    a.mov(R2, BPF_RB_CONS_POS)
+    a.call(Helper.ringbuf_query)
+    a.ldx(DW, R1, FP, SLOT_CONS)
+    a.jeq(R0, R1, "out")
+    a.ld_map_fd(R1, maps.ringbuf)
+    a.mov(R2, 8)
+    a.mov(R3, 0)
+    a.call(Helper.ringbuf_reserve)
     a.jeq(R0, 0, "out")
+    a.mov(R1, R0)
+    a.mov(R2, BPF_RB_FORCE_WAKEUP)
+    a.call(Helper.ringbuf_discard)
+    a.ja("out")
     # the ring is full: count the record as lost on this CPU
+    a.label("lost")
     a.st(W, FP, SLOT_KEY, 0)
     a.ld_map_fd(R1, maps.lost)
     a.mov(R2, FP)

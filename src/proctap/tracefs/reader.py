@@ -49,9 +49,7 @@ class TraceReader:
         if root is None:
             from ..errors import BackendUnavailable
 
-            raise BackendUnavailable(
-                "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (needs root)"
-            )
+            raise BackendUnavailable("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (needs root)")
         self.stale_removed = remove_stale_instances(root, prefix)
         self.instance = Instance(root, prefix)
         self._epoll: select.epoll | None = None
