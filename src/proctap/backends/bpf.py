@@ -113,6 +113,8 @@ def _tracepoint_format(group: str, name: str) -> tuple[int, dict[str, int]] | No
             if not line.startswith("field:"):
                 continue
             parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
+            if "offset" not in parts:
+                continue
             field_name = parts["field"].split()[-1].split("[")[0]
             offsets[field_name] = int(parts["offset"])
         return tp_id, offsets
@@ -237,7 +239,8 @@ class BpfBackend(Backend):
                 # again, for processes forked by untracked parents between the first scan and the attachment
                 self._track_subtree(maps.tracked, cfg.root_pid)
         except BpfError as exc:
-            error = BackendUnavailable(f"bpf: {_unavailable_reason(exc)}{_verifier_summary(exc.log)}")
+            reason = "the kernel refused proctap's BPF program" if exc.log else _unavailable_reason(exc)
+            error = BackendUnavailable(f"bpf: {reason}{_verifier_summary(exc.log)}")
             error.verifier_log = exc.log  # type: ignore[attr-defined]  # the whole log, for bug reports
             raise error from None
         except OSError as exc:
@@ -280,7 +283,11 @@ class BpfBackend(Backend):
             code = progs.fork_failed_program(maps, filters, index, offsets["ret"])
             fd = self._own(load_program(ProgType.TRACEPOINT, code, f"proctap_ff_{syscall}"))
             self._prog_fds.append(fd)
-            self._own(perf_event_open_tracepoint(tp_id, fd))
+            try:
+                self._own(perf_event_open_tracepoint(tp_id, fd))
+            except BpfError as exc:  # not fatal: everything but ForkFailed still works
+                self._notes.append(f"fork_failed on {syscall} unavailable: {exc}")
+                continue
             self._fork_syscalls.append(syscall)
         if not self._fork_syscalls:
             self._notes.append("fork_failed unavailable: tracefs (syscalls/sys_exit_clone) not mounted")
@@ -324,6 +331,11 @@ class BpfBackend(Backend):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What this instance could not set up although the backend works (e.g. ForkFailed without tracefs)."""
+        return tuple(self._notes)
 
     def stats(self) -> dict[str, int]:
         return {
