@@ -303,7 +303,7 @@ def test_decode_captured_records() -> None:
     execs = [r for r in decoded if r.type == rec.TYPE_EXEC]
     assert any(r.argv == ("/bin/echo", "captured", "", "a b") for r in execs)
     exits = [r for r in decoded if r.type == rec.TYPE_EXIT and r.comm == "echo"]
-    assert exits and exits[0].aux32 == 0 and exits[0].aux64 == 1
+    assert exits and exits[0].aux32 == 0 and exits[0].aux64 == 1 and exits[0].leader_comm == "echo"
 
 
 # -- ring buffer --------------------------------------------------------------------------------------------------
@@ -728,3 +728,30 @@ def test_probe_explains_an_unprivileged_user() -> None:
         ok, _, reason = f.read().decode().partition("|")
     os.waitpid(child, 0)
     assert ok == "False" and "root" in reason and "\n" not in reason
+
+
+NAMED_THREADS = textwrap.dedent(
+    """
+    import os, threading
+    def name(text):
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(text)
+    def worker():
+        name("worker-y")
+        os._exit(7)
+    name("leader-x")
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    """
+)
+
+
+@needs_bpf
+def test_process_exit_carries_the_leaders_name_and_group_status() -> None:
+    with backend() as b:
+        pid, events = run_and_collect(b, [sys.executable, "-c", NAMED_THREADS])
+    process_exit = next(e for e in events if isinstance(e, Exit) and not e.is_thread)
+    assert process_exit.comm == "leader-x" and process_exit.exit_code == 7 and process_exit.tid == pid
+    thread_exit = next(e for e in events if isinstance(e, Exit) and e.is_thread)
+    assert thread_exit.comm == "worker-y" and thread_exit.exit_code == 7

@@ -49,6 +49,7 @@ TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MISSES_INTERVAL_S = 1.0
 _U64 = struct.Struct("=Q")
 HEADER_SIZE = rec.HEADER_SIZE
+EXIT_SIZE = rec.EXIT_RECORD_SIZE
 _unpack_header = rec.HEADER.unpack_from
 
 
@@ -366,8 +367,8 @@ class BpfBackend(Backend):
             _unpack_header(data, offset)
         )
         wall = (ts + self._wall_offset_ns) / 1e9
-        if rtype != rec.TYPE_EXEC and length != HEADER_SIZE:
-            raise DecodeError(f"BPF record type {rtype} has {length} bytes, expected {HEADER_SIZE}")
+        if length != HEADER_SIZE and rtype != rec.TYPE_EXEC and not (rtype == rec.TYPE_EXIT and length == EXIT_SIZE):
+            raise DecodeError(f"BPF record type {rtype} has {length} bytes")
         if rtype == rec.TYPE_FORK:
             is_thread = bool(aux64 & progs.CLONE_THREAD)
             out.append(Fork(
@@ -383,7 +384,8 @@ class BpfBackend(Backend):
             if tid != tgid and self.config.threads:
                 out.append(self._exit(ts, wall, tgid, tid, start, aux32, True, since_boot - task_start, ppid, name))
             if aux64:  # group_dead
-                out.append(self._exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, name))
+                leader = self._comm(data[offset + HEADER_SIZE : offset + EXIT_SIZE])
+                out.append(self._exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, leader))
         elif rtype == rec.TYPE_EXEC:
             payload = data[offset + HEADER_SIZE : offset + length]
             filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)

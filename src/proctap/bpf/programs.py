@@ -48,6 +48,7 @@ class Layout:
     task_group_leader: int
     task_start_boottime: int
     task_exit_code: int
+    task_comm: int
     task_mm: int
     task_signal: int
     signal_live: int
@@ -72,6 +73,7 @@ class Layout:
             task_group_leader=off("task_struct", "group_leader"),
             task_start_boottime=off("task_struct", "start_boottime"),
             task_exit_code=off("task_struct", "exit_code"),
+            task_comm=off("task_struct", "comm"),
             task_mm=off("task_struct", "mm"),
             task_signal=off("task_struct", "signal"),
             signal_live=off("signal_struct", "live"),
@@ -381,7 +383,15 @@ def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
     a.stx(W, R9, rec.OFF_LEN_A, R1)
     a.st(W, R9, rec.OFF_LEN_B, 0)
     _creds_cgroup_comm(a, filters)
-    _output(a, maps, filters, None)
+    # the process's name for its Exit: the leader's comm (threads may have named themselves differently)
+    a.mov(R1, R9)
+    a.add(R1, rec.HEADER_SIZE)
+    a.mov(R2, 16)
+    a.ldx(DW, R3, R7, lay.task_group_leader)
+    a.add(R3, lay.task_comm)
+    a.call(Helper.probe_read_kernel)
+    a.mov(R8, rec.EXIT_RECORD_SIZE)
+    _output(a, maps, filters, R8)
     return a.assemble()
 
 

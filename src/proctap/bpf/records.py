@@ -12,7 +12,8 @@ Every record starts with the same 96-byte header (native endian, written by :mod
 aux/len fields by type: FORK aux32 = creating thread's tid, aux64 = clone flags; EXEC aux32 = old pid,
 aux64 = argc, len_a = bytes of filename read (with its NUL), len_b = true argv bytes (mm->arg_end - arg_start),
 payload = filename then the captured argv; EXIT aux32 = task->exit_code (a wait status), aux64 = group_dead,
-len_a = the process's wait status (meaningful when group_dead); FORK_FAILED aux32 = index of the syscall in
+len_a = the process's wait status (meaningful when group_dead), payload = the group leader's comm[16];
+FORK_FAILED aux32 = index of the syscall in
 the backend's list, aux64 = return value (-errno).
 """
 
@@ -36,6 +37,7 @@ __all__ = [
 
 HEADER = struct.Struct("=IIQIIQQIIIIQ16sQII")
 HEADER_SIZE = HEADER.size  # 96
+EXIT_RECORD_SIZE = HEADER_SIZE + 16  # + the leader's comm
 
 TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED = 1, 2, 3, 4
 RECORD_TYPES = frozenset({TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED})
@@ -71,6 +73,7 @@ class Record:
     argv_bytes: int = 0  # true length of the argv area
     argv_truncated: bool = False
     process_status: int = 0  # EXIT: the wait status of the process (when aux64, group_dead, is set)
+    leader_comm: str | None = None  # EXIT: the group leader's comm
 
 
 def decode_comm(raw: bytes) -> str:
@@ -113,11 +116,17 @@ def decode_record(buf: bytes | memoryview, offset: int = 0, length: int | None =
     )
     if rtype not in RECORD_TYPES:
         raise DecodeError(f"unknown BPF record type {rtype}")
+    if rtype == TYPE_EXIT:
+        if length != EXIT_RECORD_SIZE:
+            raise DecodeError(f"BPF exit record has {length} bytes, expected {EXIT_RECORD_SIZE}")
+        leader = decode_comm(bytes(buf[offset + HEADER_SIZE : offset + EXIT_RECORD_SIZE]))
+        return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
+                      decode_comm(comm), aux64, process_status=len_a, leader_comm=leader)  # fmt: skip
     if rtype != TYPE_EXEC:
         if length != HEADER_SIZE:
             raise DecodeError(f"BPF record type {rtype} has {length} bytes, expected {HEADER_SIZE}")
         return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
-                      decode_comm(comm), aux64, process_status=len_a if rtype == TYPE_EXIT else 0)  # fmt: skip
+                      decode_comm(comm), aux64)  # fmt: skip
     payload = bytes(buf[offset + HEADER_SIZE : offset + length])
     filename, argv, truncated = decode_exec_payload(payload, len_a, len_b, flags)
     return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, decode_comm(comm),
