@@ -433,7 +433,8 @@ class BpfBackend(Backend):
                     self._lost_seen[cpu] = total
                     out.append(self._lost_event(delta, "bpf ring buffer full", cpu))
         now = time.monotonic()
-        if now - self._misses_checked >= MISSES_INTERVAL_S:
+        # a few syscalls: at most once a second while busy, but on every idle drain so none is reported late
+        if not out or now - self._misses_checked >= MISSES_INTERVAL_S:
             self._misses_checked = now
             misses = self._recursion_misses()
             if misses > self._misses_seen:
