@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import replace
 
 from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
@@ -328,11 +327,13 @@ class TracefsBackend(Backend):
         self._threads.pop(pid, None)
         if EventKind.EXEC not in self.config.events:
             return None
-        argv = comm = parent = None
+        argv = comm = None
+        parent = self._parents.get(pid)
         if self.config.read_proc:
             argv = read_argv(pid)
             comm = read_comm(pid)
-            parent = read_ppid(pid)
+            if parent is None:
+                parent = read_ppid(pid)
         return Exec(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=pid,
                     start_ns=self.starts.get(pid), filename=filename, filename_from=Origin.KERNEL, argv=argv,
                     argc=None if argv is None else len(argv), argv_from=None if argv is None else Origin.PROC,
@@ -359,11 +360,8 @@ class TracefsBackend(Backend):
         status = self.exits.process_exited(tid, tgid)
         comm = self._leader_gone.pop(tgid, comm)
         start_ns = self.starts.ended(tgid)
-        event = self._exit_event(ts, tgid, tgid, False, status, comm, start_ns)
         parent = self._parents.pop(tgid, None)
-        if parent is not None:
-            event = replace(event, parent_pid=parent)
-        self._out.append(event)
+        self._out.append(self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
 
     def _last_task(self, tid: int, tgid: int) -> bool:
         threads = self._threads.get(tgid)
@@ -374,7 +372,15 @@ class TracefsBackend(Backend):
         return not threads
 
     def _exit_event(
-        self, ts: int, pid: int, tid: int, is_thread: bool, status: int | None, comm: str, start_ns: int | None
+        self,
+        ts: int,
+        pid: int,
+        tid: int,
+        is_thread: bool,
+        status: int | None,
+        comm: str,
+        start_ns: int | None,
+        parent: int | None = None,
     ) -> Exit:
         exit_code = sig = None
         if status is not None:
@@ -386,7 +392,7 @@ class TracefsBackend(Backend):
         lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
         return Exit(source="tracefs", timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=pid, tid=tid,
                     start_ns=start_ns, is_thread=is_thread, status=status, exit_code=exit_code, signal=sig,
-                    lifetime_ns=lifetime, comm=comm)  # fmt: skip
+                    lifetime_ns=lifetime, comm=comm, parent_pid=parent)  # fmt: skip
 
     def _on_exit_syscall(self, _ts: int, tid: int, code: int) -> None:
         self.exits.exit_syscall(tid, code)
