@@ -143,3 +143,32 @@ def test_exit_tracker_leader_code_without_group_exit() -> None:
     assert t.thread_exited(40, 40) == 0x700
     t.exit_syscall(41, 1)
     assert t.process_exited(41, 40) == 0x700, "the process status is the leader's own code"
+
+
+# -- the path of kernels without sched_process_exit.group_dead (6.1), forced on this kernel ---------------------------
+def test_thread_counting_path_of_older_kernels() -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "conformance"))
+    from conformance_helpers import Collector, c_helper, run_python
+
+    script = (
+        "import os, threading, time\n"
+        "ts = [threading.Thread(target=time.sleep, args=(0.05,)) for _ in range(3)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "ev = threading.Event()\n"
+        "[threading.Thread(target=ev.wait).start() for _ in range(2)]\n"
+        "time.sleep(0.1)\n"
+        "os._exit(5)\n"
+    )
+    with proctap.watch(backend="tracefs", options=[("count_threads", "1")]) as w:
+        assert w.backend._count_threads  # type: ignore[attr-defined]
+        log = Collector(w)
+        p = run_python(script)
+        leader_first = subprocess.Popen([c_helper(), "leader-first", "6"])
+        (ex,) = log.wait_exit(p.pid)
+        (ex2,) = log.wait_exit(leader_first.pid)
+        assert p.wait(timeout=10) == 5 and leader_first.wait(timeout=10) == 6
+    exits = log.about([p.pid], proctap.Exit)
+    assert exits[-1] is ex and ex.exit_code == 5 and ex.tid == p.pid
+    assert len([e for e in exits if e.is_thread]) == 5
+    assert ex2.exit_code == 6 and ex2.tid == leader_first.pid
+    assert len([e for e in log.about([leader_first.pid], proctap.Exit) if e.is_thread]) == 1

@@ -74,6 +74,24 @@ class TaskGroups:
             self._tgid[tid] = tgid
         return tgid
 
+    def prime(self) -> None:
+        """Learn every existing thread from /proc/PID/task (call after tracing is on: later ones are traced).
+        Without it a thread that predates the watcher and is reaped before its exit record is drained could not
+        be placed in its process."""
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                self._tgid.setdefault(int(tid), pid)
+
+    def items(self) -> list[tuple[int, int]]:
+        return list(self._tgid.items())
+
     def new_task(self, tid: int, tgid: int) -> None:
         self._tgid[tid] = tgid
 
@@ -194,6 +212,11 @@ class TracefsBackend(Backend):
         try:
             self._enable_events(config.events)
             self._reader.start()
+            self.groups.prime()
+            if self._count_threads:
+                for tid, tgid in self.groups.items():
+                    if tid != tgid:
+                        self._threads.setdefault(tgid, set()).add(tid)
         except BaseException:
             self._reader.close()
             raise
@@ -243,7 +266,11 @@ class TracefsBackend(Backend):
         if wanted_exit:
             self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
                          optional=("group_dead",))  # fmt: skip
-            self._count_threads = self._decoders["sched_process_exit"].event.field("group_dead") is None
+            # "count_threads=1" takes the path of kernels without group_dead on any kernel (tested here on 6.18)
+            self._count_threads = (
+                self._decoders["sched_process_exit"].event.field("group_dead") is None
+                or self.config.option("count_threads") == "1"
+            )
             self._enable("syscalls", "sys_enter_exit", ("error_code",), self._on_exit_syscall)
             self._enable("syscalls", "sys_enter_exit_group", ("error_code",), self._on_exit_group_syscall)
             self._enable("signal", "signal_generate", ("sig", "pid"), self._on_signal_generate, _GENERATE_FILTER)
@@ -346,7 +373,7 @@ class TracefsBackend(Backend):
         groups = self.groups
         tgid = groups.tgid(tid)
         groups.forget(tid)
-        if group_dead is None:  # kernels before 6.16 lack the field: count the threads we saw created
+        if self._count_threads:  # older kernels (6.1) lack group_dead: count the threads of each process
             group_dead = self._last_task(tid, tgid)
         if tid != tgid:
             status = self.exits.thread_exited(tid, tgid)
@@ -358,6 +385,7 @@ class TracefsBackend(Backend):
             self._leader_gone[tgid] = comm
             return
         status = self.exits.process_exited(tid, tgid)
+        self._threads.pop(tgid, None)
         comm = self._leader_gone.pop(tgid, comm)
         start_ns = self.starts.ended(tgid)
         parent = self._parents.pop(tgid, None)
