@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from ..clock import Clock
@@ -291,7 +292,7 @@ class TracefsBackend(Backend):
         out: list[Event] = []
         if losses:
             wall = self.clock.wall_time
-            ts = records[0][0] if records else 0
+            ts = records[0][0] if records else time.monotonic_ns()
             for cpu, count in losses:
                 out.append(Lost(source="tracefs", timestamp_ns=ts, wall_time=wall(ts), pid=0, tid=0, count=count,
                                 reason="tracefs ring buffer overrun", cpu=cpu))  # fmt: skip
