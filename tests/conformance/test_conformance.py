@@ -126,6 +126,32 @@ def test_close_releases_everything(backend: str) -> None:
     assert _tracefs_instances() == instances
 
 
+@requires(Feature.FORK)
+def test_fileno_becomes_readable_and_asyncio_works(backend: str) -> None:
+    import asyncio
+    import select
+
+    with proctap.watch(events="fork", backend=backend) as w:
+        while w.read(timeout=0):  # whatever the machine did so far
+            pass
+        pid = fork_exit(0)
+        ready, _, _ = select.select([w.fileno()], [], [], TIMEOUT)
+        assert ready, "fileno() did not become readable after a fork"
+        log = Collector(w)
+        log.wait_until(lambda: bool(log.forks_of(pid)), "the fork", [pid])
+
+    async def first_fork_of_child() -> int:
+        async with proctap.awatch(events="fork", backend=backend) as aw:
+            proc = await asyncio.create_subprocess_exec("true")
+            async for ev in aw:
+                if isinstance(ev, Fork) and ev.pid == proc.pid:
+                    await proc.wait()
+                    return ev.parent_pid
+        raise AssertionError("unreachable")
+
+    assert asyncio.run(asyncio.wait_for(first_fork_of_child(), TIMEOUT)) == os.getpid()
+
+
 # -- fork / exit ------------------------------------------------------------------------------------------------------
 @requires(Feature.FORK, Feature.EXIT)
 def test_fork_and_exit_of_processes(log: Collector, backend: str) -> None:
