@@ -62,7 +62,18 @@ def test_kernel_filters_and_only_the_events_needed() -> None:
                 return f.read().strip() == "1"
 
         assert enabled("sched/sched_process_exec") and enabled("task/task_newtask")
-        assert not enabled("sched/sched_process_exit") and not enabled("syscalls/sys_exit_clone")
+        assert enabled("sched/sched_process_exit"), "keeps the per-task state bounded"
+        assert not enabled("syscalls/sys_enter_exit_group") and not enabled("syscalls/sys_exit_clone")
+        pid = os.fork()
+        if pid == 0:
+            os.execv("/bin/true", ["true"])
+        os.waitpid(pid, 0)
+        seen: list[proctap.Event] = []
+        deadline = time.monotonic() + 10
+        while not any(e.pid == pid for e in seen) and time.monotonic() < deadline:
+            seen.extend(w.read(timeout=0.1))
+        assert {e.kind for e in seen} <= {EventKind.EXEC, EventKind.LOST}
+        assert [e.kind for e in seen if e.pid == pid] == [EventKind.EXEC]
     with proctap.watch(events="fork_failed,exit", backend="tracefs") as w:
         base = os.path.join(ROOT, "instances", w.backend.instance_name, "events")  # type: ignore[attr-defined]
         with open(os.path.join(base, "syscalls/sys_exit_clone/filter")) as f:

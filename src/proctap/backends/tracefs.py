@@ -209,6 +209,10 @@ class TracefsBackend(Backend):
         self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
         self._threads: dict[int, set[int]] = {}  # tgid -> live threads (only on kernels without group_dead)
         self._count_threads = False
+        self._want_forks = EventKind.FORK in config.events
+        self._want_thread_forks = self._want_forks and config.threads
+        self._want_exits = EventKind.EXIT in config.events
+        self._want_thread_exits = self._want_exits and config.threads
         self._decoders: dict[str, RecordDecoder] = {}
         try:
             self._enable_events(config.events)
@@ -259,19 +263,19 @@ class TracefsBackend(Backend):
         return True
 
     def _enable_events(self, kinds: frozenset[EventKind]) -> None:
-        wanted_exit = EventKind.EXIT in kinds
+        # task_newtask, sched_process_exec and sched_process_exit are always on: they keep the tid -> tgid map (and
+        # the other per-task state) exact and bounded, whatever kinds are wanted.
         if not self._enable("task", "task_newtask", ("pid", "comm", "clone_flags"), self._on_newtask):
             raise BackendUnavailable("this kernel has no task:task_newtask tracepoint: use the netlink backend")
-        if EventKind.EXEC in kinds or wanted_exit:
-            self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
-        if wanted_exit:
-            self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
-                         optional=("group_dead",))  # fmt: skip
-            # "count_threads=1" takes the path of kernels without group_dead on any kernel (tested here on 6.18)
-            self._count_threads = (
-                self._decoders["sched_process_exit"].event.field("group_dead") is None
-                or self.config.option("count_threads") == "1"
-            )
+        self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
+        self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
+                     optional=("group_dead",))  # fmt: skip
+        # "count_threads=1" takes the path of kernels without group_dead on any kernel (tested here on 6.18)
+        self._count_threads = (
+            self._decoders["sched_process_exit"].event.field("group_dead") is None
+            or self.config.option("count_threads") == "1"
+        )
+        if EventKind.EXIT in kinds:
             self._enable("syscalls", "sys_enter_exit", ("error_code",), self._on_exit_syscall)
             self._enable("syscalls", "sys_enter_exit_group", ("error_code",), self._on_exit_group_syscall)
             self._enable("signal", "signal_generate", ("sig", "pid"), self._on_signal_generate, _GENERATE_FILTER)
@@ -329,7 +333,7 @@ class TracefsBackend(Backend):
             groups.new_task(tid, parent_tgid)
             if self._count_threads:
                 self._threads.setdefault(parent_tgid, set()).add(tid)
-            if not self.config.threads:
+            if not self._want_thread_forks:
                 return None
             return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=parent_tgid,
                         tid=tid, start_ns=self.starts.get(parent_tgid), parent_pid=parent_tgid,
@@ -341,6 +345,8 @@ class TracefsBackend(Backend):
         if clone_flags & CLONE_PARENT:  # the new process is a sibling of its creator (kernel/fork.c)
             parent = read_ppid(parent_tgid) or parent_tgid
         self._parents[tid] = parent
+        if not self._want_forks:
+            return None
         return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=tid, tid=tid,
                     start_ns=start_ns, parent_pid=parent, parent_tid=parent_tid, is_thread=False,
                     clone_flags=clone_flags, comm=comm)  # fmt: skip
@@ -378,7 +384,7 @@ class TracefsBackend(Backend):
             group_dead = self._last_task(tid, tgid)
         if tid != tgid:
             status = self.exits.thread_exited(tid, tgid)
-            if self.config.threads:
+            if self._want_thread_exits:
                 self._out.append(self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
             if not group_dead:
                 return
@@ -390,7 +396,8 @@ class TracefsBackend(Backend):
         comm = self._leader_gone.pop(tgid, comm)
         start_ns = self.starts.ended(tgid)
         parent = self._parents.pop(tgid, None)
-        self._out.append(self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
+        if self._want_exits:
+            self._out.append(self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
 
     def _last_task(self, tid: int, tgid: int) -> bool:
         threads = self._threads.get(tgid)

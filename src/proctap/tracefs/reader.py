@@ -10,6 +10,7 @@ import os
 import select
 import struct
 import weakref
+from operator import itemgetter
 
 from .format import PageLayout
 from .instance import Instance, find_tracefs, remove_stale_instances
@@ -26,6 +27,7 @@ Loss = tuple[int, int | None]
 _TYPE_ID = struct.Struct("=H")
 
 DEFAULT_BUFFER_KB = 2048  # per CPU
+_timestamp = itemgetter(0)
 
 
 def _close_all(instance: Instance, epoll: select.epoll | None) -> None:
@@ -113,7 +115,7 @@ class TraceReader:
                     if length >= 2:
                         records.append((ts, type_id(buf, start)[0], buf, start, length))
         if len(self.instance.pipes) > 1:
-            records.sort(key=lambda r: r[0])
+            records.sort(key=_timestamp)
         self.records_read += len(records)
         return records, losses
 
