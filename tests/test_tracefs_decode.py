@@ -224,3 +224,32 @@ def test_fuzz_mutated_real_pages(page: bytes, flips: list[tuple[int, int]], cut:
         return
     for _ts, start, length in result.records:
         assert start >= 16 and start + length <= len(mutated)
+
+
+def test_timestamps_match_the_workload_clock_across_time_extends() -> None:
+    """The capture paused 0.3 s (> 2**27 ns) between steps on one CPU, so its pages hold time-extend events; the
+    decoded timestamps of the workload's records fall inside the CLOCK_MONOTONIC windows the workload noted."""
+    extends = 0
+    for _cpu, page in pages():
+        pos, end = 16, 16 + (struct.unpack_from("=Q", page, 8)[0] & ((1 << 27) - 1))
+        while pos + 4 <= end:  # count type_len 30 words along the same walk the decoder does
+            word = struct.unpack_from("=I", page, pos)[0]
+            type_len = word & 31
+            if 1 <= type_len <= 28:
+                pos += 4 + 4 * type_len
+            elif type_len == 0:
+                pos += 8 + ((struct.unpack_from("=I", page, pos + 4)[0] - 4 + 3) & ~3)
+            elif type_len == 29:
+                if word >> 5 == 0:
+                    break
+                pos += 4 + struct.unpack_from("=I", page, pos + 4)[0]
+            else:
+                extends += type_len == 30
+                pos += 8
+    assert extends > 0, "the capture should contain time-extend events"
+    newtask = fmt("task", "task_newtask")
+    dec = RecordDecoder(newtask, ("pid",))
+    stamps = {dec.decode(page, start, length)[0]: ts for ts, tid, page, start, length in records() if tid == newtask.id}
+    assert FACTS["t_start"] <= stamps[FACTS["exit3"]] <= FACTS["t_exit3"]
+    assert FACTS["t_thread"] <= stamps[FACTS["thread"]] <= FACTS["t_end"]
+    assert FACTS["t_thread"] <= stamps[FACTS["killed"]] <= FACTS["t_end"]

@@ -14,6 +14,7 @@ import select
 import struct
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 from proctap.tracefs.instance import Instance, find_tracefs
@@ -106,15 +107,22 @@ def capture_overrun(root: str) -> int:
 def workload() -> dict[str, object]:
     """A process that exits 3; a thread; an exec of /bin/true; a child killed by SIGKILL."""
     facts: dict[str, object] = {"capturer": os.getpid()}
+    # one CPU and pauses longer than 2**27 ns between steps: the pages then hold time-extend events
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    facts["t_start"] = time.monotonic_ns()
     child = os.fork()
     if child == 0:
         os._exit(3)
     os.waitpid(child, 0)
     facts["exit3"] = child
+    facts["t_exit3"] = time.monotonic_ns()
+    time.sleep(0.3)
+    facts["t_thread"] = time.monotonic_ns()
     t = threading.Thread(target=lambda: None)
     t.start()
     t.join()
     facts["thread"] = t.native_id
+    time.sleep(0.3)
     child = os.fork()
     if child == 0:
         os.execv("/bin/true", ["true"])
@@ -128,6 +136,7 @@ def workload() -> dict[str, object]:
     os.kill(child, 9)
     os.waitpid(child, 0)
     facts["killed"] = child
+    facts["t_end"] = time.monotonic_ns()
     return facts
 
 
