@@ -183,3 +183,25 @@ def test_thread_counting_path_of_older_kernels() -> None:
     assert len([e for e in exits if e.is_thread]) == 5
     assert ex2.exit_code == 6 and ex2.tid == leader_first.pid
     assert len([e for e in log.about([leader_first.pid], proctap.Exit) if e.is_thread]) == 1
+
+
+def test_unprivileged_user_is_told_it_needs_root() -> None:
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                proctap.watch(backend="tracefs")
+                message = "no error"
+            except proctap.BackendUnavailable as exc:
+                message = str(exc)
+            os.write(w, message.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    message = os.read(r, 1000).decode()
+    os.close(r)
+    assert "needs root" in message and "\n" not in message

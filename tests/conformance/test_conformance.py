@@ -276,8 +276,10 @@ def test_exec_from_a_thread_keeps_the_process_alive(log: Collector) -> None:
     p = run_python(script)
     (ex,) = log.wait_exit(p.pid)
     reap(p)
-    assert log.about([p.pid], Exec)
-    assert ex.exit_code == 0 and ex.signal is None
+    exec_ = log.about([p.pid], Exec)[-1]  # the interpreter's own exec, then the thread's
+    assert ex.exit_code == 0 and ex.signal is None and ex.timestamp_ns > exec_.timestamp_ns
+    log.pump(timeout=0.2)
+    assert len([e for e in log.about([p.pid], Exit) if not e.is_thread]) == 1, "one process exit, after the exec"
 
 
 # -- exit status ------------------------------------------------------------------------------------------------------

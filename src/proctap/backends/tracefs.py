@@ -29,7 +29,7 @@ from ..errors import BackendUnavailable, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
 from ..procfs import read_argv, read_comm, read_ppid
 from ..tracefs.format import RecordDecoder
-from ..tracefs.instance import find_tracefs
+from ..tracefs.instance import TRACEFS_MOUNTS, find_tracefs
 from ..tracefs.reader import TraceReader
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
@@ -188,6 +188,9 @@ class TracefsBackend(Backend):
     def probe(cls) -> Availability:
         root = find_tracefs()
         if root is None:
+            for mount in TRACEFS_MOUNTS:
+                if os.path.isdir(mount) and not os.access(mount, os.R_OK | os.X_OK):
+                    return Availability(False, f"cannot read {mount}: the tracefs backend needs root")
             return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
         if not os.access(os.path.join(root, "instances"), os.W_OK):
             return Availability(False, f"cannot create tracefs instances in {root}: run as root")
