@@ -40,13 +40,18 @@ CLONE_PARENT = 0x8000
 
 # Signals whose default action is not to terminate (kernel/signal.c: SIG_KERNEL_IGNORE_MASK, SIG_KERNEL_STOP_MASK,
 # SIGCONT); every other signal kills a task that did not install a handler.
-_NOT_FATAL = (signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
-              signal.SIGURG, signal.SIGWINCH)  # fmt: skip
-_MAY_KILL = " && ".join(f"sig != {int(s)}" for s in _NOT_FATAL)
+_NOT_FATAL = frozenset(int(s) for s in (signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP,
+                                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGURG, signal.SIGWINCH))  # fmt: skip
+_MAY_KILL = " && ".join(f"sig != {s}" for s in sorted(_NOT_FATAL))
 # include/trace/events/signal.h: TRACE_SIGNAL_DELIVERED 0 ... TRACE_SIGNAL_LOSE_INFO 4 (queued without siginfo)
 _GENERATE_FILTER = f"(result == 0 || result == 4) && {_MAY_KILL}"
 _DELIVER_FILTER = f"sa_handler == 0 && {_MAY_KILL}"  # SIG_DFL: the default action is taken
-_FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")
+_FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # clone3 exists since 5.3: used where present
+# Without these the declared features (exit status, failed forks) could not be delivered.
+_REQUIRED_EVENTS = (
+    "task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit", "syscalls/sys_enter_exit",
+    "syscalls/sys_enter_exit_group", "syscalls/sys_exit_clone", "signal/signal_generate", "signal/signal_deliver",
+)  # fmt: skip
 
 
 def _tgid_from_proc(tid: int) -> int | None:
@@ -194,9 +199,10 @@ class TracefsBackend(Backend):
             return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
         if not os.access(os.path.join(root, "instances"), os.W_OK):
             return Availability(False, f"cannot create tracefs instances in {root}: run as root")
-        for event in ("task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit"):
+        for event in _REQUIRED_EVENTS:
             if not os.path.exists(os.path.join(root, "events", event, "format")):
-                return Availability(False, f"this kernel has no tracepoint {event.replace('/', ':')}")
+                hint = " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)" if event.startswith("syscalls/") else ""
+                return Availability(False, f"this kernel has no tracepoint {event.replace('/', ':')}{hint}")
         return Availability(True)
 
     def __init__(self, config: BackendConfig) -> None:
@@ -281,8 +287,9 @@ class TracefsBackend(Backend):
         if EventKind.EXIT in kinds:
             self._enable("syscalls", "sys_enter_exit", ("error_code",), self._on_exit_syscall)
             self._enable("syscalls", "sys_enter_exit_group", ("error_code",), self._on_exit_group_syscall)
-            self._enable("signal", "signal_generate", ("sig", "pid"), self._on_signal_generate, _GENERATE_FILTER)
-            self._enable("signal", "signal_deliver", ("sig",), self._on_signal_deliver, _DELIVER_FILTER)
+            self._enable("signal", "signal_generate", ("sig", "pid", "result"), self._on_signal_generate,
+                         _GENERATE_FILTER)  # fmt: skip
+            self._enable("signal", "signal_deliver", ("sig", "sa_handler"), self._on_signal_deliver, _DELIVER_FILTER)
         if EventKind.FORK_FAILED in kinds:
             for syscall in _FORK_SYSCALLS:
                 self._enable("syscalls", f"sys_exit_{syscall}", ("ret",), self._fork_failed_handler(syscall),
@@ -439,11 +446,14 @@ class TracefsBackend(Backend):
     def _on_exit_group_syscall(self, _ts: int, tid: int, code: int) -> None:
         self.exits.exit_group_syscall(tid, self.groups.tgid(tid), code)
 
-    def _on_signal_generate(self, _ts: int, _sender: int, sig: int, target: int) -> None:
-        self.exits.signal_sent(self.groups.tgid(target), sig)
+    # The kernel filters these already; the checks repeat the filters for a kernel that refused them.
+    def _on_signal_generate(self, _ts: int, _sender: int, sig: int, target: int, result: int) -> None:
+        if result in (0, 4) and sig not in _NOT_FATAL:
+            self.exits.signal_sent(self.groups.tgid(target), sig)
 
-    def _on_signal_deliver(self, _ts: int, tid: int, sig: int) -> None:
-        self.exits.signal_taken(self.groups.tgid(tid), sig)
+    def _on_signal_deliver(self, _ts: int, tid: int, sig: int, sa_handler: int) -> None:
+        if sa_handler == 0 and sig not in _NOT_FATAL:
+            self.exits.signal_taken(self.groups.tgid(tid), sig)
 
     def _fork_failed_handler(self, syscall: str) -> Callable[[int, int, int], Event | None]:
         def on_fork_failed(ts: int, tid: int, ret: int) -> Event | None:
