@@ -151,8 +151,7 @@ _KIND_LABEL = {
     "lost": "LOST",
 }
 
-_INFO_MIN = 16
-_INFO_MAX = 40
+_INFO_WIDTH = 16  # longer INFO (a long exec filename) pushes that one line's COMMAND right rather than all lines
 
 
 class TableRenderer:
@@ -168,7 +167,6 @@ class TableRenderer:
         self.stream = stream
         self.width = width
         self.color = color
-        self._info_width = _INFO_MIN
         self._second = -1
         self._second_text = ""
 
@@ -230,13 +228,8 @@ class TableRenderer:
     def _columns(
         self, stamp: str, label: str, pid: str, ppid: str, lifetime: str, text: str, command: str, time_width: int = 0
     ) -> str:
-        n = len(text)
-        if n > self._info_width:
-            self._info_width = min(n, _INFO_MAX)  # grow (never shrink) so later lines stay aligned
-        return (
-            f"{stamp:<{time_width}} {label:<8} {pid:>7} {ppid:>7} {lifetime:>8} "
-            f"{text:<{self._info_width}} {command}".rstrip()
-        )
+        line = f"{stamp:<{time_width}} {label:<8} {pid:>7} {ppid:>7} {lifetime:>8} {text:<{_INFO_WIDTH}} {command}"
+        return line.rstrip()
 
     def _clip(self, line: str) -> str:
         width = self.width
