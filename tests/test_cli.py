@@ -6,6 +6,7 @@ Every watch is started, then waited for until it says on stderr that it is subsc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -385,6 +386,44 @@ def test_threads_in_the_table(watch: Callable[..., Watch]) -> None:
     clone = w.wait_for(lambda line: line.split()[1:3] == ["clone", str(child.pid)], "clone line")
     assert re.search(r" thread \d+ ", clone)
     w.stop()
+
+
+# -- losses ----------------------------------------------------------------------------------------------------
+
+FORK_STORM = "import os\nwhile True:\n    if os.fork() == 0:\n        os._exit(0)\n    os.wait()\n"
+
+
+@contextlib.contextmanager
+def fork_storm() -> Iterator[None]:
+    """Forks as fast as it can until the block ends: with a tiny kernel buffer and proctap sleeping 0.5 s between
+    drains, the kernel has to drop events."""
+    storm = subprocess.Popen([sys.executable, "-c", FORK_STORM])
+    try:
+        yield
+    finally:
+        storm.kill()
+        storm.wait()
+
+
+def test_losses_are_shown_and_counted(watch: Callable[..., Watch]) -> None:
+    w = watch("--buffer", "4K", "--latency", "0.5", json_mode=False)
+    with fork_storm():
+        lost_line = w.wait_for(lambda line: " LOST " in line, "LOST line")
+    assert re.search(r"\d\d:\d\d:\d\d\.\d{3} LOST (\d+ events|events \(count unknown)", lost_line), lost_line
+    status, err = w.stop()
+    assert status == 130
+    summary = assert_clean_summary(err)
+    assert re.match(r"LOST \d+ events|LOST \d+ overruns? of unknown size", summary.group(5)), summary.group(5)
+
+
+def test_losses_in_json(watch: Callable[..., Watch]) -> None:
+    w = watch("--buffer", "4K", "--latency", "0.5", "--events", "exit")
+    with fork_storm():
+        lost = w.wait_for(lambda e: e["event"] == "lost", "lost event")
+    w.stop()
+    assert_schema(lost)
+    assert lost["count"] is None or lost["count"] > 0
+    assert lost["pid"] == 0 and lost["reason"]
 
 
 # -- ending: duration, signals, pipes --------------------------------------------------------------------------

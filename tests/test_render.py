@@ -136,7 +136,7 @@ def test_table_other_kinds() -> None:
     comm = Comm(**COMMON, pid=6, tid=6, comm="newname")  # type: ignore[arg-type]
     lost = Lost(**COMMON, pid=0, tid=0, count=7, reason="netlink socket overrun", cpu=1)  # type: ignore[arg-type]
     lines = table_lines([(failed, None), (comm, None), (lost, None)])
-    assert lines[1].split()[1:] == ["forkfail", "5", "EAGAIN", "(clone3)"]
+    assert lines[1].split()[1:] == ["forkfail", "5", "EAGAIN", "(clone3)", "?"]  # nothing known of the process
     assert lines[2].split()[1:] == ["comm", "6", "comm", "newname", "[newname]"]
     assert lines[3].split(" ", 1)[1] == "LOST 7 events (netlink socket overrun, cpu 1)"
     colored = table_lines([(lost, None)], color=True)[1]

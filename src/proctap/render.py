@@ -221,7 +221,7 @@ class TableRenderer:
         if argv is None and info is not None:
             argv = info.argv
             comm = comm or info.comm
-        command = format_command(argv, comm, truncated)
+        command = format_command(argv, comm, truncated) or "?"
         line = self._columns(stamp, label, str(event.pid), "" if ppid is None else str(ppid), lifetime, text, command)
         return self._clip(line) if self.width else line
 
