@@ -286,7 +286,7 @@ def open_watcher(args: argparse.Namespace, *, track: bool) -> Watcher:
     backend = choose_backend(args.backend)
     _warn_unsupported(backend, args.events, args)
     try:
-        return Watcher(
+        watcher = Watcher(
             args.events,
             backend.name,
             pid=args.pid,
@@ -299,6 +299,21 @@ def open_watcher(args: argparse.Namespace, *, track: bool) -> Watcher:
         )
     except OSError as exc:
         raise ProctapError(_os_error_message(backend.name, exc)) from None
+    if track:
+        _learn_running_processes(watcher)
+    return watcher
+
+
+def _learn_running_processes(watcher: Watcher) -> None:
+    """Read the processes that exist now into the process table, so that the exit of one that started before us
+    still shows its parent and command line (at its exit, /proc no longer has them).  Once, at start."""
+    table = watcher.table
+    if table is None:
+        return
+    tracked = watcher.filter.tracked
+    pids = tracked if tracked is not None else (int(name) for name in os.listdir("/proc") if name.isdigit())
+    for pid in list(pids):
+        table.lookup(pid)
 
 
 def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args: argparse.Namespace) -> None:
