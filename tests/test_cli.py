@@ -263,6 +263,7 @@ def test_json_events_of_real_processes(watch: Callable[..., Watch]) -> None:
 
 
 def test_table_output(watch: Callable[..., Watch]) -> None:
+    older = subprocess.Popen(["sleep", "100"])  # started before proctap: its exit still shows ppid and command
     w = watch(*my_subtree(), json_mode=False)
     header = w.wait_for(lambda line: line.startswith("TIME"), "table header")
     assert header.split() == ["TIME", "EVENT", "PID", "PPID", "LIFETIME", "INFO", "COMMAND"]
@@ -277,6 +278,9 @@ def test_table_output(watch: Callable[..., Watch]) -> None:
     sleeper.kill()
     sleeper.wait()
     kill_line = w.wait_for(lambda line: line.split()[1:3] == ["exit", str(sleeper.pid)], "exit line of sleep")
+    older.terminate()
+    older.wait()
+    older_line = w.wait_for(lambda line: line.split()[1:3] == ["exit", str(older.pid)], "exit line of older sleep")
     status, err = w.stop(signal.SIGTERM)
     assert status == 143
     assert_clean_summary(err)
@@ -288,6 +292,7 @@ def test_table_output(watch: Callable[..., Watch]) -> None:
     assert re.fullmatch(r"[\d.]+(ns|us|ms|s)", fields[4]), exit_line
     assert exit_line.endswith("exit 3           sh -c 'read x; exit 3'")
     assert kill_line.split()[3] == me and kill_line.endswith("SIGKILL          sleep 100")
+    assert older_line.split()[3] == me and older_line.endswith("SIGTERM          sleep 100")
     fork_line = next(line for line in w.lines if line.split()[1:3] == ["fork", str(three.pid)])
     assert fork_line.split()[3] == me
     exec_line = next(line for line in w.lines if line.split()[1:3] == ["exec", str(three.pid)])
