@@ -529,6 +529,20 @@ def test_errors_are_one_line_and_exit_2(args: list[str], mentions: str) -> None:
     assert lines[0].startswith("proctap: error: ") and mentions in lines[0]
 
 
+def test_output_write_error_is_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            proctap_cmd("watch", "-q", "--backend", BACKEND, "--duration", "5"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            timeout=WAIT,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr == "proctap: error: cannot write the output: No space left on device\n"
+
+
 def test_unavailable_backend_is_one_line() -> None:
     unavailable = [name for name, avail in probe_all().items() if not avail]
     if not unavailable:

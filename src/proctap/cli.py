@@ -341,7 +341,7 @@ def _os_error_message(backend: str, exc: OSError) -> str:
             f"backend {backend} was refused by the kernel ({what}): it needs {needs}; run as root, or see "
             f"'proctap backends' for one that works here"
         )
-    return f"backend {backend} failed to start: {what}; see 'proctap backends' for alternatives"
+    return f"backend {backend} failed: {what}; see 'proctap backends' for alternatives"
 
 
 def make_renderer(args: argparse.Namespace, stream: TextIO) -> Renderer:
@@ -440,6 +440,11 @@ def run_watch(args: argparse.Namespace) -> int:
             if not args.json and not args.no_header:
                 renderer.header()
             pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # writing failed: a full disk, a vanished terminal...
+            _silence_stdout()
+            raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
         finally:
             watcher.close()
         if not args.quiet:
