@@ -546,6 +546,17 @@ def test_output_write_error_is_one_line() -> None:
     assert proc.stderr == "proctap: error: cannot write the output: No space left on device\n"
 
 
+def test_warns_about_kinds_the_backend_cannot_report() -> None:
+    from proctap.backends import Feature, backend_class
+
+    assert Feature.FORK_FAILED not in backend_class(BACKEND).features  # the premise of this test
+    proc = run_proctap("watch", "--backend", BACKEND, "--events", "exec,fork_failed", "--duration", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"proctap: warning: backend {BACKEND} cannot report fork_failed (see 'proctap backends')"
+    assert lines[1].startswith("proctap: watching fork_failed,exec,lost with backend")
+
+
 def test_unavailable_backend_is_one_line() -> None:
     unavailable = [name for name, avail in probe_all().items() if not avail]
     if not unavailable:
