@@ -406,6 +406,8 @@ class TracefsBackend(Backend):
         comm = self._leader_gone.pop(tgid, comm)
         start_ns = self.starts.ended(tgid)
         parent = self._parents.pop(tgid, None)
+        if parent is None and self.config.read_proc and self._want_exits:
+            parent = read_ppid(tgid)  # a process older than the watcher: /proc, while it is a zombie
         if self._want_exits:
             self._out.append(self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
 
