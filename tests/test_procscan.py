@@ -490,3 +490,17 @@ def test_works_for_an_unprivileged_user() -> None:
     assert out["root_processes_seen"]
     assert out["scans"] > 0 and out["loss_counting"] == 1
     assert out["fd_closed"]
+
+
+def test_execs_caught_midway_are_reported_once() -> None:
+    # Back-to-back scans catch some tasks inside execve (new comm, code not mapped yet): still one Exec per exec.
+    code = "import os, time; time.sleep(0.2); os.execv('/bin/sleep', ['sleep', '0.2'])"
+    with make("1ms") as b:
+        children = [subprocess.Popen([PY, "-c", code]) for _ in range(12)]
+        events = collect(b, lambda evs: all(exited(c.pid)(evs) for c in children), timeout=30)
+        for c in children:
+            c.wait()
+    for c in children:
+        execs = [e for e in of(events, c.pid, Exec) if isinstance(e, Exec)]
+        assert [e.comm for e in execs] == ["python3", "sleep"], c.pid
+        assert execs[1].argv == ("sleep", "0.2")

@@ -86,6 +86,12 @@ class StatRecord(NamedTuple):
         return bool(self.flags & PF_KTHREAD)
 
     @property
+    def is_settled(self) -> bool:
+        """False while a live user task has an mm without code yet: in the middle of an execve (load_elf_binary()
+        sets start_code after the new mm and comm) or of its exit (exit_mm() done, not a zombie yet)."""
+        return self.start_code != 0 or self.is_dead or self.is_kthread
+
+    @property
     def is_dead(self) -> bool:
         """The task has exited (zombie or being reaped)."""
         return self.state in ("Z", "X", "x")
@@ -312,7 +318,8 @@ class ProcScanBackend(Backend):
         samples = self._sample()
         self._last_pid = self._read_last_pid()
         for pid, sample in samples.items():
-            self._procs[pid] = _Proc(sample.rec, sample.tids)
+            proc = self._procs[pid] = _Proc(sample.rec, sample.tids)
+            proc.exit_reported = sample.rec.is_dead  # zombies of before the start are not news
             self._live_tids |= sample.tids
         self._timer = TimerFd(self.interval_ns)
 
@@ -552,9 +559,12 @@ class _ScanDiff:
         rec = sample.rec
         proc = _Proc(rec, sample.tids)
         parent = samples.get(rec.ppid)
-        exec_seen = parent is not None and not rec.is_dead and self._exec_after_fork(rec, parent.rec)
+        if not rec.is_settled and parent is not None:
+            # Caught inside execve: take it for the parent's copy, the next scan sees the exec done.
+            proc.image, proc.comm = parent.rec.image, parent.rec.comm
+        exec_seen = parent is not None and rec.is_settled and not rec.is_dead and self._exec_after_fork(rec, parent.rec)
         # Fork.comm is the name at the fork: the child's current one only if it did not exec since.
-        fork_comm = None if exec_seen or rec.is_kthread else rec.comm
+        fork_comm = None if exec_seen or rec.is_kthread or not rec.is_settled else rec.comm
         events: list[Event] = [self._fork(pid, pid, rec.start_ticks, rec.ppid, fork_comm)]
         if exec_seen:
             events.append(self._exec(pid, rec))
@@ -596,8 +606,8 @@ class _ScanDiff:
                 proc.exit_reported = True
                 self.changes.append(self._exit(pid, proc, self._zombie_status(proc, rec)))
             return
-        if rec.is_kthread:
-            return  # kworker names change with their work: neither exec nor rename
+        if rec.is_kthread or not rec.is_settled:
+            return  # kworker names change with their work: neither exec nor rename; mid-exec: next scan
         image = rec.image
         same_image = image is not None and image == proc.image
         changed_image = image is not None and proc.image is not None and image != proc.image
