@@ -6,7 +6,8 @@ process), lists ``task/`` only for multi-threaded processes, and reports the dif
 * new pids / tids -> Fork (parent: ``stat`` field 4 at scan time); an identity is (pid, starttime), so a pid reused
   between two scans is an Exit followed by a Fork;
 * a known process whose image changed -> Exec.  The image is recognized cheaply from fields ``stat`` already holds:
-  ``startcode``, ``endcode``, ``startstack`` (fields 26-28; a new mm at every exec, randomized stack) and ``comm``;
+  ``startcode``, ``endcode``, ``arg_start`` (fields 26, 27, 48; a new mm at every exec, randomized stack) and
+  ``comm``;
   a new process whose image differs from its parent's exec'd after its fork;
 * a zombie -> Exit with its real wait status (``stat`` field 52, ``exit_code``, since Linux 3.5);
   a task that vanished -> Exit with ``status`` None;
@@ -67,7 +68,7 @@ class StatRecord(NamedTuple):
     start_ticks: int  # field 22, clock ticks since boot
     start_code: int  # field 26
     end_code: int  # field 27
-    start_stack: int  # field 28
+    arg_start: int  # field 48
     exit_code: int  # field 52 (0 unless a zombie, and 0 when the reader may not ptrace the task)
 
     @property
@@ -75,11 +76,12 @@ class StatRecord(NamedTuple):
         """What identifies the executable image mapped in the process, or None when unknown.
 
         fs/proc/array.c do_task_stat(): startcode/endcode read 0 without an mm (zombies, kernel threads) and 1 when
-        the reader may not ptrace the task.
+        the reader may not ptrace the task.  Not startstack: load_elf_binary() (fs/binfmt_elf.c) sets it *after*
+        start_code, a scan inside execve could see a stale one; arg_start is set before (create_elf_tables()).
         """
         if self.start_code <= 1:
             return None
-        return (self.start_code, self.end_code, self.start_stack)
+        return (self.start_code, self.end_code, self.arg_start)
 
     @property
     def is_kthread(self) -> bool:
@@ -117,7 +119,7 @@ def parse_stat(data: bytes) -> StatRecord | None:
             start_ticks=int(rest[19]),
             start_code=int(rest[23]),
             end_code=int(rest[24]),
-            start_stack=int(rest[25]),
+            arg_start=int(rest[45]),
             exit_code=int(rest[49]),
         )
     except ValueError:
