@@ -55,7 +55,12 @@ def collect(b: ProcScanBackend, done: Callable[[Events], bool], timeout: float =
 
 
 def of(events: Events, pid: int, kind: type[Event] = Event) -> Events:
-    return [e for e in events if e.pid == pid and isinstance(e, kind)]
+    """Events about the latest process with this pid: from its Fork on (pids get reused on a busy machine)."""
+    start = 0
+    for i, e in enumerate(events):
+        if isinstance(e, Fork) and e.pid == pid and not e.is_thread:
+            start = i
+    return [e for e in events[start:] if e.pid == pid and isinstance(e, kind)]
 
 
 def exited(pid: int) -> Callable[[Events], bool]:
