@@ -295,7 +295,7 @@ def test_pid_reuse_between_scans_is_exit_then_fork() -> None:
             finally:
                 second.kill()
                 second.wait()
-            mine = of(events, first.pid)
+            mine = [e for e in events if e.pid == first.pid]
             assert [type(e) for e in mine][:2] == [Exit, Fork]
             assert mine[0].start_ns is not None and mine[1].start_ns is not None
             assert mine[0].start_ns < mine[1].start_ns
