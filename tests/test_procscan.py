@@ -512,3 +512,16 @@ def test_execs_caught_midway_are_reported_once() -> None:
         assert comms.count("python3") <= 1 and comms.count("sleep") <= 1, comms
         complete += comms == ["python3", "sleep"]
     assert complete > 0
+
+
+def test_scans_use_at_most_a_quarter_of_the_time() -> None:
+    # At 1 ms a scan (milliseconds) outlasts the interval: ticks are skipped so scanning stays <= 25% of the time.
+    with make("1ms") as b:
+        begin = time.monotonic()
+        while time.monotonic() - begin < 0.5:
+            select.select([b], [], [], 0.1)
+            b.read_events()
+        wall_us = (time.monotonic() - begin) * 1e6
+        stats = b.stats()
+    assert stats["throttled"] > 0
+    assert stats["scan_us_total"] <= 0.25 * wall_us + stats["scan_us_max"]

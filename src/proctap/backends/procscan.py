@@ -52,6 +52,9 @@ RESERVED_PIDS = 300
 PF_KTHREAD = 0x00200000  # include/linux/sched.h; stat field 9 (flags)
 CAP_SYS_PTRACE = 19
 LOST_REASON = "short-lived tasks between /proc scans"
+# Scans may use at most this share of the time: on a machine with many processes a scan can outlast the interval,
+# and the backend must not eat a core.  Scans are then spaced further apart (and miss more, which is counted).
+MAX_DUTY = 0.25
 
 # include/uapi/linux/timerfd.h: TFD_CLOEXEC = O_CLOEXEC, TFD_NONBLOCK = O_NONBLOCK.
 _TFD_FLAGS = os.O_CLOEXEC | os.O_NONBLOCK
@@ -111,16 +114,16 @@ def parse_stat(data: bytes) -> StatRecord | None:
         return None
     try:
         return StatRecord(
-            comm=os.fsdecode(data[open_paren + 1 : close_paren]),
-            state=rest[0].decode("ascii", "replace"),
-            ppid=int(rest[1]),
-            flags=int(rest[6]),
-            num_threads=int(rest[17]),
-            start_ticks=int(rest[19]),
-            start_code=int(rest[23]),
-            end_code=int(rest[24]),
-            arg_start=int(rest[45]),
-            exit_code=int(rest[49]),
+            data[open_paren + 1 : close_paren].decode("utf-8", "surrogateescape"),  # comm
+            rest[0].decode("ascii", "replace"),  # state
+            int(rest[1]),  # ppid
+            int(rest[6]),  # flags
+            int(rest[17]),  # num_threads
+            int(rest[19]),  # starttime
+            int(rest[23]),  # startcode
+            int(rest[24]),  # endcode
+            int(rest[45]),  # arg_start
+            int(rest[49]),  # exit_code
         )
     except ValueError:
         return None
@@ -315,6 +318,8 @@ class ProcScanBackend(Backend):
         self._scan_ns_max = 0
         self._scan_ns_last = 0
         self._late_scans = 0
+        self._throttled = 0
+        self._next_scan_ns = 0
         self._lost_total = 0
         self._events_total = 0
         samples = self._sample()
@@ -335,6 +340,9 @@ class ProcScanBackend(Backend):
         expired = self._timer.expirations()
         if not expired:
             return []
+        if time.monotonic_ns() < self._next_scan_ns:
+            self._throttled += 1
+            return []
         self._late_scans += expired > 1
         return self.scan()
 
@@ -346,6 +354,7 @@ class ProcScanBackend(Backend):
             "interval_us": self.interval_ns // 1000,
             "scans": self._scans,
             "late_scans": self._late_scans,
+            "throttled": self._throttled,
             "scan_us_last": self._scan_ns_last // 1000,
             "scan_us_max": self._scan_ns_max // 1000,
             "scan_us_total": self._scan_ns_total // 1000,
@@ -363,7 +372,9 @@ class ProcScanBackend(Backend):
         samples = self._sample()
         last_pid = self._read_last_pid()
         events = _ScanDiff(self, begin).run(samples, last_pid)
-        spent = time.monotonic_ns() - begin
+        end = time.monotonic_ns()
+        spent = end - begin
+        self._next_scan_ns = end + int(spent * (1 / MAX_DUTY - 1))
         self._scans += 1
         self._scan_ns_last = spent
         self._scan_ns_total += spent
