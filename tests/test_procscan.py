@@ -525,3 +525,65 @@ def test_scans_use_at_most_a_quarter_of_the_time() -> None:
         stats = b.stats()
     assert stats["throttled"] > 0
     assert stats["scan_us_total"] <= 0.25 * wall_us + stats["scan_us_max"]
+
+
+def private_proc_with_hidepid() -> None:
+    """In this (forked) process only: a private mount namespace whose /proc hides other users' processes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 0x40000
+    if libc.unshare(clone_newns) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    if libc.mount(b"proc", b"/proc", b"proc", 0, b"hidepid=2") != 0:
+        raise OSError(ctypes.get_errno(), "mount -t proc -o hidepid=2 proc /proc")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a private /proc and drop to nobody")
+def test_hidepid_turns_loss_counting_off() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            private_proc_with_hidepid()
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            b = make()
+            try:
+                mine = subprocess.Popen(["sleep", "30"])
+                before = last_pid()
+                storm(10)
+                events = b.scan() + b.scan() + b.scan()
+                after = last_pid()
+                mine.kill()
+                mine.wait()
+                forks = {e.pid for e in events if isinstance(e, Fork)}
+                out = {
+                    "loss_counting": b.stats()["loss_counting"],
+                    "lost": lost_in(events),
+                    "saw_mine": mine.pid in forks,
+                    "visible": sorted(int(n) for n in os.listdir("/proc") if n.isdigit()),
+                    "allocated": after - before,
+                }
+            finally:
+                b.close()
+            os.write(write_end, json.dumps(out).encode())
+            status = 0
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert "error" not in out, out
+    # Other users' tasks are invisible: counting them as missed would be a lie, so nothing is counted.
+    assert out["loss_counting"] == 0 and out["lost"] == 0
+    assert out["saw_mine"]
+    assert 1 not in out["visible"]

@@ -270,12 +270,17 @@ def _has_cap_sys_ptrace() -> bool:
 
 def _proc_hides_pids() -> bool:
     """Whether /proc is mounted with hidepid (then other users' processes are invisible or unreadable)."""
-    data = _read_small(f"{PROC}/self/mountinfo") or b""
-    for line in data.splitlines():
+    try:
+        with open(f"{PROC}/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    hides = False
+    for line in lines:  # the last mount on /proc is the visible one
         fields = line.split()
         if len(fields) > 4 and fields[4] == PROC.encode():
-            return b"hidepid=" in line and b"hidepid=0" not in line and b"hidepid=off" not in line
-    return False
+            hides = b"hidepid=" in line and b"hidepid=0" not in line and b"hidepid=off" not in line
+    return hides
 
 
 class ProcScanBackend(Backend):
