@@ -297,6 +297,7 @@ def test_pid_reuse_between_scans_is_exit_then_fork() -> None:
                 second.wait()
             mine = [e for e in events if e.pid == first.pid]
             assert [type(e) for e in mine][:2] == [Exit, Fork]
+
             assert mine[0].start_ns is not None and mine[1].start_ns is not None
             assert mine[0].start_ns < mine[1].start_ns
             return
@@ -587,3 +588,18 @@ def test_hidepid_turns_loss_counting_off() -> None:
     assert out["loss_counting"] == 0 and out["lost"] == 0
     assert out["saw_mine"]
     assert 1 not in out["visible"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="steering the pid allocator needs root")
+def test_cursor_set_back_is_not_a_wrap() -> None:
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    set_next_pid(pid_max // 2)
+    with make() as b:
+        b.scan()
+        set_next_pid(last_pid() - 5000)
+        first = b.scan()
+        second = b.scan()
+        stats = b.stats()
+    assert stats["cursor_resets"] == 1
+    assert lost_in(first) + lost_in(second) < 1000  # not ~pid_max

@@ -324,6 +324,7 @@ class ProcScanBackend(Backend):
         self._scan_ns_last = 0
         self._late_scans = 0
         self._throttled = 0
+        self._cursor_resets = 0
         self._next_scan_ns = 0
         self._lost_total = 0
         self._events_total = 0
@@ -368,6 +369,7 @@ class ProcScanBackend(Backend):
             "events": self._events_total,
             "lost": self._lost_total,
             "loss_counting": int(self._loss_counting),
+            "cursor_resets": self._cursor_resets,
         }
 
     # -- scanning ----------------------------------------------------------------------------------------------
@@ -495,6 +497,11 @@ class _ScanDiff:
             b._pid_max = b._read_pid_max()
         ranges = allocated_ranges(prev_last, last_pid, b._pid_max)
         allocated = sum(len(r) for r in ranges)
+        if last_pid < prev_last and allocated > b._pid_max // 2:
+            # Not a plausible wrap but the cursor set back (a write to ns_last_pid, clone3 set_tid): uncountable.
+            b._cursor_resets += 1
+            b._pending_lost = 0
+            return
         # Ids in use at either scan were skipped by the allocator or are tasks we saw.
         seen = count_in_ranges(live_now | b._live_tids, ranges)
         b._pending_lost = max(0, allocated - seen)
