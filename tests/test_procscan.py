@@ -425,9 +425,9 @@ def test_watcher_integration() -> None:
 def test_watcher_pid_filter_follows_the_subtree() -> None:
     code = (
         "import subprocess, time; time.sleep(0.3);"
-        "c = subprocess.Popen(['sh', '-c', 'sleep 0.3; exit 4']); time.sleep(1.0); c.wait()"
+        "c = subprocess.Popen(['sh', '-c', 'sleep 0.3; exit 4']); time.sleep(3); c.wait()"
     )
-    root = subprocess.Popen([PY, "-c", code])
+    root = subprocess.Popen([PY, "-c", code])  # reaps its child late: the zombie is there for scans to see
     with proctap.watch("fork,exit", backend="proc", pid=root.pid, options=[("interval", "20ms")]) as w:
         events: Events = []
         deadline = time.monotonic() + 10
