@@ -138,7 +138,7 @@ def test_parse_stat_of_a_kernel_thread() -> None:
 def test_fork_of_a_long_lived_process_names_its_parent(backend: ProcScanBackend) -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
-        events = collect(backend, lambda evs: bool(of(evs, child.pid, Fork)))
+        events = collect(backend, lambda evs: bool(of(evs, child.pid, Exec)))
     finally:
         child.kill()
         child.wait()

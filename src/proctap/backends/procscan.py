@@ -651,9 +651,9 @@ class _ScanDiff:
                 )
             )
         proc.comm = rec.comm
+        proc.permitted = image is not None  # as of now: an exec of a setuid program may take it away
         if image is not None:
             proc.image = image
-            proc.permitted = True
 
     def _exec(self, pid: int, rec: StatRecord) -> Exec:
         filename = argv = None
