@@ -603,3 +603,45 @@ def test_cursor_set_back_is_not_a_wrap() -> None:
         stats = b.stats()
     assert stats["cursor_resets"] == 1
     assert lost_in(first) + lost_in(second) < 1000  # not ~pid_max
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_unprivileged_gets_no_fake_status_for_other_users_zombies() -> None:
+    # The kernel shows exit_code 0 to readers who may not ptrace the task: that 0 must not become "exit 0".
+    ready_r, ready_w = os.pipe()
+    pid_r, pid_w = os.pipe()
+    out_r, out_w = os.pipe()
+    watcher = os.fork()
+    if watcher == 0:
+        status = 1
+        try:
+            for fd in (ready_r, pid_w, out_r):
+                os.close(fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            b = make()
+            os.write(ready_w, b"r")
+            target = int(os.read(pid_r, 32))
+            events = collect(b, exited(target))
+            b.close()
+            exits = [[e.status, e.exit_code, e.comm] for e in of(events, target, Exit) if isinstance(e, Exit)]
+            os.write(out_w, json.dumps({"exits": exits}).encode())
+            status = 0
+        except BaseException as exc:
+            os.write(out_w, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(status)
+    for fd in (ready_w, pid_r, out_w):
+        os.close(fd)
+    assert os.read(ready_r, 1) == b"r"
+    root_child = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 3"])
+    os.write(pid_w, str(root_child.pid).encode())
+    with os.fdopen(out_r, "rb") as f:
+        out = json.loads(f.read())  # the watcher reports once it saw the exit: the zombie is still unreaped
+    root_child.wait()
+    os.waitpid(watcher, 0)
+    for fd in (ready_r, pid_w):
+        os.close(fd)
+    assert "error" not in out, out
+    assert out["exits"] == [[None, None, "sh"]]
