@@ -111,12 +111,25 @@ def collect(backend: str, **kwargs: object) -> Iterator[Collector]:
 
 
 # -- workloads ----------------------------------------------------------------------------------------------------
-def fork_exit(code: int) -> int:
-    """A child that exits with ``code`` at once; reaped.  Returns its pid."""
+def fork_exit(code: int, log: Collector | None = None) -> int:
+    """A child that exits with ``code``; reaped.  Returns its pid.
+
+    With ``log``, the child lives until the watcher has reported its Fork: backends that sample (the /proc scanner)
+    see only tasks that live across a scan, event-driven ones see it either way.
+    """
+    gate_r, gate_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(gate_w)
+        os.read(gate_r, 1)
         os._exit(code)
-    os.waitpid(pid, 0)
+    os.close(gate_r)
+    try:
+        if log is not None:
+            log.wait_until(lambda: bool(log.forks_of(pid)), f"the fork of {pid}", [pid])
+    finally:
+        os.close(gate_w)
+        os.waitpid(pid, 0)
     return pid
 
 

@@ -134,17 +134,25 @@ def test_fileno_becomes_readable_and_asyncio_works(backend: str) -> None:
     with proctap.watch(events="fork", backend=backend) as w:
         while w.read(timeout=0):  # whatever the machine did so far
             pass
-        pid = fork_exit(0)
-        ready, _, _ = select.select([w.fileno()], [], [], TIMEOUT)
-        assert ready, "fileno() did not become readable after a fork"
-        log = Collector(w)
-        log.wait_until(lambda: bool(log.forks_of(pid)), "the fork", [pid])
+        gate_r, gate_w = os.pipe()
+        child = run_python("import sys; sys.stdin.read()", stdin=gate_r)
+        os.close(gate_r)
+        try:
+            ready, _, _ = select.select([w.fileno()], [], [], TIMEOUT)
+            assert ready, "fileno() did not become readable after a fork"
+            log = Collector(w)
+            log.wait_until(lambda: bool(log.forks_of(child.pid)), "the fork", [child.pid])
+        finally:
+            os.close(gate_w)
+            reap(child)
 
     async def first_fork_of_child() -> int:
         async with proctap.awatch(events="fork", backend=backend) as aw:
-            proc = await asyncio.create_subprocess_exec("true")
+            proc = await asyncio.create_subprocess_exec("cat", stdin=asyncio.subprocess.PIPE)
             async for ev in aw:
                 if isinstance(ev, Fork) and ev.pid == proc.pid:
+                    assert proc.stdin is not None
+                    proc.stdin.close()
                     await proc.wait()
                     return ev.parent_pid
         raise AssertionError("unreachable")
@@ -156,7 +164,7 @@ def test_fileno_becomes_readable_and_asyncio_works(backend: str) -> None:
 @requires(Feature.FORK, Feature.EXIT)
 def test_fork_and_exit_of_processes(log: Collector, backend: str) -> None:
     codes = [0, 1, 3, 255]
-    pids = [fork_exit(code) for code in codes]
+    pids = [fork_exit(code, log) for code in codes]
     exits = log.wait_exit(*pids)
     for pid, ex in zip(pids, exits, strict=True):
         (fork,) = log.forks_of(pid)
@@ -180,14 +188,22 @@ def test_fork_and_exit_of_processes(log: Collector, backend: str) -> None:
 def test_every_fork_comes_before_its_exit_in_a_storm(log: Collector) -> None:
     """Children on both CPUs, born and dead within microseconds: events come in causal order, none missing."""
     n = 300
+    gate_r, gate_w = os.pipe()
     loader = os.fork()
     if loader == 0:
+        os.close(gate_w)
         for _ in range(n):
             if os.fork() == 0:
                 os._exit(0)
             os.wait()
+        os.read(gate_r, 1)  # until the test saw the loader (a sampling backend needs it alive at a scan)
         os._exit(0)
-    os.waitpid(loader, 0)
+    os.close(gate_r)
+    try:
+        log.wait_until(lambda: bool(log.forks_of(loader)), "the loader's fork", [loader])
+    finally:
+        os.close(gate_w)
+        os.waitpid(loader, 0)
     log.wait_exit(loader)
     children = {e.pid for e in log.of(Fork) if e.parent_pid == loader and not e.is_thread}
     log.wait_until(lambda: all(log.process_exit(pid) is not None for pid in children), "the children's exits")
@@ -204,8 +220,7 @@ def test_every_fork_comes_before_its_exit_in_a_storm(log: Collector) -> None:
 @requires(Feature.FORK)
 def test_monotonic_timestamps(log: Collector) -> None:
     before = time.monotonic_ns()
-    pid = fork_exit(0)
-    log.wait_until(lambda: bool(log.forks_of(pid)), "the fork", [pid])
+    pid = fork_exit(0, log)
     after = time.monotonic_ns()
     (fork,) = log.forks_of(pid)
     assert before <= fork.timestamp_ns <= after, "timestamps are CLOCK_MONOTONIC"
@@ -214,17 +229,32 @@ def test_monotonic_timestamps(log: Collector) -> None:
 @requires(Feature.FORK, Feature.EXIT)
 def test_pid_filter_follows_the_subtree(backend: str) -> None:
     gate_r, gate_w = os.pipe()
-    script = "import os, sys\nos.read(0, 1)\npid = os.fork()\nif pid == 0: os._exit(4)\nos.waitpid(pid, 0)\nsys.exit(2)"
-    p = run_python(script, stdin=gate_r)
+    hold_r, hold_w = os.pipe()  # the grandchild lives until the test saw its fork (for sampling backends)
+    script = (
+        "import os, sys\n"
+        "os.read(0, 1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.read(int(sys.argv[1]), 1)\n"
+        "    os._exit(4)\n"
+        "os.waitpid(pid, 0)\n"
+        "sys.exit(2)\n"
+    )
+    p = run_python(script, str(hold_r), stdin=gate_r, pass_fds=(hold_r,))
+    os.close(hold_r)
     try:
         with collect(backend, pid=p.pid) as log:
             other = fork_exit(0)
             os.write(gate_w, b"g")
+            log.wait_until(lambda: any(e.parent_pid == p.pid for e in log.of(Fork)), "the grandchild", [p.pid])
+            os.close(hold_w)
+            hold_w = -1
             (ex,) = log.wait_exit(p.pid)
             reap(p)
     finally:
-        os.close(gate_r)
-        os.close(gate_w)
+        for fd in (gate_r, gate_w, hold_w):
+            if fd >= 0:
+                os.close(fd)
     assert other not in {e.pid for e in log.events}
     grandchildren = [e for e in log.of(Fork) if e.parent_pid == p.pid and not e.is_thread]
     assert len(grandchildren) == 1
@@ -237,25 +267,36 @@ def test_pid_filter_follows_the_subtree(backend: str) -> None:
 # -- threads ----------------------------------------------------------------------------------------------------------
 THREADS_SCRIPT = textwrap.dedent(
     """
-    import os, threading, time
-    ts = [threading.Thread(target=time.sleep, args=(0.05,)) for _ in range(3)]
-    [t.start() for t in ts]; [t.join() for t in ts]
-    ev = threading.Event()
-    live = [threading.Thread(target=ev.wait) for _ in range(2)]
-    [t.start() for t in live]
-    time.sleep(0.1)
-    os._exit(5)   # exit_group with two live threads
+    import os, sys, threading
+    first, second = threading.Event(), threading.Event()
+    ts = [threading.Thread(target=first.wait) for _ in range(3)]
+    live = [threading.Thread(target=second.wait) for _ in range(2)]
+    [t.start() for t in ts + live]
+    sys.stdin.readline()          # the test saw the five thread forks
+    first.set(); [t.join() for t in ts]
+    sys.stdin.readline()          # the test saw those three thread exits
+    os._exit(5)                   # exit_group with two live threads
     """
 )
 
 
 @requires(Feature.THREADS, Feature.EXIT)
 def test_threads_and_the_process_exit_after_them(log: Collector, backend: str) -> None:
-    p = run_python(THREADS_SCRIPT)
-    (ex,) = log.wait_exit(p.pid)
-    reap(p)
-    thread_forks = [e for e in log.about([p.pid], Fork) if e.is_thread]
-    assert len(thread_forks) == 5
+    # gated steps, so that backends which sample (the /proc scanner) see every thread too
+    p = run_python(THREADS_SCRIPT, stdin=__import__("subprocess").PIPE)
+    assert p.stdin is not None
+    try:
+        log.wait_until(lambda: len([e for e in log.about([p.pid], Fork) if e.is_thread]) == 5, "5 threads", [p.pid])
+        thread_forks = [e for e in log.about([p.pid], Fork) if e.is_thread]
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        log.wait_until(lambda: len([e for e in log.about([p.pid], Exit) if e.is_thread]) >= 3, "3 exits", [p.pid])
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        (ex,) = log.wait_exit(p.pid)
+    finally:
+        p.stdin.close()
+        reap(p)
     assert all(e.pid == p.pid and e.tid != p.pid and e.parent_pid == p.pid for e in thread_forks)
     assert all(e.parent_tid in (None, p.pid) for e in thread_forks)
     thread_exits = [e for e in log.about([p.pid], Exit) if e.is_thread]
@@ -265,8 +306,8 @@ def test_threads_and_the_process_exit_after_them(log: Collector, backend: str) -
     if Feature.EXIT_STATUS in features_of(backend):
         assert ex.exit_code == 5
         # the two threads killed by the exit_group carry the group's status too
-        killed = [e for e in thread_exits if e.tid in {f.tid for f in thread_forks[3:]}]
-        assert all(e.exit_code == 5 for e in killed)
+        killed = [e for e in thread_exits if e.tid not in {x.tid for x in thread_exits[:3]}]
+        assert len(killed) == 2 and all(e.exit_code == 5 for e in killed)
 
 
 @requires(Feature.THREADS, Feature.EXIT, Feature.EXIT_STATUS)
