@@ -75,12 +75,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # Declared features a backend gets wrong in a corner the kernel interface does not show; strict xfail, so a fix
 # makes the suite say so.  Keep the reason exact: it goes into the backend's documentation.
-KNOWN_LIMITS: dict[tuple[str, str], str] = {
-    ("test_leader_ends_before_its_threads", "netlink"): (
-        "the proc connector reports the leader's own exit code (0 from pthread_exit), while the process's wait "
-        "status is the group exit code of the thread that called exit_group (kernel/exit.c wait_task_zombie)"
-    ),
-}
+KNOWN_LIMITS: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture

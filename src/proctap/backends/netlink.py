@@ -255,7 +255,7 @@ class EventBuilder:
                 # The last thread we knew of is gone: now the process has ended.  Report it as of this moment.
                 del self._deferred[pid]
                 self._threads.pop(pid, None)
-                self._ended = _with_end(deferred, ts, self.clock)
+                self._ended = _with_end(deferred, event, self.clock)
             return event
         start = self.starts.ended(pid)
         event = Exit(
@@ -324,9 +324,19 @@ class EventBuilder:
         }
 
 
-def _with_end(event: Exit, ts: int, clock: Clock) -> Exit:
-    lifetime = None if event.start_ns is None else clock.since_boot(ts) - event.start_ns
-    return replace(event, timestamp_ns=ts, wall_time=clock.wall_time(ts), lifetime_ns=lifetime)
+def _with_end(leader: Exit, last_thread: Exit, clock: Clock) -> Exit:
+    """The process Exit held back at its leader's exit, released by the exit of its last thread.
+
+    The status is the last thread's: a leader that ends first did so by pthread_exit (code 0) unless the whole group
+    was exiting, and wait() reports the group exit code when a later exit_group() set one (kernel/exit.c,
+    wait_task_zombie), which is the code every remaining thread exits with.
+    """
+    ts = last_thread.timestamp_ns
+    lifetime = None if leader.start_ns is None else clock.since_boot(ts) - leader.start_ns
+    return replace(
+        leader, timestamp_ns=ts, wall_time=clock.wall_time(ts), lifetime_ns=lifetime, status=last_thread.status,
+        exit_code=last_thread.exit_code, signal=last_thread.signal, core_dumped=last_thread.core_dumped,
+    )  # fmt: skip
 
 
 # -- namespaces ----------------------------------------------------------------------------------------------------
