@@ -12,8 +12,7 @@ kprobetrace.rst):
   kernel/exit.c: ``group_dead = atomic_dec_and_test(&tsk->signal->live)``): ``taskstats_exit(tsk, group_dead)`` or
   ``acct_collect(code, group_dead)``.  The tracepoint sched_process_exit only says this from 6.16 on.
 
-All probes of one watcher live in the group ``proctap_<owner pid>`` with event names that carry the pid too, because
-``kprobe_profile`` names events without their group.
+All probes of one watcher live in one group named after its owner process (:class:`ProbeNames`).
 """
 
 from __future__ import annotations
@@ -85,29 +84,40 @@ def fork_flags_fetch(function: str, release: str, arg1: str) -> str:
 
 @dataclass(frozen=True)
 class ProbeNames:
-    """The group and event names of one watcher's probes (owner = the watcher's pid)."""
+    """The group and event names of one watcher's probes.
+
+    The group ``proctap_<pid>_<start ticks>_<n>`` names the owner (pid and start time, so that a reused pid is not
+    taken for a live owner; n counts the watchers of one process); event names carry ``<pid>_<n>`` because
+    ``kprobe_profile`` lists events without their group.
+    """
 
     owner: int
+    start: int = 0
+    seq: int = 0
 
     @property
     def group(self) -> str:
-        return f"{GROUP_PREFIX}{self.owner}"
+        return f"{GROUP_PREFIX}{self.owner}_{self.start}_{self.seq}"
+
+    @property
+    def _suffix(self) -> str:
+        return f"{self.owner}_{self.seq}"
 
     @property
     def fork_entry(self) -> str:
-        return f"fork_{self.owner}"
+        return f"fork_{self._suffix}"
 
     @property
     def fork_return(self) -> str:
-        return f"forkret_{self.owner}"
+        return f"forkret_{self._suffix}"
 
     @property
     def exit(self) -> str:
-        return f"exit_{self.owner}"
+        return f"exit_{self._suffix}"
 
     @property
     def exit_group(self) -> str:
-        return f"exitgrp_{self.owner}"
+        return f"exitgrp_{self._suffix}"
 
     def all(self) -> tuple[str, ...]:
         return (self.fork_entry, self.fork_return, self.exit, self.exit_group)
@@ -167,14 +177,14 @@ def parse_dynamic_events(text: str) -> list[DynamicEvent]:
     return events
 
 
-def group_owner(group: str) -> int | None:
-    """The owner pid of a ``proctap_<pid>`` group, or None for groups that are not proctap's."""
-    m = re.fullmatch(re.escape(GROUP_PREFIX) + r"(\d+)", group)
-    return int(m.group(1)) if m else None
+def group_owner(group: str) -> tuple[int, int] | None:
+    """``(pid, start ticks)`` of the owner of a :class:`ProbeNames` group, or None for groups not proctap's."""
+    m = re.fullmatch(re.escape(GROUP_PREFIX) + r"(\d+)_(\d+)_\d+", group)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def stale_events(events: Iterable[DynamicEvent], alive: Callable[[int], bool]) -> list[DynamicEvent]:
-    """proctap's events whose owner process is gone (a crashed earlier watcher): to be removed."""
+def stale_events(events: Iterable[DynamicEvent], alive: Callable[[tuple[int, int]], bool]) -> list[DynamicEvent]:
+    """proctap's events whose owner (pid, start ticks) is gone (a crashed earlier watcher): to be removed."""
     stale = []
     for event in events:
         owner = group_owner(event.group)

@@ -11,8 +11,9 @@ from proctap import kprobes
 from proctap.kprobes import ProbeNames
 
 DATA = Path(__file__).parent.parent / "data" / "kprobe-6.1"
-CAPTURE_OWNER = 120  # the pid of the capturing process in the VM
-STALE_OWNER = 4_000_000
+CAPTURE = ProbeNames(121, 1669)  # the capturing process in the VM: pid, start ticks
+STALE = ProbeNames(4_000_000, 1)  # a pid that did not exist
+REUSED = ProbeNames(121, 1670, 1)  # the capturing pid with another start time: an earlier owner of a reused pid
 
 
 def captured(name: str) -> str:
@@ -20,7 +21,7 @@ def captured(name: str) -> str:
 
 
 def test_definitions_on_x86_64_are_what_the_6_1_kernel_accepted() -> None:
-    names = ProbeNames(CAPTURE_OWNER)
+    names = CAPTURE
     accepted = captured("kprobe_events").splitlines()
     generated = [
         kprobes.fork_entry_probe(names, "kernel_clone", "6.1.0-56-amd64", "x86_64"),
@@ -42,11 +43,11 @@ def test_definitions_on_x86_64_are_what_the_6_1_kernel_accepted() -> None:
 def test_definitions_use_the_architecture_argument_registers(
     machine: str, expected_flags: str, expected_code: str, expected_group_dead: str
 ) -> None:
-    names = ProbeNames(7)
+    names = ProbeNames(7, 5)
     assert kprobes.fork_entry_probe(names, "kernel_clone", "6.1.0", machine).endswith(" kernel_clone " + expected_flags)
     assert expected_code in kprobes.exit_probe(names, machine)
     assert kprobes.exit_group_probe(names, "acct_collect", machine) == (
-        f"p:proctap_7/exitgrp_7 acct_collect {expected_group_dead}"
+        f"p:proctap_7_5_0/exitgrp_7_0 acct_collect {expected_group_dead}"
     )
 
 
@@ -69,46 +70,54 @@ def test_clone_flags_fetch_follows_the_fork_function_signature(function: str, re
 
 
 def test_return_probe_maxactive() -> None:
-    names = ProbeNames(1)
-    assert kprobes.fork_return_probe(names, "kernel_clone", 20).startswith("r20:proctap_1/forkret_1 kernel_clone ")
-    assert kprobes.fork_return_probe(names, "_do_fork", 0).startswith("r:proctap_1/forkret_1 _do_fork ")
+    names = ProbeNames(1, 2, 3)
+    definition = kprobes.fork_return_probe(names, "kernel_clone", 20)
+    assert definition.startswith("r20:proctap_1_2_3/forkret_1_3 kernel_clone ")
+    assert kprobes.fork_return_probe(names, "_do_fork", 0).startswith("r:proctap_1_2_3/forkret_1_3 _do_fork ")
 
 
 def test_parse_dynamic_events_captured() -> None:
     events = kprobes.parse_dynamic_events(captured("dynamic_events"))
-    assert len(events) == 9
+    assert len(events) == 13
     first = events[0]
-    assert (first.kind, first.group, first.event, first.target) == ("p", "proctap_120", "fork_120", "kernel_clone")
+    assert (first.kind, first.group, first.event, first.target) == ("p", CAPTURE.group, "fork_121_0", "kernel_clone")
     assert first.args == "flags=+0(%di):u64"
     assert events[1].kind == "r20"
     assert events[-1].group == "someone_else"
 
 
 def test_parse_dynamic_events_skips_synthetic_and_blank_lines() -> None:
-    text = "wakeup_latency u64 lat; pid_t pid\n\np:proctap_5/exit_5 do_exit code=%di:s64\n"
-    assert [e.event for e in kprobes.parse_dynamic_events(text)] == ["exit_5"]
+    text = "wakeup_latency u64 lat; pid_t pid\n\np:proctap_5_9_0/exit_5_0 do_exit code=%di:s64\n"
+    assert [e.event for e in kprobes.parse_dynamic_events(text)] == ["exit_5_0"]
 
 
 def test_stale_events_are_proctap_groups_whose_owner_is_gone() -> None:
     events = kprobes.parse_dynamic_events(captured("dynamic_events"))
-    alive = {CAPTURE_OWNER}
-    stale = kprobes.stale_events(events, lambda pid: pid in alive)
-    assert {e.group for e in stale} == {f"proctap_{STALE_OWNER}"}
-    assert len(stale) == 4
-    assert kprobes.removal_command(stale[0].group, stale[0].event) == f"-:proctap_{STALE_OWNER}/fork_{STALE_OWNER}"
+    alive = {(CAPTURE.owner, CAPTURE.start)}
+    stale = kprobes.stale_events(events, lambda owner: owner in alive)
+    assert {e.group for e in stale} == {STALE.group, REUSED.group}
+    assert len(stale) == 8
+    assert kprobes.removal_command(stale[0].group, stale[0].event) == f"-:{STALE.group}/{STALE.fork_entry}"
 
 
-@pytest.mark.parametrize("group", ["proctap", "proctap_", "proctap_12x", "someone_else", "xproctap_1"])
+def test_group_owner() -> None:
+    assert kprobes.group_owner(CAPTURE.group) == (121, 1669)
+    assert kprobes.group_owner(REUSED.group) == (121, 1670)
+
+
+@pytest.mark.parametrize("group", ["proctap", "proctap_", "proctap_12", "proctap_1_2", "proctap_1_x_0", "someone_else",
+                                   "xproctap_1_2_0"])  # fmt: skip
 def test_group_owner_ignores_foreign_groups(group: str) -> None:
     assert kprobes.group_owner(group) is None
 
 
 def test_parse_kprobe_profile_captured() -> None:
     profile = kprobes.parse_kprobe_profile(captured("kprobe_profile"))
-    assert profile[f"fork_{CAPTURE_OWNER}"] == kprobes.ProbeProfile(f"fork_{CAPTURE_OWNER}", 5, 0)
-    assert profile[f"exitgrp_{CAPTURE_OWNER}"].hits == 5
+    assert profile[CAPTURE.fork_entry] == kprobes.ProbeProfile(CAPTURE.fork_entry, 5, 0)
+    assert profile[CAPTURE.exit_group].hits == 5
+    assert profile[STALE.exit].hits == 0
     assert profile["probe"].misses == 0
-    assert len(profile) == 9
+    assert len(profile) == 13
 
 
 def test_parse_kprobe_profile_with_misses() -> None:

@@ -6,8 +6,9 @@ Run in the VM (its host fs is read-only, so the files are printed between marker
     PYTHONPATH=src python3 tests/vm/capture_kprobe_data.py --extract \
         tests/artifacts/vm-console.log tests/data/kprobe-6.1
 
-Defines proctap's real probe set (owner: this process), a "stale" set owned by a pid that does not exist, and one
-foreign probe, forks a little, and prints dynamic_events, kprobe_events, kprobe_profile and the events' formats.
+Defines proctap's real probe set (owner: this process), "stale" sets (a pid that does not exist; this pid with
+another start time), and one foreign probe, forks a little, and prints dynamic_events, kprobe_events,
+kprobe_profile and the events' formats.
 Everything it defines is removed before it exits.
 """
 
@@ -19,7 +20,7 @@ import sys
 from proctap import kprobes
 
 TRACING = "/sys/kernel/tracing"
-STALE_OWNER = 4_000_000  # above PID_MAX_LIMIT (4194304 is the limit; default pid_max is far lower): never alive
+STALE_OWNER = 4_000_000  # far above the VM's pid_max: never alive
 
 
 def write(path: str, text: str) -> None:
@@ -35,6 +36,11 @@ def read(path: str) -> str:
         return f.read()
 
 
+def read_proc_stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[1:]
+
+
 def definitions(names: kprobes.ProbeNames) -> list[str]:
     machine, release = os.uname().machine, os.uname().release
     return [
@@ -46,9 +52,13 @@ def definitions(names: kprobes.ProbeNames) -> list[str]:
 
 
 def capture() -> None:
-    mine, stale = kprobes.ProbeNames(os.getpid()), kprobes.ProbeNames(STALE_OWNER)
+    pid = os.getpid()
+    start = int(read_proc_stat(pid)[18])  # field 22, starttime
+    mine = kprobes.ProbeNames(pid, start)
+    stale = kprobes.ProbeNames(STALE_OWNER, 1)
+    reused = kprobes.ProbeNames(pid, start + 1, 1)  # this pid, but another process's start time: a reused pid
     foreign = "p:someone_else/probe do_exit"
-    lines = [*definitions(mine), *definitions(stale), foreign]
+    lines = [*definitions(mine), *definitions(stale), *definitions(reused), foreign]
     try:
         for line in lines:
             write("kprobe_events", line)
@@ -66,7 +76,7 @@ def capture() -> None:
             print(f"=== FILE {name}\n{text}=== END", flush=True)
     finally:
         for event in kprobes.parse_dynamic_events(read("kprobe_events")):
-            if event.group in (mine.group, stale.group, "someone_else"):
+            if event.group in (mine.group, stale.group, reused.group, "someone_else"):
                 write("kprobe_events", kprobes.removal_command(event.group, event.event))
 
 
