@@ -131,7 +131,8 @@ def fork_entry_probe(names: ProbeNames, function: str, release: str, machine: st
 def fork_return_probe(names: ProbeNames, function: str, maxactive: int) -> str:
     """The return probe; ``maxactive`` 0 leaves the kernel's default (kretprobe instances per CPU)."""
     prefix = f"r{maxactive}" if maxactive else "r"
-    return f"{prefix}:{names.group}/{names.fork_return} {function} ret=$retval:s64 comm=$comm:string"
+    # s32: kernel_clone returns a pid_t in %ax, its upper half zero (6.1 gives 4294967274 for -EINVAL as s64)
+    return f"{prefix}:{names.group}/{names.fork_return} {function} ret=$retval:s32 comm=$comm:string"
 
 
 def exit_probe(names: ProbeNames, machine: str) -> str:

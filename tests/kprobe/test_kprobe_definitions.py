@@ -11,9 +11,9 @@ from proctap import kprobes
 from proctap.kprobes import ProbeNames
 
 DATA = Path(__file__).parent.parent / "data" / "kprobe-6.1"
-CAPTURE = ProbeNames(121, 1669)  # the capturing process in the VM: pid, start ticks
+CAPTURE = ProbeNames(120, 2035)  # the capturing process in the VM: pid, start ticks
 STALE = ProbeNames(4_000_000, 1)  # a pid that did not exist
-REUSED = ProbeNames(121, 1670, 1)  # the capturing pid with another start time: an earlier owner of a reused pid
+REUSED = ProbeNames(120, 2036, 1)  # the capturing pid with another start time: an earlier owner of a reused pid
 
 
 def captured(name: str) -> str:
@@ -80,7 +80,7 @@ def test_parse_dynamic_events_captured() -> None:
     events = kprobes.parse_dynamic_events(captured("dynamic_events"))
     assert len(events) == 13
     first = events[0]
-    assert (first.kind, first.group, first.event, first.target) == ("p", CAPTURE.group, "fork_121_0", "kernel_clone")
+    assert (first.kind, first.group, first.event, first.target) == ("p", CAPTURE.group, "fork_120_0", "kernel_clone")
     assert first.args == "flags=+0(%di):u64"
     assert events[1].kind == "r20"
     assert events[-1].group == "someone_else"
@@ -101,8 +101,8 @@ def test_stale_events_are_proctap_groups_whose_owner_is_gone() -> None:
 
 
 def test_group_owner() -> None:
-    assert kprobes.group_owner(CAPTURE.group) == (121, 1669)
-    assert kprobes.group_owner(REUSED.group) == (121, 1670)
+    assert kprobes.group_owner(CAPTURE.group) == (120, 2035)
+    assert kprobes.group_owner(REUSED.group) == (120, 2036)
 
 
 @pytest.mark.parametrize("group", ["proctap", "proctap_", "proctap_12", "proctap_1_2", "proctap_1_x_0", "someone_else",
