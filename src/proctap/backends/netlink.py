@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -48,6 +47,7 @@ DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
 EVENT_TRUESIZE = 832  # socket memory one queued event costs (skb truesize), measured on 6.18
 SLOT_SIZE = 256  # bytes per recvmmsg slot: a proc connector datagram is 76 bytes
 BATCH = 256  # datagrams per recvmmsg call
+MAX_PER_READ = 16 * BATCH  # bound one read_events() so a consumer (and Ctrl-C) gets control back under a storm
 DEFERRED_EXIT_TIMEOUT_NS = 2_000_000_000
 
 _KIND_MASKS = {
@@ -87,7 +87,8 @@ class _MMsgHdr(ctypes.Structure):
 
 def _load_recvmmsg() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # CDLL(None) is the already-loaded libc: find_library("c") would run ldconfig in a child process.
+        libc = ctypes.CDLL(None, use_errno=True)
         func = libc.recvmmsg
     except (OSError, AttributeError):
         return None
@@ -254,7 +255,7 @@ class EventBuilder:
                 # The last thread we knew of is gone: now the process has ended.  Report it as of this moment.
                 del self._deferred[pid]
                 self._threads.pop(pid, None)
-                self._ended = _with_end(deferred, ts, self.clock)
+                self._ended = _with_end(deferred, event, self.clock)
             return event
         start = self.starts.ended(pid)
         event = Exit(
@@ -323,9 +324,19 @@ class EventBuilder:
         }
 
 
-def _with_end(event: Exit, ts: int, clock: Clock) -> Exit:
-    lifetime = None if event.start_ns is None else clock.since_boot(ts) - event.start_ns
-    return replace(event, timestamp_ns=ts, wall_time=clock.wall_time(ts), lifetime_ns=lifetime)
+def _with_end(leader: Exit, last_thread: Exit, clock: Clock) -> Exit:
+    """The process Exit held back at its leader's exit, released by the exit of its last thread.
+
+    The status is the last thread's: a leader that ends first did so by pthread_exit (code 0) unless the whole group
+    was exiting, and wait() reports the group exit code when a later exit_group() set one (kernel/exit.c,
+    wait_task_zombie), which is the code every remaining thread exits with.
+    """
+    ts = last_thread.timestamp_ns
+    lifetime = None if leader.start_ns is None else clock.since_boot(ts) - leader.start_ns
+    return replace(
+        leader, timestamp_ns=ts, wall_time=clock.wall_time(ts), lifetime_ns=lifetime, status=last_thread.status,
+        exit_code=last_thread.exit_code, signal=last_thread.signal, core_dumped=last_thread.core_dumped,
+    )  # fmt: skip
 
 
 # -- namespaces ----------------------------------------------------------------------------------------------------
@@ -464,7 +475,7 @@ class NetlinkBackend(Backend):
         out: list[Event] = []
         build = self.builder.build
         view = self.receiver.view
-        while True:
+        for _ in range(MAX_PER_READ // BATCH):
             try:
                 slots = self.receiver.receive()
             except BlockingIOError:

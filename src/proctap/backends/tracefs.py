@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
 from ..procfs import read_argv, read_comm, read_ppid
 from ..tracefs.format import RecordDecoder
-from ..tracefs.instance import find_tracefs
+from ..tracefs.instance import TRACEFS_MOUNTS, find_tracefs
 from ..tracefs.reader import TraceReader
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
@@ -40,13 +40,18 @@ CLONE_PARENT = 0x8000
 
 # Signals whose default action is not to terminate (kernel/signal.c: SIG_KERNEL_IGNORE_MASK, SIG_KERNEL_STOP_MASK,
 # SIGCONT); every other signal kills a task that did not install a handler.
-_NOT_FATAL = (signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
-              signal.SIGURG, signal.SIGWINCH)  # fmt: skip
-_MAY_KILL = " && ".join(f"sig != {int(s)}" for s in _NOT_FATAL)
+_NOT_FATAL = frozenset(int(s) for s in (signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP,
+                                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGURG, signal.SIGWINCH))  # fmt: skip
+_MAY_KILL = " && ".join(f"sig != {s}" for s in sorted(_NOT_FATAL))
 # include/trace/events/signal.h: TRACE_SIGNAL_DELIVERED 0 ... TRACE_SIGNAL_LOSE_INFO 4 (queued without siginfo)
 _GENERATE_FILTER = f"(result == 0 || result == 4) && {_MAY_KILL}"
 _DELIVER_FILTER = f"sa_handler == 0 && {_MAY_KILL}"  # SIG_DFL: the default action is taken
-_FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")
+_FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # clone3 exists since 5.3: used where present
+# Without these the declared features (exit status, failed forks) could not be delivered.
+_REQUIRED_EVENTS = (
+    "task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit", "syscalls/sys_enter_exit",
+    "syscalls/sys_enter_exit_group", "syscalls/sys_exit_clone", "signal/signal_generate", "signal/signal_deliver",
+)  # fmt: skip
 
 
 def _tgid_from_proc(tid: int) -> int | None:
@@ -74,6 +79,24 @@ class TaskGroups:
             tgid = _tgid_from_proc(tid) or tid
             self._tgid[tid] = tgid
         return tgid
+
+    def prime(self) -> None:
+        """Learn every existing thread from /proc/PID/task (call after tracing is on: later ones are traced).
+        Without it a thread that predates the watcher and is reaped before its exit record is drained could not
+        be placed in its process."""
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                self._tgid.setdefault(int(tid), pid)
+
+    def items(self) -> list[tuple[int, int]]:
+        return list(self._tgid.items())
 
     def new_task(self, tid: int, tgid: int) -> None:
         self._tgid[tid] = tgid
@@ -170,12 +193,16 @@ class TracefsBackend(Backend):
     def probe(cls) -> Availability:
         root = find_tracefs()
         if root is None:
+            for mount in TRACEFS_MOUNTS:
+                if os.path.isdir(mount) and not os.access(mount, os.R_OK | os.X_OK):
+                    return Availability(False, f"cannot read {mount}: the tracefs backend needs root")
             return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
         if not os.access(os.path.join(root, "instances"), os.W_OK):
             return Availability(False, f"cannot create tracefs instances in {root}: run as root")
-        for event in ("task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit"):
+        for event in _REQUIRED_EVENTS:
             if not os.path.exists(os.path.join(root, "events", event, "format")):
-                return Availability(False, f"this kernel has no tracepoint {event.replace('/', ':')}")
+                hint = " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)" if event.startswith("syscalls/") else ""
+                return Availability(False, f"this kernel has no tracepoint {event.replace('/', ':')}{hint}")
         return Availability(True)
 
     def __init__(self, config: BackendConfig) -> None:
@@ -191,10 +218,19 @@ class TracefsBackend(Backend):
         self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
         self._threads: dict[int, set[int]] = {}  # tgid -> live threads (only on kernels without group_dead)
         self._count_threads = False
+        self._want_forks = EventKind.FORK in config.events
+        self._want_thread_forks = self._want_forks and config.threads
+        self._want_exits = EventKind.EXIT in config.events
+        self._want_thread_exits = self._want_exits and config.threads
         self._decoders: dict[str, RecordDecoder] = {}
         try:
             self._enable_events(config.events)
             self._reader.start()
+            self.groups.prime()
+            if self._count_threads:
+                for tid, tgid in self.groups.items():
+                    if tid != tgid:
+                        self._threads.setdefault(tgid, set()).add(tid)
         except BaseException:
             self._reader.close()
             raise
@@ -236,19 +272,24 @@ class TracefsBackend(Backend):
         return True
 
     def _enable_events(self, kinds: frozenset[EventKind]) -> None:
-        wanted_exit = EventKind.EXIT in kinds
+        # task_newtask, sched_process_exec and sched_process_exit are always on: they keep the tid -> tgid map (and
+        # the other per-task state) exact and bounded, whatever kinds are wanted.
         if not self._enable("task", "task_newtask", ("pid", "comm", "clone_flags"), self._on_newtask):
             raise BackendUnavailable("this kernel has no task:task_newtask tracepoint: use the netlink backend")
-        if EventKind.EXEC in kinds or wanted_exit:
-            self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
-        if wanted_exit:
-            self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
-                         optional=("group_dead",))  # fmt: skip
-            self._count_threads = self._decoders["sched_process_exit"].event.field("group_dead") is None
+        self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
+        self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
+                     optional=("group_dead",))  # fmt: skip
+        # "count_threads=1" takes the path of kernels without group_dead on any kernel (tested here on 6.18)
+        self._count_threads = (
+            self._decoders["sched_process_exit"].event.field("group_dead") is None
+            or self.config.option("count_threads") == "1"
+        )
+        if EventKind.EXIT in kinds:
             self._enable("syscalls", "sys_enter_exit", ("error_code",), self._on_exit_syscall)
             self._enable("syscalls", "sys_enter_exit_group", ("error_code",), self._on_exit_group_syscall)
-            self._enable("signal", "signal_generate", ("sig", "pid"), self._on_signal_generate, _GENERATE_FILTER)
-            self._enable("signal", "signal_deliver", ("sig",), self._on_signal_deliver, _DELIVER_FILTER)
+            self._enable("signal", "signal_generate", ("sig", "pid", "result"), self._on_signal_generate,
+                         _GENERATE_FILTER)  # fmt: skip
+            self._enable("signal", "signal_deliver", ("sig", "sa_handler"), self._on_signal_deliver, _DELIVER_FILTER)
         if EventKind.FORK_FAILED in kinds:
             for syscall in _FORK_SYSCALLS:
                 self._enable("syscalls", f"sys_exit_{syscall}", ("ret",), self._fork_failed_handler(syscall),
@@ -265,7 +306,7 @@ class TracefsBackend(Backend):
         out: list[Event] = []
         if losses:
             wall = self.clock.wall_time
-            ts = records[0][0] if records else 0
+            ts = records[0][0] if records else time.monotonic_ns()
             for cpu, count in losses:
                 out.append(Lost(source="tracefs", timestamp_ns=ts, wall_time=wall(ts), pid=0, tid=0, count=count,
                                 reason="tracefs ring buffer overrun", cpu=cpu))  # fmt: skip
@@ -302,7 +343,7 @@ class TracefsBackend(Backend):
             groups.new_task(tid, parent_tgid)
             if self._count_threads:
                 self._threads.setdefault(parent_tgid, set()).add(tid)
-            if not self.config.threads:
+            if not self._want_thread_forks:
                 return None
             return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=parent_tgid,
                         tid=tid, start_ns=self.starts.get(parent_tgid), parent_pid=parent_tgid,
@@ -314,6 +355,8 @@ class TracefsBackend(Backend):
         if clone_flags & CLONE_PARENT:  # the new process is a sibling of its creator (kernel/fork.c)
             parent = read_ppid(parent_tgid) or parent_tgid
         self._parents[tid] = parent
+        if not self._want_forks:
+            return None
         return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=tid, tid=tid,
                     start_ns=start_ns, parent_pid=parent, parent_tid=parent_tid, is_thread=False,
                     clone_flags=clone_flags, comm=comm)  # fmt: skip
@@ -328,11 +371,13 @@ class TracefsBackend(Backend):
         self._threads.pop(pid, None)
         if EventKind.EXEC not in self.config.events:
             return None
-        argv = comm = parent = None
+        argv = comm = None
+        parent = self._parents.get(pid)
         if self.config.read_proc:
             argv = read_argv(pid)
             comm = read_comm(pid)
-            parent = read_ppid(pid)
+            if parent is None:
+                parent = read_ppid(pid)
         return Exec(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=pid,
                     start_ns=self.starts.get(pid), filename=filename, filename_from=Origin.KERNEL, argv=argv,
                     argc=None if argv is None else len(argv), argv_from=None if argv is None else Origin.PROC,
@@ -345,11 +390,11 @@ class TracefsBackend(Backend):
         groups = self.groups
         tgid = groups.tgid(tid)
         groups.forget(tid)
-        if group_dead is None:  # kernels before 6.16 lack the field: count the threads we saw created
+        if self._count_threads:  # older kernels (6.1) lack group_dead: count the threads of each process
             group_dead = self._last_task(tid, tgid)
         if tid != tgid:
             status = self.exits.thread_exited(tid, tgid)
-            if self.config.threads:
+            if self._want_thread_exits:
                 self._out.append(self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
             if not group_dead:
                 return
@@ -357,13 +402,14 @@ class TracefsBackend(Backend):
             self._leader_gone[tgid] = comm
             return
         status = self.exits.process_exited(tid, tgid)
+        self._threads.pop(tgid, None)
         comm = self._leader_gone.pop(tgid, comm)
         start_ns = self.starts.ended(tgid)
-        event = self._exit_event(ts, tgid, tgid, False, status, comm, start_ns)
         parent = self._parents.pop(tgid, None)
-        if parent is not None:
-            event = replace(event, parent_pid=parent)
-        self._out.append(event)
+        if parent is None and self.config.read_proc and self._want_exits:
+            parent = read_ppid(tgid)  # a process older than the watcher: /proc, while it is a zombie
+        if self._want_exits:
+            self._out.append(self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
 
     def _last_task(self, tid: int, tgid: int) -> bool:
         threads = self._threads.get(tgid)
@@ -374,7 +420,15 @@ class TracefsBackend(Backend):
         return not threads
 
     def _exit_event(
-        self, ts: int, pid: int, tid: int, is_thread: bool, status: int | None, comm: str, start_ns: int | None
+        self,
+        ts: int,
+        pid: int,
+        tid: int,
+        is_thread: bool,
+        status: int | None,
+        comm: str,
+        start_ns: int | None,
+        parent: int | None = None,
     ) -> Exit:
         exit_code = sig = None
         if status is not None:
@@ -386,7 +440,7 @@ class TracefsBackend(Backend):
         lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
         return Exit(source="tracefs", timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=pid, tid=tid,
                     start_ns=start_ns, is_thread=is_thread, status=status, exit_code=exit_code, signal=sig,
-                    lifetime_ns=lifetime, comm=comm)  # fmt: skip
+                    lifetime_ns=lifetime, comm=comm, parent_pid=parent)  # fmt: skip
 
     def _on_exit_syscall(self, _ts: int, tid: int, code: int) -> None:
         self.exits.exit_syscall(tid, code)
@@ -394,11 +448,14 @@ class TracefsBackend(Backend):
     def _on_exit_group_syscall(self, _ts: int, tid: int, code: int) -> None:
         self.exits.exit_group_syscall(tid, self.groups.tgid(tid), code)
 
-    def _on_signal_generate(self, _ts: int, _sender: int, sig: int, target: int) -> None:
-        self.exits.signal_sent(self.groups.tgid(target), sig)
+    # The kernel filters these already; the checks repeat the filters for a kernel that refused them.
+    def _on_signal_generate(self, _ts: int, _sender: int, sig: int, target: int, result: int) -> None:
+        if result in (0, 4) and sig not in _NOT_FATAL:
+            self.exits.signal_sent(self.groups.tgid(target), sig)
 
-    def _on_signal_deliver(self, _ts: int, tid: int, sig: int) -> None:
-        self.exits.signal_taken(self.groups.tgid(tid), sig)
+    def _on_signal_deliver(self, _ts: int, tid: int, sig: int, sa_handler: int) -> None:
+        if sa_handler == 0 and sig not in _NOT_FATAL:
+            self.exits.signal_taken(self.groups.tgid(tid), sig)
 
     def _fork_failed_handler(self, syscall: str) -> Callable[[int, int, int], Event | None]:
         def on_fork_failed(ts: int, tid: int, ret: int) -> Event | None:

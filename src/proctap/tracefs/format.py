@@ -181,6 +181,10 @@ _INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h", 
               (8, False): "Q", (8, True): "q"}  # fmt: skip
 
 
+def _bad(name: str) -> str:
+    raise DecodeError(f"__data_loc field {name} points outside its record")
+
+
 def _c_string(raw: bytes) -> str:
     nul = raw.find(b"\0")
     if nul >= 0:
@@ -191,13 +195,14 @@ def _c_string(raw: bytes) -> str:
 class RecordDecoder:
     """Decodes chosen fields of one event's records into a tuple, in the order asked for.
 
-    Built from the kernel's ``format``: one ``struct.Struct`` reads every fixed field at its offset; strings
-    (``char[N]``, ``__data_loc char[]``) are cut at their NUL and decoded as UTF-8 with surrogate escapes.  Fields
-    the kernel's format lacks decode as ``None`` (``optional``); a missing required field is a DecodeError at build
-    time.
+    Generated from the kernel's ``format``: one ``struct.Struct`` reads every fixed field at its offset, and a small
+    function (compiled once per event, it is on the hot path) reorders the values and converts strings
+    (``char[N]`` and ``__data_loc char[]`` are cut at their NUL and decoded as UTF-8 with surrogate escapes).
+    Fields the kernel's format lacks decode as ``None`` (``optional``); a missing required field is a DecodeError
+    at build time.
     """
 
-    __slots__ = ("_convert", "_fixed_size", "_order", "_struct", "_template", "event", "names")
+    __slots__ = ("decode", "event", "fixed_size", "names")
 
     def __init__(self, event: EventFormat, names: Sequence[str], optional: Sequence[str] = ()) -> None:
         self.event = event
@@ -213,58 +218,47 @@ class RecordDecoder:
         present.sort(key=lambda item: item[1].offset)
         codes: list[str] = []
         pos = 0
-        order: list[int] = []
-        converters: list[tuple[int, Callable[[bytes, int, int, object], object]]] = []
-        for index, f in present:
+        exprs: list[str] = ["None"] * len(self.names)
+        namespace: dict[str, object] = {"DecodeError": DecodeError, "_c_string": _c_string, "_bad": _bad}
+        for slot, (index, f) in enumerate(present):
             if f.offset < pos:
                 raise DecodeError(f"overlapping fields in {event.name}: {f.name}")
             if f.offset > pos:
                 codes.append(f"{f.offset - pos}x")
-            code, convert = self._field_code(f)
+            code, expr = self._field_code(f, f"v{slot}")
             codes.append(code)
             pos = f.offset + f.size
-            order.append(index)
-            if convert is not None:
-                converters.append((index, convert))
-        self._struct = struct.Struct("=" + "".join(codes))
-        self._fixed_size = self._struct.size
-        self._order = order
-        self._convert = converters
-        self._template: list[object] = [None] * len(self.names)
+            exprs[index] = expr
+        unpack = struct.Struct("=" + "".join(codes))
+        self.fixed_size = unpack.size
+        namespace["unpack"] = unpack.unpack_from
+        values = "".join(f"v{slot}, " for slot in range(len(present)))
+        source = (
+            "def decode(buf, start, length):\n"
+            f"    if length < {unpack.size}:\n"
+            f"        raise DecodeError({event.name + ' record shorter than its format: '!r} + str(length))\n"
+            f"    {values or '_'} = unpack(buf, start)\n"
+            f"    return ({''.join(e + ', ' for e in exprs)})\n"
+        )
+        exec(compile(source, f"<tracefs decoder {event.system}:{event.name}>", "exec"), namespace)
+        self.decode: Callable[[bytes, int, int], tuple[object, ...]] = namespace["decode"]  # type: ignore[assignment]
+        """``decode(buf, start, length)``: the chosen fields of the record at ``buf[start:start+length]``."""
 
     @staticmethod
-    def _field_code(f: Field) -> tuple[str, Callable[[bytes, int, int, object], object] | None]:
+    def _field_code(f: Field, var: str) -> tuple[str, str]:
+        """The struct code of a field and the expression that turns its unpacked value ``var`` into the result."""
         if f.is_data_loc:
             if f.size != 4:
                 raise DecodeError(f"unsupported __data_loc size {f.size} for {f.name}")
-            base_offset = f.offset + f.size if f.type.startswith("__rel_loc") else 0
-
-            def data_loc(buf: bytes, start: int, end: int, value: object, base: int = base_offset) -> object:
-                loc = int(value)  # type: ignore[call-overload]
-                begin = start + base + (loc & 0xFFFF)
-                stop = begin + (loc >> 16)
-                if stop > end:
-                    raise DecodeError(f"__data_loc field {f.name} points outside its record")
-                return _c_string(buf[begin:stop])
-
-            return "I", data_loc
+            # u32 len << 16 | offset; __rel_loc offsets count from the end of the field
+            base = f.offset + f.size if f.type.startswith("__rel_loc") else 0
+            begin = f"(start + {base} + ({var} & 0xFFFF))"
+            end = f"({begin} + ({var} >> 16))"
+            check = f"(_c_string(buf[{begin}:{end}]) if {end} <= start + length else _bad({f.name!r}))"
+            return "I", check
         if f.type.endswith("]"):
-            if f.is_string:
-                return f"{f.size}s", lambda buf, start, end, value: _c_string(value)  # type: ignore[arg-type]
-            return f"{f.size}s", None
+            return f"{f.size}s", f"_c_string({var})" if f.is_string else var
         code = _INT_CODES.get((f.size, f.signed))
         if code is None:
-            return f"{f.size}s", None
-        return code, None
-
-    def decode(self, buf: bytes, start: int, length: int) -> tuple[object, ...]:
-        """The chosen fields of the record at ``buf[start:start+length]``."""
-        if length < self._fixed_size:
-            raise DecodeError(f"{self.event.name} record of {length} bytes is shorter than its format")
-        raw = self._struct.unpack_from(buf, start)
-        out = list(self._template)
-        for index, value in zip(self._order, raw, strict=True):
-            out[index] = value
-        for index, convert in self._convert:
-            out[index] = convert(buf, start, start + length, out[index])
-        return tuple(out)
+            return f"{f.size}s", var
+        return code, var

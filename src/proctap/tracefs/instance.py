@@ -22,6 +22,7 @@ from .format import EventFormat, EventHeaderLayout, PageLayout, parse_format, pa
 
 __all__ = [
     "INSTANCE_PREFIX",
+    "TRACEFS_MOUNTS",
     "Instance",
     "find_tracefs",
     "instance_owner",

@@ -1,0 +1,536 @@
+"""The kprobe backend: kprobe/kretprobe dynamic events on the fork and exit paths, read from a private tracefs
+instance (the same reader as the tracefs backend).
+
+What it places (definitions in :mod:`proctap.kprobes`), in the group named after this process:
+
+* an entry probe on ``kernel_clone`` (``_do_fork``/``do_fork`` on older kernels) keeping the clone flags, and a
+  return probe on it (maxactive 20, backend option ``maxactive``) with ``$retval``: ``retval > 0`` -> Fork of that
+  task id, anything else -> ForkFailed with ``errno = -retval`` (the seed's return handler);
+* an entry probe on ``do_exit`` keeping the exit code (a wait status) and one on ``taskstats_exit`` (or
+  ``acct_collect``) keeping ``group_dead``: the task was the last of its process -> the process Exit;
+* the tracepoints ``sched:sched_process_exec`` (Exec) and ``task:task_newtask``.  task_newtask runs in the parent
+  before the child can run; a vfork parent only returns from the fork function after its child exec'd or exited,
+  so the child's events precede the parent's return record.  They are held back until the return probe reported
+  the Fork, so that consumers (the pid filter follows Fork events) see the Fork first; the Fork is stamped with
+  the time of task_newtask (the creation) where it was seen.
+
+Losses: ring-buffer overruns (exact, from the reader) and probe misses from ``kprobe_profile`` (a return probe
+misses when more than maxactive calls are in flight, e.g. parents blocked in vfork), both as ``Lost`` events.
+Probes are removed on close, SIGTERM and at interpreter exit; those of a crashed earlier run are removed at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from .. import kprobes
+from ..clock import Clock
+from ..errors import BackendUnavailable, ProctapError
+from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
+from ..procfs import read_argv, read_comm, read_ppid
+from ..tracefs.format import RecordDecoder
+from ..tracefs.instance import find_tracefs
+from ..tracefs.reader import TraceReader
+from .base import Availability, Backend, BackendConfig, Feature, StartTimes
+from .tracefs import CLONE_PARENT, CLONE_THREAD, TaskGroups
+
+__all__ = ["KprobeBackend", "KprobeSet", "remove_stale_probes"]
+
+SOURCE = "kprobe"
+DEFAULT_MAXACTIVE = 20
+MAXACTIVE_MAX = 4096  # KRETPROBE_MAXACTIVE_MAX, kernel/trace/trace_kprobe.c
+PROFILE_INTERVAL_S = 0.25  # how often kprobe_profile is read for misses
+HOLD_RELEASE_NS = 2_000_000_000  # events of a child whose Fork never came (return probe missed) wait this long
+UNCONFIRMED_FORGET_NS = 60_000_000_000  # a child whose parent's return never came is forgotten after this
+UNAVAILABLE_NO_KPROBES = "this kernel has no kprobe events (CONFIG_KPROBE_EVENTS off): use tracefs or netlink"
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rfind(b")") + 2 :].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner_alive(owner: tuple[int, int]) -> bool:
+    return _start_ticks(owner[0]) == owner[1]
+
+
+def _append(path: str, line: str) -> None:
+    """Append one command to a tracefs control file (``kprobe_events`` takes commands appended, not rewritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def remove_stale_probes(root: str) -> list[str]:
+    """Remove the probe events of earlier watchers whose owner process is gone; their ``group/event`` names.
+
+    Events still enabled somewhere (an instance kept open by a surviving child) are left for a later run.
+    """
+    path = os.path.join(root, "kprobe_events")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    removed = []
+    for event in kprobes.stale_events(kprobes.parse_dynamic_events(text), _owner_alive):
+        with contextlib.suppress(OSError):  # disabled at the top level too, in case a tool enabled it there
+            _append(os.path.join(root, "events", event.group, event.event, "enable"), "0")
+        try:
+            _append(path, kprobes.removal_command(event.group, event.event))
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.ENOENT):
+                raise
+            continue
+        removed.append(f"{event.group}/{event.event}")
+    return removed
+
+
+class KprobeSet:
+    """The probe events this process defined, removable in one call (idempotent)."""
+
+    def __init__(self, root: str, names: kprobes.ProbeNames) -> None:
+        self.root = root
+        self.names = names
+        self.path = os.path.join(root, "kprobe_events")
+        self.events: list[str] = []
+
+    def define(self, definition: str, event: str) -> None:
+        """Add a probe; OSError from the kernel when it refuses (no such function, bad fetch argument...)."""
+        _append(self.path, definition)
+        self.events.append(event)
+
+    def remove(self) -> None:
+        """Remove every probe; the instance that enabled them must be gone first (EBUSY otherwise)."""
+        events, self.events = self.events, []
+        busy = []
+        for event in reversed(events):
+            try:
+                _append(self.path, kprobes.removal_command(self.names.group, event))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue
+                busy.append(f"{event} ({exc.strerror})")
+        if busy:
+            raise ProctapError(f"cannot remove kprobe events {self.names.group}: {', '.join(busy)}")
+
+
+def _cleanup(reader: TraceReader, probes: KprobeSet) -> None:
+    reader.close()
+    probes.remove()
+
+
+# -- SIGTERM: close the live kprobe backends (instance first, then probes), then what was there before ----------------
+_live: weakref.WeakSet[KprobeBackend] = weakref.WeakSet()
+_previous_sigterm: Any = None
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    for backend in list(_live):
+        with contextlib.suppress(Exception):
+            backend.close()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _track(backend: KprobeBackend) -> None:
+    """Install the SIGTERM handler unless the program has its own (a program with a handler closes its watchers)."""
+    global _previous_sigterm
+    _live.add(backend)
+    if _previous_sigterm is not None:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    module = getattr(current, "__module__", "")
+    if current == signal.SIG_DFL or module == "proctap.tracefs.instance":
+        _previous_sigterm = current
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _untrack(backend: KprobeBackend) -> None:
+    global _previous_sigterm
+    _live.discard(backend)
+    if _live or _previous_sigterm is None:
+        return
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _previous_sigterm)
+        _previous_sigterm = None
+
+
+_sequence = iter(range(1 << 62))
+
+
+class KprobeBackend(Backend):
+    """Task events from kprobes on the fork and exit paths (plus the exec tracepoint) in a tracefs instance."""
+
+    name = "kprobe"
+    description = "kprobe/kretprobe dynamic events on kernel_clone and do_exit via a tracefs instance (root)"
+    features = frozenset(
+        {
+            Feature.FORK,
+            Feature.THREADS,
+            Feature.EXEC,
+            Feature.EXEC_FILENAME_KERNEL,
+            Feature.EXIT,
+            Feature.EXIT_STATUS,
+            Feature.CORE_DUMPED,
+            Feature.FORK_FAILED,
+            Feature.LOSS_EXACT,
+        }
+    )
+
+    @classmethod
+    def probe(cls) -> Availability:
+        root = find_tracefs()
+        if root is None:
+            return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
+        if not os.path.exists(os.path.join(root, "kprobe_events")):
+            return Availability(False, UNAVAILABLE_NO_KPROBES)
+        machine = os.uname().machine
+        if machine not in kprobes.ARCH_ARG_REGISTERS:
+            return Availability(False, f"no argument-register table for {machine}: use tracefs or netlink")
+        if not os.access(os.path.join(root, "kprobe_events"), os.W_OK):
+            return Availability(False, f"cannot define kprobe events in {root}: run as root")
+        return Availability(True)
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        availability = self.probe()
+        if not availability:
+            raise BackendUnavailable(f"backend 'kprobe' unavailable: {availability.reason}")
+        self.maxactive = self._maxactive(config)
+        self.clock = Clock()
+        self.starts = StartTimes()
+        self.groups = TaskGroups()
+        self._reader = TraceReader(self._buffer_kb(config))
+        root = self._reader.instance.root
+        self.stale_removed = remove_stale_probes(root)
+        names = kprobes.ProbeNames(os.getpid(), _start_ticks(os.getpid()) or 0, next(_sequence))
+        self._probes = KprobeSet(root, names)
+        self._finalizer = weakref.finalize(self, _cleanup, self._reader, self._probes)
+        self._handlers: dict[int, Callable[[int, bytes, int, int], None]] = {}
+        self._out: list[Event] = []
+        self._clone_flags: dict[int, int] = {}  # parent tid -> flags at the fork function's entry
+        self._unconfirmed: dict[int, tuple[int, list[Event]]] = {}  # child tid -> (newtask ts, held events)
+        self._newtask_flags: dict[int, int] = {}  # child tid -> clone flags from task_newtask
+        self._pending_exit: dict[int, tuple[int, str]] = {}  # tid -> (do_exit code, comm) until group_dead
+        self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
+        self._parents: dict[int, int] = {}  # pid -> parent pid at fork
+        self._misses: dict[str, int] = {}
+        self._next_profile = 0.0
+        self._last_ts = 0
+        self.fork_function = ""
+        self.exit_group_function: str | None = None
+        try:
+            self._place_probes(root)
+            self._enable_events()
+            self._reader.start()
+        except BaseException:
+            self.close()
+            raise
+        _track(self)
+
+    @staticmethod
+    def _maxactive(config: BackendConfig) -> int:
+        value = config.option("maxactive", str(DEFAULT_MAXACTIVE))
+        try:
+            maxactive = int(value or "")
+        except ValueError:
+            maxactive = -1
+        if not 0 <= maxactive <= MAXACTIVE_MAX:
+            raise ProctapError(f"backend option maxactive={value!r}: give an integer from 0 (kernel default) to 4096")
+        return maxactive
+
+    @staticmethod
+    def _buffer_kb(config: BackendConfig) -> int | None:
+        if config.buffer_bytes is None:
+            return None
+        return max(4, config.buffer_bytes // 1024 // max(1, os.cpu_count() or 1))
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    def _place_probes(self, root: str) -> None:
+        probes, names = self._probes, self._probes.names
+        machine, release = os.uname().machine, os.uname().release
+        refused = []
+        for function in kprobes.FORK_FUNCTIONS:
+            try:
+                probes.define(kprobes.fork_entry_probe(names, function, release, machine), names.fork_entry)
+            except OSError as exc:
+                refused.append(f"{function}: {exc.strerror}")
+                continue
+            self.fork_function = function
+            break
+        else:
+            raise BackendUnavailable(f"the kernel refused a kprobe on the fork path ({'; '.join(refused)})")
+        probes.define(kprobes.fork_return_probe(names, self.fork_function, self.maxactive), names.fork_return)
+        probes.define(kprobes.exit_probe(names, machine), names.exit)
+        for function in kprobes.EXIT_GROUP_FUNCTIONS:
+            with contextlib.suppress(OSError):
+                probes.define(kprobes.exit_group_probe(names, function, machine), names.exit_group)
+                self.exit_group_function = function
+                break
+
+    def _enable(self, system: str, name: str, fields: tuple[str, ...], handler: Callable[..., None]) -> bool:
+        inst = self._reader.instance
+        if not inst.has_event(system, name):
+            return False
+        fmt = inst.event_format(system, name)
+        decode = RecordDecoder(fmt, ("common_pid", *fields)).decode
+
+        def handle(ts: int, buf: bytes, start: int, length: int) -> None:
+            handler(ts, *decode(buf, start, length))
+
+        self._handlers[fmt.id] = handle
+        inst.enable_event(system, name)
+        return True
+
+    def _enable_events(self) -> None:
+        names = self._probes.names
+        group = names.group
+        kinds = self.config.events
+        # The fork pair always: it maps threads to their process for Exit, and it is what this backend is about.
+        self._enable(group, names.fork_entry, ("flags",), self._on_fork_entry)
+        self._enable(group, names.fork_return, ("ret", "comm"), self._on_fork_return)
+        self._enable("task", "task_newtask", ("pid", "clone_flags"), self._on_newtask)
+        if EventKind.EXEC in kinds or EventKind.EXIT in kinds:
+            self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
+        if EventKind.EXIT in kinds:
+            self._enable(group, names.exit, ("code", "comm"), self._on_exit)
+            if self.exit_group_function is not None:
+                self._enable(group, names.exit_group, ("group_dead",), self._on_exit_group)
+
+    # -- Backend API -------------------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def read_events(self) -> list[Event]:
+        if self._reader.closed:
+            return []
+        records, losses = self._reader.read()
+        out: list[Event] = []
+        self._out = out
+        if losses:
+            wall = self.clock.wall_time
+            ts = records[0][0] if records else time.monotonic_ns()
+            for cpu, count in losses:
+                out.append(Lost(source=SOURCE, timestamp_ns=ts, wall_time=wall(ts), pid=0, tid=0, count=count,
+                                reason="tracefs ring buffer overrun", cpu=cpu))  # fmt: skip
+        handlers = self._handlers
+        for ts, type_id, buf, start, length in records:
+            handler = handlers.get(type_id)
+            if handler is not None:
+                handler(ts, buf, start, length)
+        if records:
+            self._last_ts = records[-1][0]
+        if self._unconfirmed:
+            self._release_old_holds()
+        if time.monotonic() >= self._next_profile:
+            self._report_misses()
+        return out
+
+    def close(self) -> None:
+        _untrack(self)
+        self._finalizer()
+
+    def stats(self) -> dict[str, int]:
+        out = self._reader.stats()
+        out["maxactive"] = self.maxactive
+        out["kprobe_misses"] = sum(self._misses.values())
+        out["tracked_tasks"] = len(self.starts)
+        out["held_children"] = len(self._unconfirmed)
+        out["pending_exits"] = len(self._pending_exit) + len(self._leader_gone)
+        return out
+
+    @property
+    def group(self) -> str:
+        return self._probes.names.group
+
+    @property
+    def instance_name(self) -> str:
+        return self._reader.instance.name
+
+    # -- losses ------------------------------------------------------------------------------------------------
+    def _report_misses(self) -> None:
+        self._next_profile = time.monotonic() + PROFILE_INTERVAL_S
+        try:
+            with open(os.path.join(self._probes.root, "kprobe_profile")) as f:
+                profile = kprobes.parse_kprobe_profile(f.read())
+        except OSError:
+            return
+        for event in self._probes.events:
+            entry = profile.get(event)
+            if entry is None:
+                continue
+            new = entry.misses - self._misses.get(event, 0)
+            if new > 0:
+                self._misses[event] = entry.misses
+                ts = time.monotonic_ns()
+                self._out.append(Lost(source=SOURCE, timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=0,
+                                      tid=0, count=new, reason=f"kprobe {event} missed (kprobe_profile)"))  # fmt: skip
+
+    # -- ordering: a child's events wait for its Fork -----------------------------------------------------------
+    def _emit(self, tid: int, event: Event) -> None:
+        held = self._unconfirmed.get(tid)
+        if held is None:
+            self._out.append(event)
+        else:
+            held[1].append(event)
+
+    def _release_old_holds(self) -> None:
+        now = self._last_ts
+        for tid, (ts, held) in list(self._unconfirmed.items()):
+            age = now - ts
+            if (held and age > HOLD_RELEASE_NS) or age > UNCONFIRMED_FORGET_NS:
+                del self._unconfirmed[tid]
+                self._newtask_flags.pop(tid, None)
+                self._out.extend(held)
+
+    # -- handlers: (timestamp, common_pid, fields...) ---------------------------------------------------------------
+    def _on_fork_entry(self, _ts: int, tid: int, flags: int) -> None:
+        self._clone_flags[tid] = flags
+
+    def _on_newtask(self, ts: int, parent_tid: int, tid: int, clone_flags: int) -> None:
+        tgid = self.groups.tgid(parent_tid) if clone_flags & CLONE_THREAD else tid
+        self.groups.new_task(tid, tgid)
+        self._unconfirmed[tid] = (ts, [])
+        self._newtask_flags[tid] = clone_flags
+
+    def _on_fork_return(self, ts: int, parent_tid: int, ret: int, comm: str) -> None:
+        flags = self._clone_flags.pop(parent_tid, None)
+        groups = self.groups
+        parent_tgid = groups.tgid(parent_tid)
+        wall = self.clock.wall_time(ts)
+        if ret <= 0:  # the seed's rule: only a positive return value is a new task
+            if EventKind.FORK_FAILED in self.config.events:
+                self._out.append(ForkFailed(source=SOURCE, timestamp_ns=ts, wall_time=wall, pid=parent_tgid,
+                                            tid=parent_tid, start_ns=self.starts.get(parent_tgid), errno=-ret,
+                                            clone_flags=flags, syscall=None, comm=comm))  # fmt: skip
+            return
+        tid = ret
+        held = self._unconfirmed.pop(tid, None)
+        if held is not None:  # stamped with the creation (task_newtask), which precedes the child's own events
+            ts = held[0]
+            wall = self.clock.wall_time(ts)
+        newtask_flags = self._newtask_flags.pop(tid, None)
+        if flags is None:  # the entry probe missed (counted as Lost): the tracepoint's copy of the flags
+            flags = newtask_flags
+        is_thread = bool(flags & CLONE_THREAD) if flags is not None else groups.tgid(tid) != tid
+        if is_thread:
+            groups.new_task(tid, parent_tgid)
+            if self.config.threads and EventKind.FORK in self.config.events:
+                self._out.append(Fork(source=SOURCE, timestamp_ns=ts, wall_time=wall, pid=parent_tgid, tid=tid,
+                                      start_ns=self.starts.get(parent_tgid), parent_pid=parent_tgid,
+                                      parent_tid=parent_tid, is_thread=True, clone_flags=flags,
+                                      comm=comm))  # fmt: skip
+        else:
+            groups.new_task(tid, tid)
+            start_ns = self.clock.since_boot(ts)
+            self.starts.started(tid, start_ns)
+            parent = parent_tgid
+            if flags is not None and flags & CLONE_PARENT:  # the child is a sibling of its creator (kernel/fork.c)
+                parent = read_ppid(parent_tgid) or parent_tgid
+            self._parents[tid] = parent
+            if EventKind.FORK in self.config.events:
+                self._out.append(Fork(source=SOURCE, timestamp_ns=ts, wall_time=wall, pid=tid, tid=tid,
+                                      start_ns=start_ns, parent_pid=parent, parent_tid=parent_tid, is_thread=False,
+                                      clone_flags=flags, comm=comm))  # fmt: skip
+        if held is not None:
+            self._out.extend(held[1])
+
+    def _on_exec(self, ts: int, _tid: int, filename: str, pid: int, old_pid: int) -> None:
+        # After de_thread() the exec'ing thread has taken the leader's pid: pid is the tgid, old_pid its former tid.
+        if old_pid != pid:
+            self.groups.forget(old_pid)
+        self.groups.new_task(pid, pid)
+        self._leader_gone.pop(pid, None)
+        if EventKind.EXEC not in self.config.events:
+            return
+        argv = comm = parent = None
+        if self.config.read_proc:
+            argv = read_argv(pid)
+            comm = read_comm(pid)
+            parent = read_ppid(pid)
+        event = Exec(source=SOURCE, timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=pid,
+                     start_ns=self.starts.get(pid), filename=filename, filename_from=Origin.KERNEL, argv=argv,
+                     argc=None if argv is None else len(argv), argv_from=None if argv is None else Origin.PROC,
+                     comm=comm, comm_from=None if comm is None else Origin.PROC, parent_pid=parent)  # fmt: skip
+        self._emit(pid, event)
+
+    def _on_exit(self, ts: int, tid: int, code: int, comm: str) -> None:
+        if self.exit_group_function is None:
+            # no group_dead probe: a thread other than the leader is never the last (leader-first exits are rare)
+            tgid = self.groups.tgid(tid)
+            self._task_ended(ts, tid, code, comm, tid == tgid)
+            return
+        self._pending_exit[tid] = (code, comm)
+
+    def _on_exit_group(self, ts: int, tid: int, group_dead: int) -> None:
+        code, comm = self._pending_exit.pop(tid, (None, ""))
+        self._task_ended(ts, tid, code, comm, bool(group_dead))
+
+    def _task_ended(self, ts: int, tid: int, code: int | None, comm: str, group_dead: bool) -> None:
+        """Like the proc connector: every task but the leader gets a thread Exit; the process Exit (pid = tid = the
+        leader's) comes when the last task is gone.  Its status is the last task's do_exit code: in a group exit
+        (exit_group, fatal signal) every task exits with the group's status (kernel/exit.c do_group_exit)."""
+        groups = self.groups
+        tgid = groups.tgid(tid)
+        groups.forget(tid)
+        status = None if code is None else code & 0xFFFF
+        if tid != tgid:
+            if self.config.threads:
+                self._emit(tid, self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
+            if not group_dead:
+                return
+        elif not group_dead:
+            self._leader_gone[tgid] = comm
+            return
+        comm = self._leader_gone.pop(tgid, comm)
+        start_ns, parent = self.starts.ended(tgid), self._parents.pop(tgid, None)
+        self._emit(tgid, self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
+
+    def _exit_event(
+        self,
+        ts: int,
+        pid: int,
+        tid: int,
+        is_thread: bool,
+        status: int | None,
+        comm: str,
+        start_ns: int | None,
+        parent_pid: int | None = None,
+    ) -> Exit:
+        exit_code = sig = None
+        core = False
+        if status is not None:
+            if status & 0x7F:
+                sig = status & 0x7F
+                core = bool(status & 0x80)
+            else:
+                exit_code = (status >> 8) & 0xFF
+        clock = self.clock
+        lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
+        return Exit(source=SOURCE, timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=pid, tid=tid,
+                    start_ns=start_ns, is_thread=is_thread, status=status, exit_code=exit_code, signal=sig,
+                    core_dumped=core, lifetime_ns=lifetime, parent_pid=parent_pid, comm=comm)  # fmt: skip

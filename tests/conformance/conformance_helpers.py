@@ -1,0 +1,299 @@
+"""Workloads and event collection for the backend conformance suite.
+
+Self-contained: only the standard library and proctap; the C helper is compiled with gcc lazily, into a temporary
+directory, by the first test that needs it.  Bounded waits everywhere (``PROCTAP_TEST_TIMEOUT`` seconds, default
+10; raise it under slow emulation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import proctap
+from proctap.backends import BACKENDS, Availability, Feature, backend_class
+from proctap.errors import BackendUnavailable
+from proctap.events import Event, Exec, Exit, Fork
+
+TIMEOUT = float(os.environ.get("PROCTAP_TEST_TIMEOUT", "10"))
+PYTHON = os.path.realpath(sys.executable)
+
+
+# -- which backends -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    availability: Availability
+    features: frozenset[Feature]
+
+
+def backend_infos() -> list[BackendInfo]:
+    """Every registered backend with whether it works here and what it declares."""
+    out = []
+    for name in BACKENDS:
+        try:
+            cls = backend_class(name)
+        except BackendUnavailable as exc:
+            out.append(BackendInfo(name, Availability(False, str(exc)), frozenset()))
+            continue
+        try:
+            availability = cls.probe()
+        except Exception as exc:  # a probe must not raise; report it as the reason rather than hide the backend
+            availability = Availability(False, f"probe() raised {exc!r}")
+        out.append(BackendInfo(name, availability, frozenset(cls.features)))
+    return out
+
+
+# -- collecting events --------------------------------------------------------------------------------------------
+class Collector:
+    """Everything a watcher delivered during a test, with waits for what a test expects."""
+
+    def __init__(self, watcher: proctap.Watcher) -> None:
+        self.watcher = watcher
+        self.events: list[Event] = []
+
+    @property
+    def backend(self) -> str:
+        return self.watcher.backend_name
+
+    def pump(self, timeout: float = 0.05) -> None:
+        self.events.extend(self.watcher.read(timeout=timeout))
+
+    def wait_until(self, predicate: Callable[[], bool], what: str, pids: Iterable[int] = ()) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not predicate():
+            if time.monotonic() > deadline:
+                seen = "\n  ".join(repr(e) for e in self.about(pids)) or "(nothing about them)"
+                raise AssertionError(
+                    f"{self.backend}: timed out waiting for {what}; events about {list(pids)}:\n  {seen}"
+                )
+            self.pump()
+
+    def about(self, pids: Iterable[int], kind: type[Event] | None = None) -> list[Event]:
+        wanted = set(pids)
+        return [e for e in self.events if e.pid in wanted and (kind is None or isinstance(e, kind))]
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def process_exit(self, pid: int) -> Exit | None:
+        for e in self.events:
+            if isinstance(e, Exit) and e.pid == pid and not e.is_thread:
+                return e
+        return None
+
+    def wait_exit(self, *pids: int) -> list[Exit]:
+        self.wait_until(lambda: all(self.process_exit(p) is not None for p in pids), "process exits", pids)
+        return [self.process_exit(p) for p in pids]  # type: ignore[misc]
+
+    def wait_exec(self, pid: int) -> Exec:
+        self.wait_until(lambda: bool(self.about([pid], Exec)), f"the exec of {pid}", [pid])
+        return self.about([pid], Exec)[-1]  # type: ignore[return-value]
+
+    def forks_of(self, pid: int) -> list[Fork]:
+        return [e for e in self.events if isinstance(e, Fork) and e.pid == pid and not e.is_thread]
+
+
+@contextlib.contextmanager
+def collect(backend: str, **kwargs: object) -> Iterator[Collector]:
+    with proctap.watch(backend=backend, **kwargs) as w:
+        yield Collector(w)
+
+
+# -- workloads ----------------------------------------------------------------------------------------------------
+def fork_exit(code: int, log: Collector | None = None) -> int:
+    """A child that exits with ``code``; reaped.  Returns its pid.
+
+    With ``log``, the child lives until the watcher has reported its Fork: backends that sample (the /proc scanner)
+    see only tasks that live across a scan, event-driven ones see it either way.
+    """
+    gate_r, gate_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(gate_w)
+        os.read(gate_r, 1)
+        os._exit(code)
+    os.close(gate_r)
+    try:
+        if log is not None:
+            log.wait_until(lambda: bool(log.forks_of(pid)), f"the fork of {pid}", [pid])
+    finally:
+        os.close(gate_w)
+        os.waitpid(pid, 0)
+    return pid
+
+
+def run_python(script: str, *args: str | bytes, **kw: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([PYTHON, "-c", script, *args], **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def reap(p: subprocess.Popen[bytes]) -> int:
+    return p.wait(timeout=TIMEOUT)
+
+
+def core_pattern() -> str:
+    with open("/proc/sys/kernel/core_pattern") as f:
+        return f.read().strip()
+
+
+def segfault_script(dump_core: bool) -> str:
+    limit = "resource.RLIM_INFINITY" if dump_core else "0"
+    return (
+        "import ctypes, resource\n"
+        f"resource.setrlimit(resource.RLIMIT_CORE, ({limit}, {limit}))\n"
+        "ctypes.string_at(0)\n"
+    )
+
+
+# -- the C helper: exits that Python cannot express ------------------------------------------------------------------
+_HELPER_SOURCE = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int code;
+
+static void *late_exit_group(void *arg) { usleep(150000); syscall(SYS_exit_group, code); return arg; }
+static void *thread_exit(void *arg) { syscall(SYS_exit, 99); return arg; }
+
+int main(int argc, char **argv) {
+    pthread_t t;
+    if (argc < 3) return 2;
+    code = atoi(argv[2]);
+    if (!strcmp(argv[1], "leader-first")) {
+        /* the main thread ends first (pthread_exit); another thread ends the process later with exit_group */
+        pthread_create(&t, NULL, late_exit_group, NULL);
+        pthread_exit(NULL);
+    }
+    if (!strcmp(argv[1], "thread-exit")) {
+        /* a thread ends alone with exit(2) code 99; the process then exits with exit_group(code) */
+        pthread_create(&t, NULL, thread_exit, NULL);
+        pthread_join(t, NULL);
+        syscall(SYS_exit_group, code);
+    }
+    return 2;
+}
+"""
+_helper_path: str | None = None
+
+
+def c_helper() -> str:
+    """Path of the compiled helper (built once per session, into a temporary directory removed at exit)."""
+    global _helper_path
+    if _helper_path is None:
+        gcc = shutil.which("gcc") or shutil.which("cc")
+        if gcc is None:
+            raise AssertionError("gcc is needed to build the thread-exit helper (apt-get install gcc)")
+        tmp = tempfile.mkdtemp(prefix="proctap-helper-")
+        import atexit
+
+        atexit.register(shutil.rmtree, tmp, True)
+        src = os.path.join(tmp, "helper.c")
+        with open(src, "w") as f:
+            f.write(_HELPER_SOURCE)
+        out = os.path.join(tmp, "helper")
+        subprocess.run([gcc, "-O1", "-pthread", "-o", out, src], check=True, capture_output=True)
+        _helper_path = out
+    return _helper_path
+
+
+# -- failed forks -------------------------------------------------------------------------------------------------
+PIDS_CGROUP_V1 = "/sys/fs/cgroup/pids"
+
+
+def pids_cgroup_root() -> str | None:
+    """A cgroup hierarchy with the pids controller: v1 /sys/fs/cgroup/pids, or a v2 root that enables it."""
+    if os.path.exists(os.path.join(PIDS_CGROUP_V1, "cgroup.procs")):
+        return PIDS_CGROUP_V1
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        with contextlib.suppress(OSError), open(os.path.join(root, "cgroup.controllers")) as f:
+            if "pids" in f.read().split():
+                return root
+    return None
+
+
+def _child_try_fork(ready_w: int | None, go_r: int | None) -> None:
+    """In a child: wait for the go, fork once; exit 0 when the fork failed with EAGAIN, 1 otherwise."""
+    if ready_w is not None and go_r is not None:
+        os.write(ready_w, b"r")
+        os.read(go_r, 1)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os._exit(0 if exc.errno == errno.EAGAIN else 1)
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os._exit(1)
+
+
+def fork_fails_in_pids_cgroup(root: str) -> int:
+    """A child moved into a new cgroup with pids.max 1 tries to fork: EAGAIN.  Returns the child's pid; the cgroup
+    is removed."""
+    path = os.path.join(root, f"proctap-test-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        with open(os.path.join(path, "pids.max"), "w") as f:
+            f.write("1")
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                _child_try_fork(ready_w, go_r)
+            finally:
+                os._exit(1)
+        os.read(ready_r, 1)
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(child))
+        os.write(go_w, b"g")
+        _, status = os.waitpid(child, 0)
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        assert os.waitstatus_to_exitcode(status) == 0, "the fork inside the pids cgroup did not fail with EAGAIN"
+        return child
+    finally:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except OSError as exc:  # EBUSY until the exited child has left the cgroup
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+def fork_fails_by_rlimit_nproc(uid: int = 65533) -> int:
+    """A child drops to an unused uid with RLIMIT_NPROC 1 (it is that uid's only process) and forks: EAGAIN."""
+    child = os.fork()
+    if child == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+            os.setgid(uid)
+            os.setuid(uid)
+            _child_try_fork(None, None)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the fork under RLIMIT_NPROC did not fail with EAGAIN"
+    return child
+
+
+def kill_and_reap(p: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        p.send_signal(sig)
+    p.wait(timeout=TIMEOUT)
