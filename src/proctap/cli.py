@@ -502,7 +502,9 @@ BACKENDS_CMD = Subcommand(
 
 def subcommands() -> list[Subcommand]:
     """Every subcommand, in the order of ``proctap --help``.  Add yours here (import it inside this function)."""
-    return [WATCH, BACKENDS_CMD]
+    from .cli_run import SUBCOMMAND as RUN
+
+    return [WATCH, RUN, BACKENDS_CMD]
 
 
 def build_parser() -> argparse.ArgumentParser:
