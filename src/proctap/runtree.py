@@ -205,7 +205,10 @@ class _Session:
         if self.listener is not None:
             # Records are sent before the exit events we just read (kernel/exit.c do_exit: taskstats_exit comes
             # first), so draining now finds the figures for every Exit in ``events``.
-            messages = self.listener.read()
+            # Decode only the records of our processes: the listener gets every exit on the machine.
+            known = self.tree.latest
+            batch = {ev.pid for ev in events}
+            messages = self.listener.read(lambda _tid, tgid: tgid in known or tgid in batch)
             self.merger.feed(messages)
             events = self.merger.attach(events)
             if events:

@@ -21,7 +21,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import BackendUnavailable, DecodeError
@@ -163,21 +163,37 @@ def _attrs(data: bytes, start: int, end: int) -> Iterable[tuple[int, bytes]]:
         start += (length + 3) & ~3
 
 
-def _parse_aggregate(kind: str, nested: bytes) -> TaskstatsMessage | None:
+KeepFilter = Callable[[int, int], bool]  # (tid, tgid) -> whether to decode the record
+
+
+def _stats_tgid(stats: bytes, tid: int) -> int:
+    """ac_tgid without decoding the whole struct (version >= 12), else the tid."""
+    offset, fmt, since = _FIELDS["tgid"]
+    if len(stats) >= offset + 4 and struct.unpack_from("=H", stats, 0)[0] >= since:
+        return int(struct.unpack_from("=" + fmt, stats, offset)[0])
+    return tid
+
+
+def _parse_aggregate(kind: str, nested: bytes, keep: KeepFilter | None) -> TaskstatsMessage | None:
     task_id: int | None = None
-    record: TaskstatsRecord | None = None
+    stats: bytes | None = None
     for atype, value in _attrs(nested, 0, len(nested)):
         if atype in (TASKSTATS_TYPE_PID, TASKSTATS_TYPE_TGID):
             (task_id,) = struct.unpack_from("=I", value)
         elif atype == TASKSTATS_TYPE_STATS:
-            record = decode_taskstats(value)
-    if task_id is None or record is None:
+            stats = value
+    if task_id is None or stats is None:
         return None
-    return TaskstatsMessage(kind, task_id, record)
+    if keep is not None and not keep(task_id, _stats_tgid(stats, task_id) if kind == "pid" else task_id):
+        return None
+    return TaskstatsMessage(kind, task_id, decode_taskstats(stats))
 
 
-def parse_messages(data: bytes) -> list[TaskstatsMessage]:
-    """All taskstats records in one datagram (one or more netlink messages); other messages are skipped."""
+def parse_messages(data: bytes, keep: KeepFilter | None = None) -> list[TaskstatsMessage]:
+    """All taskstats records in one datagram (one or more netlink messages); other messages are skipped.
+
+    ``keep(tid, tgid)``: decode only the records it accepts (a cheap pre-filter when the whole system is exiting).
+    """
     out: list[TaskstatsMessage] = []
     pos = 0
     while pos + _NLMSGHDR.size <= len(data):
@@ -188,9 +204,9 @@ def parse_messages(data: bytes) -> list[TaskstatsMessage]:
         if length >= _NLMSGHDR.size + _GENLHDR.size and data[body] == TASKSTATS_CMD_NEW:
             for atype, value in _attrs(data, body + _GENLHDR.size, pos + length):
                 if atype == TASKSTATS_TYPE_AGGR_PID:
-                    msg = _parse_aggregate("pid", value)
+                    msg = _parse_aggregate("pid", value, keep)
                 elif atype == TASKSTATS_TYPE_AGGR_TGID:
-                    msg = _parse_aggregate("tgid", value)
+                    msg = _parse_aggregate("tgid", value, keep)
                 else:
                     continue
                 if msg is not None:
@@ -261,7 +277,7 @@ class TaskstatsListener:
     overflows of the socket buffer (ENOBUFS: the kernel does not say how many records were dropped).
     """
 
-    def __init__(self, buffer_bytes: int = 8 << 20) -> None:
+    def __init__(self, buffer_bytes: int = 32 << 20) -> None:
         self.lost = 0
         self.records = 0
         self._cpus = _possible_cpus()
@@ -350,12 +366,14 @@ class TaskstatsListener:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def read(self) -> list[TaskstatsMessage]:
-        """Every record queued now (never blocks)."""
+    def read(self, keep: KeepFilter | None = None) -> list[TaskstatsMessage]:
+        """Every record queued now (never blocks); ``keep(tid, tgid)`` selects which to decode."""
         out = self._early
         self._early = []
+        if keep is not None:
+            out = [m for m in out if keep(m.record.tid, m.id if m.aggregate == "tgid" else (m.record.tgid or m.id))]
         for data in self.read_datagrams():
-            out.extend(parse_messages(data))
+            out.extend(parse_messages(data, keep))
         self.records += len(out)
         return out
 
