@@ -253,3 +253,17 @@ def test_cli_without_command_is_a_one_line_error(tmp_path: Path) -> None:
     proc = _cli(cwd=tmp_path)
     assert proc.returncode == 2
     assert "no command given" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_unprivileged_run_says_once_that_accounting_is_missing(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-m", "proctap", "run", "--", "sh", "-c",
+         "true; exit 4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 4
+    assert proc.stderr.count("CAP_NET_ADMIN (run as root)") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -93,7 +93,7 @@ def _emit_report(result: RunResult, args: argparse.Namespace) -> None:
     else:
         stream: TextIO = sys.stderr
         width = shutil.get_terminal_size((160, 24)).columns if stream.isatty() and not args.report else 200
-        lines = format_report(result, limit=args.tree_limit, width=width)
+        lines = format_report(result, limit=args.tree_limit, width=width, notes=bool(args.report))
     if args.report:
         _write(args.report, "\n".join(lines) + "\n")
         _stderr(lines[0])

@@ -237,10 +237,10 @@ def summary_line(result: RunResult) -> str:
     )
 
 
-def format_report(result: RunResult, *, limit: int = 500, width: int = 160) -> list[str]:
+def format_report(result: RunResult, *, limit: int = 500, width: int = 160, notes: bool = True) -> list[str]:
     """The text report: summary, warnings, then one line per process (tree-indented), fork failures and threads
     under their process.  Past ``limit`` processes, only the first ones and every process that did not end well
-    (with its ancestors) are listed; the rest are counted."""
+    (with its ancestors) are listed; the rest are counted.  ``notes``: include the note on missing accounting."""
     base = result.started_ns
     walk = list(result.tree.walk())
     shown = _visible(walk, limit)
@@ -254,7 +254,7 @@ def format_report(result: RunResult, *, limit: int = 500, width: int = 160) -> l
     if result.accounting_lost:
         lines.append(f"!! taskstats records dropped {result.accounting_lost} times (socket overrun): some figures "
                      "are missing")  # fmt: skip
-    if result.accounting_note:
+    if result.accounting_note and notes:
         lines.append(f"note: {result.accounting_note}")
     lines.append(HEADER)
     hidden = 0
