@@ -23,6 +23,7 @@ from proctap.taskstats import (
     TaskstatsMessage,
     decode_taskstats,
     parse_messages,
+    scan_messages,
     sum_records,
 )
 
@@ -106,11 +107,16 @@ def test_truncated_datagram_is_a_decode_error() -> None:
         parse_messages(raw[:-100] + b"")
 
 
-def test_keep_filter_skips_other_tasks() -> None:
-    scenarios, _ = load(CAPTURES[0])
+def test_scan_locates_records_without_decoding() -> None:
+    scenarios, messages = load(CAPTURES[0])
     raw = [bytes.fromhex(h) for h in json.loads(CAPTURES[0].read_text())["datagrams"]]
-    kept = [m for d in raw for m in parse_messages(d, lambda tid, tgid: tgid == scenarios["threads"])]
-    assert kept and all(m.id == scenarios["threads"] or m.record.tgid == scenarios["threads"] for m in kept)
+    scanned = [r for d in raw for r in scan_messages(d)]
+    assert [(r.aggregate, r.id) for r in scanned] == [(m.aggregate, m.id) for m in messages]
+    for r, m in zip(scanned, messages, strict=True):
+        assert r.decode() == m
+        if m.aggregate == "pid":
+            assert r.tgid == m.record.tgid
+    assert {r.tgid for r in scanned if r.aggregate == "pid"} >= set(scenarios.values())
 
 
 # -- live --------------------------------------------------------------------------------------------------------
@@ -121,7 +127,7 @@ def _read_until(listener: TaskstatsListener, want: int, timeout: float = 10.0) -
     got: list[TaskstatsMessage] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got.extend(listener.read(lambda tid, tgid: tgid == want))
+        got.extend(raw.decode() for raw in listener.read_raw() if raw.tgid == want)
         if any(m.aggregate == "pid" and m.id == want for m in got):
             return got
         time.sleep(0.01)

@@ -19,9 +19,9 @@ from types import FrameType
 
 from .clock import proc_start_ns
 from .errors import BackendUnavailable, ProctapError
-from .events import Event
+from .events import Event, Exit
 from .proctree import ProcessTree
-from .taskstats import AccountingMerger, TaskstatsListener, TaskstatsMessage
+from .taskstats import AccountingMerger, RawRecord, TaskstatsListener, TaskstatsMessage
 from .watcher import Watcher
 
 __all__ = ["CommandFailed", "RunOptions", "RunResult", "run", "shell_exit_status"]
@@ -157,6 +157,7 @@ class _Session:
         self.listener: TaskstatsListener | None = None
         self.accounting_note: str | None = None
         self.merger = AccountingMerger(max_pending=16384)
+        self._parked: list[RawRecord] = []
         if opts.accounting:
             try:
                 self.listener = TaskstatsListener()
@@ -205,28 +206,53 @@ class _Session:
         if self.listener is not None:
             # Records are sent before the exit events we just read (kernel/exit.c do_exit: taskstats_exit comes
             # first), so draining now finds the figures for every Exit in ``events``.
-            # Decode only the records of our processes: the listener gets every exit on the machine.
-            known = self.tree.latest
-            batch = {ev.pid for ev in events}
-            messages = self.listener.read(lambda _tid, tgid: tgid in known or tgid in batch)
-            self.merger.feed(messages)
+            messages = self._take_records(events)
             events = self.merger.attach(events)
             if events:
                 self.tree.feed(events)
-            self._learn_comms(messages)
+            if messages:
+                ended = {ev.pid for ev in events if isinstance(ev, Exit) and not ev.is_thread}
+                self._learn_comms(messages, ended)
         elif events:
             self.tree.feed(events)
         return events
 
-    def _learn_comms(self, messages: list[TaskstatsMessage]) -> None:
-        """A process too short-lived for /proc to tell its argv is at least named by its record's ac_comm."""
+    def _take_records(self, events: list[Event]) -> list[TaskstatsMessage]:
+        """Hand the merger the records of our processes, decoded; return them.
+
+        The listener gets every exit on the machine.  A record may be read before the Fork of its process (it
+        forked and exited while we were busy with the previous batch); that Fork is then in the socket already
+        and comes with the next batch, so unmatched records are kept (undecoded) for exactly one more drain.
+        """
+        assert self.listener is not None
+        known = self.tree.latest
+        batch = {ev.pid for ev in events}
+        mine = [raw for raw in self._parked if raw.tgid in known or raw.tgid in batch]
+        self._parked = []
+        for raw in self.listener.read_raw():
+            if raw.tgid in known or raw.tgid in batch:
+                mine.append(raw)
+            else:
+                self._parked.append(raw)
+        messages = [raw.decode() for raw in mine]
+        if messages:
+            self.merger.feed(messages)
+        return messages
+
+    def _learn_comms(self, messages: list[TaskstatsMessage], ended_now: set[int]) -> None:
+        """A process too short-lived for /proc to tell its argv is at least named by its record's ac_comm.
+
+        Only for processes alive until this batch: a later record with the same pid is another process's.
+        """
+        live = self.tree.live
         latest = self.tree.latest
         for msg in messages:
             rec = msg.record
-            if msg.aggregate == "pid" and rec.tid == (rec.tgid or rec.tid) and rec.comm:
-                node = latest.get(rec.tid)
-                if node is not None and node.argv is None:
-                    node.comm = rec.comm
+            if msg.aggregate != "pid" or rec.tid != (rec.tgid or rec.tid) or not rec.comm:
+                continue
+            node = live.get(rec.tid) or (latest.get(rec.tid) if rec.tid in ended_now else None)
+            if node is not None and node.argv is None:
+                node.comm = rec.comm
 
     def _wait(self, timeout: float) -> None:
         poller = select.poll()

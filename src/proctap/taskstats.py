@@ -21,20 +21,23 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import BackendUnavailable, DecodeError
 from .events import Accounting, Event, Exit
 
 __all__ = [
     "AccountingMerger",
+    "RawRecord",
     "TaskstatsListener",
     "TaskstatsMessage",
     "TaskstatsRecord",
     "decode_taskstats",
     "parse_messages",
     "record_accounting",
+    "scan_messages",
     "sum_records",
 ]
 
@@ -163,7 +166,17 @@ def _attrs(data: bytes, start: int, end: int) -> Iterable[tuple[int, bytes]]:
         start += (length + 3) & ~3
 
 
-KeepFilter = Callable[[int, int], bool]  # (tid, tgid) -> whether to decode the record
+class RawRecord(NamedTuple):
+    """A record located but not decoded: ``aggregate`` "pid" (``id`` = tid) or "tgid" (``id`` = tgid); ``tgid``
+    read cheaply from the struct (the tid before version 12); ``stats`` the struct taskstats bytes."""
+
+    aggregate: str
+    id: int
+    tgid: int
+    stats: bytes
+
+    def decode(self) -> TaskstatsMessage:
+        return TaskstatsMessage(self.aggregate, self.id, decode_taskstats(self.stats))
 
 
 def _stats_tgid(stats: bytes, tid: int) -> int:
@@ -174,7 +187,7 @@ def _stats_tgid(stats: bytes, tid: int) -> int:
     return tid
 
 
-def _parse_aggregate(kind: str, nested: bytes, keep: KeepFilter | None) -> TaskstatsMessage | None:
+def _scan_aggregate(kind: str, nested: bytes) -> RawRecord | None:
     task_id: int | None = None
     stats: bytes | None = None
     for atype, value in _attrs(nested, 0, len(nested)):
@@ -184,17 +197,12 @@ def _parse_aggregate(kind: str, nested: bytes, keep: KeepFilter | None) -> Tasks
             stats = value
     if task_id is None or stats is None:
         return None
-    if keep is not None and not keep(task_id, _stats_tgid(stats, task_id) if kind == "pid" else task_id):
-        return None
-    return TaskstatsMessage(kind, task_id, decode_taskstats(stats))
+    return RawRecord(kind, task_id, _stats_tgid(stats, task_id) if kind == "pid" else task_id, stats)
 
 
-def parse_messages(data: bytes, keep: KeepFilter | None = None) -> list[TaskstatsMessage]:
-    """All taskstats records in one datagram (one or more netlink messages); other messages are skipped.
-
-    ``keep(tid, tgid)``: decode only the records it accepts (a cheap pre-filter when the whole system is exiting).
-    """
-    out: list[TaskstatsMessage] = []
+def scan_messages(data: bytes) -> list[RawRecord]:
+    """The taskstats records in one datagram (one or more netlink messages), located but not decoded."""
+    out: list[RawRecord] = []
     pos = 0
     while pos + _NLMSGHDR.size <= len(data):
         length, _mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, pos)
@@ -204,15 +212,20 @@ def parse_messages(data: bytes, keep: KeepFilter | None = None) -> list[Taskstat
         if length >= _NLMSGHDR.size + _GENLHDR.size and data[body] == TASKSTATS_CMD_NEW:
             for atype, value in _attrs(data, body + _GENLHDR.size, pos + length):
                 if atype == TASKSTATS_TYPE_AGGR_PID:
-                    msg = _parse_aggregate("pid", value, keep)
+                    raw = _scan_aggregate("pid", value)
                 elif atype == TASKSTATS_TYPE_AGGR_TGID:
-                    msg = _parse_aggregate("tgid", value, keep)
+                    raw = _scan_aggregate("tgid", value)
                 else:
                     continue
-                if msg is not None:
-                    out.append(msg)
+                if raw is not None:
+                    out.append(raw)
         pos += (length + 3) & ~3
     return out
+
+
+def parse_messages(data: bytes) -> list[TaskstatsMessage]:
+    """All taskstats records in one datagram, decoded; other netlink messages are skipped."""
+    return [raw.decode() for raw in scan_messages(data)]
 
 
 def record_accounting(record: TaskstatsRecord, *, per_process: bool = False) -> Accounting:
@@ -282,7 +295,7 @@ class TaskstatsListener:
         self.records = 0
         self._cpus = _possible_cpus()
         self._seq = 0
-        self._early: list[TaskstatsMessage] = []
+        self._early: list[RawRecord] = []
         try:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
         except OSError as exc:
@@ -327,7 +340,7 @@ class TaskstatsListener:
                 message = data[pos : pos + length]
                 pos += (length + 3) & ~3
                 if mseq != seq:
-                    self._early.extend(parse_messages(message))
+                    self._early.extend(scan_messages(message))
                 elif mtype == NLMSG_ERROR:
                     (err,) = struct.unpack_from("=i", message, _NLMSGHDR.size)
                     if err:
@@ -366,14 +379,16 @@ class TaskstatsListener:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def read(self, keep: KeepFilter | None = None) -> list[TaskstatsMessage]:
-        """Every record queued now (never blocks); ``keep(tid, tgid)`` selects which to decode."""
+    def read(self) -> list[TaskstatsMessage]:
+        """Every record queued now, decoded (never blocks)."""
+        return [raw.decode() for raw in self.read_raw()]
+
+    def read_raw(self) -> list[RawRecord]:
+        """Every record queued now, located but not decoded (never blocks): cheap when most are of no interest."""
         out = self._early
         self._early = []
-        if keep is not None:
-            out = [m for m in out if keep(m.record.tid, m.id if m.aggregate == "tgid" else (m.record.tgid or m.id))]
         for data in self.read_datagrams():
-            out.extend(parse_messages(data, keep))
+            out.extend(scan_messages(data))
         self.records += len(out)
         return out
 
