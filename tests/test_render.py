@@ -6,10 +6,11 @@ import io
 import json
 import os
 import signal
+import time
 
 import pytest
 
-from proctap.events import Comm, Exec, Exit, Fork, ForkFailed, Lost, decode_wait_status
+from proctap.events import EVENT_CLASSES, Comm, Exec, Exit, Fork, ForkFailed, Lost, decode_wait_status
 from proctap.render import (
     JsonRenderer,
     TableRenderer,
@@ -117,7 +118,7 @@ def test_table_columns_and_alignment() -> None:
     starts = {line.index("sh -c") for line in (lines[1], lines[3])} | {lines[2].index("sleep 1")}
     assert len(starts) == 1
     assert lines[0].index("COMMAND") == starts.pop()
-    assert lines[1].startswith(f"{__import__('time').strftime('%H:%M:%S', __import__('time').localtime(WALL))}.250 ")
+    assert lines[1].startswith(f"{time.strftime('%H:%M:%S', time.localtime(WALL))}.250 ")
 
 
 def test_table_thread_events_and_lifetime_from_table() -> None:
@@ -136,7 +137,7 @@ def test_table_other_kinds() -> None:
     comm = Comm(**COMMON, pid=6, tid=6, comm="newname")  # type: ignore[arg-type]
     lost = Lost(**COMMON, pid=0, tid=0, count=7, reason="netlink socket overrun", cpu=1)  # type: ignore[arg-type]
     lines = table_lines([(failed, None), (comm, None), (lost, None)])
-    assert lines[1].split()[1:] == ["forkfail", "5", "EAGAIN", "(clone3)"]
+    assert lines[1].split()[1:] == ["forkfail", "5", "EAGAIN", "(clone3)", "?"]  # nothing known of the process
     assert lines[2].split()[1:] == ["comm", "6", "comm", "newname", "[newname]"]
     assert lines[3].split(" ", 1)[1] == "LOST 7 events (netlink socket overrun, cpu 1)"
     colored = table_lines([(lost, None)], color=True)[1]
@@ -185,3 +186,39 @@ def test_json_renderer_is_to_dict() -> None:
     exec_obj = json.loads(lines[0])
     assert os.fsencode(exec_obj["argv"][2]) == b"arg\xff"
     assert json.loads(lines[1])["signal_name"] == "SIGKILL"
+
+
+def _full_events() -> list[object]:
+    """One event of every kind with every field set (and one with the optional ones left None)."""
+    from proctap.events import Accounting, Coredump, Gid, Origin, Ptrace, Sid, Uid
+
+    base = {**COMMON, "pid": 42, "tid": 43, "start_ns": 77}
+    acct = Accounting(cpu_user_us=1, cpu_system_us=2, elapsed_us=3, peak_rss_kb=4, per_process=True)
+    return [
+        Fork(**base, parent_pid=1, parent_tid=2, is_thread=True, clone_flags=0x10000, comm="c", uid=0, gid=0,
+             cgroup_id=9),
+        Fork(**COMMON, pid=5, tid=5, parent_pid=1),
+        ForkFailed(**base, errno=11, clone_flags=1, syscall="clone3", comm="c"),
+        Exec(**base, filename="/bin/x", argv=("x", ""), argc=2, argv_truncated=True, comm="x", parent_pid=1, uid=1,
+             gid=2, cgroup_id=3, filename_from=Origin.KERNEL, argv_from=Origin.PROC, comm_from=Origin.PROC),
+        exit_event(signal.SIGSEGV | 0x80, pid=42, tid=42, lifetime_ns=5, parent_pid=1, comm="x", accounting=acct),
+        Comm(**base, comm="n"),
+        Uid(**base, ruid=1, euid=2),
+        Gid(**base, rgid=1, egid=2),
+        Sid(**base),
+        Ptrace(**base, tracer_pid=1, tracer_tid=1, attached=True),
+        Coredump(**base, parent_pid=1, parent_tid=1),
+        Lost(**COMMON, pid=0, tid=0, count=3, reason="r", cpu=1),
+    ]  # fmt: skip
+
+
+def test_fast_event_dict_equals_to_dict() -> None:
+    from proctap.render import event_dict
+
+    events = _full_events()
+    assert {type(e) for e in events} == set(EVENT_CLASSES.values())
+    for ev in events:
+        fast = event_dict(ev)  # type: ignore[arg-type]
+        slow = ev.to_dict()  # type: ignore[attr-defined]
+        assert fast == slow and list(fast) == list(slow)
+        assert json.dumps(fast) == json.dumps(slow)

@@ -8,7 +8,8 @@ may itself import helpers from here).  Reusable pieces for a subcommand that sho
 loop: batching, duration, closed-pipe detection), :func:`print_summary`.  :func:`main` turns ProctapError, OSError,
 Ctrl-C, SIGTERM and a closed output pipe into one-line messages and exit statuses; a subcommand just raises.
 
-Exit statuses: 0 success; 2 error ("proctap: error: ..." on stderr, bad flags included); 128+N when ended by signal N
+Exit statuses: 0 success; 2 error ("proctap: error: ..." on stderr, bad flags included); 1 internal error (a bug:
+one line too, PROCTAP_DEBUG=1 shows the traceback); 128+N when ended by signal N
 (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) after printing the summary; 141 when the reader of stdout went away (as if
 killed by SIGPIPE, quietly).
 """
@@ -25,8 +26,8 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn, TextIO
@@ -53,6 +54,7 @@ __all__ = [
 PROG = "proctap"
 DEFAULT_EVENTS = "fork,exec,exit,fork_failed"  # Lost is always added
 EXIT_ERROR = 2
+EXIT_INTERNAL = 1
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 # What each kind needs from a backend, to warn when the chosen backend cannot deliver a requested kind.
@@ -79,12 +81,36 @@ _PRIVILEGES = {
 }
 
 
-class Interrupted(Exception):
-    """A signal asked us to stop (SIGINT, SIGTERM, SIGHUP): clean up, print the summary, exit 128+signum."""
+class StopSignals:
+    """While active, SIGINT, SIGTERM and SIGHUP only record that we should stop (``signum``) and wake :func:`pump`
+    through a wakeup pipe: the loop then ends between two batches, never in the middle of a backend read or a write,
+    so the watcher closes cleanly (removing its kernel objects) and the summary counts exactly what was printed."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.fd = -1
+        self._write_fd = -1
+        self._previous: dict[int, object] = {}
+        self._previous_wakeup = -1
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        signal.set_wakeup_fd(self._previous_wakeup)
+        os.close(self.fd)
+        os.close(self._write_fd)
 
 
 class OutputClosed(Exception):
@@ -280,7 +306,7 @@ def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args:
     if getattr(args, "quiet", False):
         return
     missing = [k.value for k in _ordered(kinds) if k in _KIND_FEATURE and _KIND_FEATURE[k] not in backend.features]
-    if kinds == _kinds(DEFAULT_EVENTS):
+    if kinds in (_kinds(DEFAULT_EVENTS), frozenset(EventKind)):  # defaults and "all" mean "what you can"
         missing = []
     if args.threads and Feature.THREADS not in backend.features:
         missing.append("threads")
@@ -319,8 +345,10 @@ def pump(
     duration: float | None = None,
     output: TextIO | None = None,
     counts: dict[str, int] | None = None,
+    stop: StopSignals | None = None,
 ) -> None:
-    """Render events until ``duration`` elapses (None: forever); raises OutputClosed when ``output``'s reader goes.
+    """Render events until ``duration`` elapses (None: forever) or ``stop`` caught a signal; raises OutputClosed when
+    ``output``'s reader goes away.
 
     Each batch the watcher returns is written with one write call.  While events keep coming it sleeps
     ``watcher.latency`` between drains (no wakeup per event); when idle it blocks in poll, which also notices a
@@ -329,10 +357,14 @@ def pump(
     deadline = None if duration is None else time.monotonic() + duration
     poller = select.poll()
     poller.register(watcher.fileno(), select.POLLIN)
+    napper = select.poll()  # the sleep between busy drains: only a signal cuts it short
+    if stop is not None:
+        poller.register(stop.fd, select.POLLIN)
+        napper.register(stop.fd, select.POLLIN)
     out_fd = _pollable_fd(output)
     if out_fd is not None:
         poller.register(out_fd, 0)  # only POLLERR/POLLHUP: the reader went away
-    while True:
+    while stop is None or stop.signum is None:
         pairs = watcher.read_with_info(0)
         if pairs:
             renderer.render_batch(pairs)
@@ -344,7 +376,8 @@ def pump(
         if remaining is not None and remaining <= 0:
             return
         if pairs:
-            time.sleep(watcher.latency if remaining is None else min(watcher.latency, remaining))
+            nap = watcher.latency if remaining is None else min(watcher.latency, remaining)
+            napper.poll(int(nap * 1000))
             continue
         for fd, revents in poller.poll(None if remaining is None else int(remaining * 1000) + 1):
             if fd == out_fd and revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
@@ -383,8 +416,7 @@ def run_watch(args: argparse.Namespace) -> int:
     out = sys.stdout
     renderer = make_renderer(args, out)
     shown: dict[str, int] = {}
-    status = 0
-    with _stop_signals():
+    with StopSignals() as stop:
         watcher = open_watcher(args, track=not args.json)
         started = time.monotonic()
         try:
@@ -392,16 +424,12 @@ def run_watch(args: argparse.Namespace) -> int:
                 _stderr(_start_message(args, watcher.backend_name))
             if not args.json and not args.no_header:
                 renderer.header()
-            pump(watcher, renderer, duration=args.duration, output=out, counts=shown)
-        except Interrupted as stop:
-            status = 128 + stop.signum
-        except KeyboardInterrupt:
-            status = 128 + signal.SIGINT
+            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop)
         finally:
             watcher.close()
         if not args.quiet:
             print_summary(watcher.stats(), shown, time.monotonic() - started)
-    return status
+    return 0 if stop.signum is None else 128 + stop.signum
 
 
 def _start_message(args: argparse.Namespace, backend: str) -> str:
@@ -411,21 +439,6 @@ def _start_message(args: argparse.Namespace, backend: str) -> str:
     scope += " (threads included)" if args.threads else ""
     until = f" for {args.duration:g}s" if args.duration is not None else " (Ctrl-C to stop)"
     return f"{PROG}: watching {kinds}{scope} with backend {backend}{until}"
-
-
-@contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Interrupted so the watcher closes (removing its kernel objects) like on Ctrl-C."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # -- backends --------------------------------------------------------------------------------------------------
@@ -520,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``proctap`` console script; returns the exit status."""
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
@@ -540,8 +554,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(_os_error_message(getattr(args, "backend", "auto"), exc))
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
-    except Interrupted as stop:
-        return 128 + stop.signum
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("PROCTAP_DEBUG"):
+            raise
+        _error(
+            f"internal error: {type(exc).__name__}: {exc}; please report it "
+            f"(PROCTAP_DEBUG=1 shows the traceback)"
+        )
+        return EXIT_INTERNAL
     return EXIT_ERROR
 
 
@@ -555,6 +575,18 @@ def _silence_stdout() -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Library warnings (e.g. a capped kernel buffer) as one line, without the source location."""
+    _stderr(f"{PROG}: warning: {message}")
 
 
 def _stderr(line: str) -> None:

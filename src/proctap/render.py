@@ -14,9 +14,13 @@ import json
 import shlex
 import time
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TextIO
+from dataclasses import asdict, fields
+from enum import Enum
+from typing import Any, Protocol, TextIO
 
 from .events import (
+    EVENT_CLASSES,
+    Accounting,
     Comm,
     Coredump,
     Event,
@@ -38,6 +42,7 @@ __all__ = [
     "JsonRenderer",
     "Renderer",
     "TableRenderer",
+    "event_dict",
     "format_command",
     "format_duration",
     "format_exit",
@@ -151,8 +156,7 @@ _KIND_LABEL = {
     "lost": "LOST",
 }
 
-_INFO_MIN = 16
-_INFO_MAX = 40
+_INFO_WIDTH = 16  # longer INFO (a long exec filename) pushes that one line's COMMAND right rather than all lines
 
 
 class TableRenderer:
@@ -168,9 +172,9 @@ class TableRenderer:
         self.stream = stream
         self.width = width
         self.color = color
-        self._info_width = _INFO_MIN
         self._second = -1
         self._second_text = ""
+        self._commands: dict[tuple[str, ...], str] = {}
 
     def header(self) -> None:
         line = self._columns("TIME", "EVENT", "PID", "PPID", "LIFETIME", "INFO", "COMMAND", time_width=12)
@@ -192,51 +196,70 @@ class TableRenderer:
     # -- formatting --------------------------------------------------------------------------------------------
     def format(self, event: Event, info: ProcessInfo | None = None) -> str:
         stamp = self._time(event.wall_time)
-        if isinstance(event, Lost):
-            line = f"{stamp} {format_lost(event)}"
-            return f"\x1b[1;31m{line}\x1b[0m" if self.color else line
-        label = _KIND_LABEL.get(event.kind.value, event.kind.value)
-        ppid: int | None = getattr(event, "parent_pid", None)
+        cls = type(event)
+        ppid: int | None = None
         lifetime = ""
-        argv: Sequence[str] | None = None
-        comm: str | None = getattr(event, "comm", None)
+        argv: tuple[str, ...] | None = None
         truncated = False
-        if isinstance(event, Fork):
-            if event.is_thread:
+        if cls is Fork:
+            fork: Fork = event  # type: ignore[assignment]
+            if fork.is_thread:
                 label = "clone"
-                ppid = None
-                text = f"thread {event.tid}"
+                text = f"thread {fork.tid}"
             else:
-                text = "" if event.parent_tid in (None, event.parent_pid) else f"by thread {event.parent_tid}"
-        elif isinstance(event, Exec):
-            argv = event.argv
-            truncated = event.argv_truncated
-            text = sanitize(event.filename) if event.filename is not None else ""
-        elif isinstance(event, Exit):
-            status = format_exit(event)
-            text = f"thread {event.tid} {status}" if event.is_thread else status
-            lifetime = format_duration(self._lifetime(event, info))
+                label = "fork"
+                ppid = fork.parent_pid
+                text = "" if fork.parent_tid is None or fork.parent_tid == ppid else f"by thread {fork.parent_tid}"
+        elif cls is Exec:
+            execd: Exec = event  # type: ignore[assignment]
+            label = "exec"
+            ppid = execd.parent_pid
+            argv = execd.argv
+            truncated = execd.argv_truncated
+            text = "" if execd.filename is None else sanitize(execd.filename)
+        elif cls is Exit:
+            ended: Exit = event  # type: ignore[assignment]
+            label = "exit"
+            ppid = ended.parent_pid
+            status = format_exit(ended)
+            text = f"thread {ended.tid} {status}" if ended.is_thread else status
+            lifetime = format_duration(self._lifetime(ended, info))
+        elif cls is Lost:
+            line = f"{stamp} {format_lost(event)}"  # type: ignore[arg-type]
+            return f"\x1b[1;31m{line}\x1b[0m" if self.color else line
         else:
+            label = _KIND_LABEL.get(event.kind.value, event.kind.value)
+            ppid = getattr(event, "parent_pid", None)
             text = _other_info(event)
-        if ppid is None and info is not None:
-            ppid = info.parent_pid
-        if argv is None and info is not None:
-            argv = info.argv
-            comm = comm or info.comm
-        command = format_command(argv, comm, truncated)
-        line = self._columns(stamp, label, str(event.pid), "" if ppid is None else str(ppid), lifetime, text, command)
+        comm: str | None = getattr(event, "comm", None)
+        if info is not None:
+            if ppid is None:
+                ppid = info.parent_pid
+            if argv is None:
+                argv = info.argv
+                comm = comm or info.comm
+        command = self._command(argv, comm, truncated)
+        line = f"{stamp} {label:<8} {event.pid:>7} {'' if ppid is None else ppid:>7} {lifetime:>8} "
+        line = f"{line}{text:<{_INFO_WIDTH}} {command}"
         return self._clip(line) if self.width else line
+
+    def _command(self, argv: tuple[str, ...] | None, comm: str | None, truncated: bool) -> str:
+        if not argv or truncated:
+            return format_command(argv, comm, truncated) or "?"
+        # A process's argv tuple is shared by its fork, exec and exit events and by its children: format it once.
+        cache = self._commands
+        text = cache.get(argv)
+        if text is None:
+            if len(cache) >= 4096:
+                cache.clear()
+            text = cache[argv] = format_command(argv, comm) or "?"
+        return text
 
     def _columns(
         self, stamp: str, label: str, pid: str, ppid: str, lifetime: str, text: str, command: str, time_width: int = 0
     ) -> str:
-        n = len(text)
-        if n > self._info_width:
-            self._info_width = min(n, _INFO_MAX)  # grow (never shrink) so later lines stay aligned
-        return (
-            f"{stamp:<{time_width}} {label:<8} {pid:>7} {ppid:>7} {lifetime:>8} "
-            f"{text:<{self._info_width}} {command}".rstrip()
-        )
+        line = f"{stamp:<{time_width}} {label:<8} {pid:>7} {ppid:>7} {lifetime:>8} {text:<{_INFO_WIDTH}} {command}"
+        return line.rstrip()
 
     def _clip(self, line: str) -> str:
         width = self.width
@@ -282,6 +305,45 @@ def _other_info(event: Event) -> str:
 # -- NDJSON ----------------------------------------------------------------------------------------------------
 
 
+_PLAIN = (int, str, bool, float, type(None))
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+_FIELDS: dict[type[Event], tuple[str, ...]] = {cls: _field_names(cls) for cls in EVENT_CLASSES.values()}
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """Exactly ``event.to_dict()``, built without the per-event dataclass introspection that makes ``to_dict``
+    several times slower (the NDJSON hot path in a fork storm); other classes fall back to ``to_dict``."""
+    cls = type(event)
+    names = _FIELDS.get(cls)
+    if names is None:
+        return event.to_dict()
+    out: dict[str, Any] = {"event": cls.kind.value}
+    for name in names:
+        value = getattr(event, name)
+        if type(value) not in _PLAIN:
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, Accounting):
+                value = asdict(value)
+            else:
+                return event.to_dict()
+        out[name] = value
+    start = event.start_ns
+    out["key"] = None if start is None else f"{event.pid}@{start}"
+    if cls is Exit:
+        out["signal_name"] = signal_name(event.signal)  # type: ignore[attr-defined]
+    elif cls is ForkFailed:
+        out["errno_name"] = errno_name(event.errno)  # type: ignore[attr-defined]
+    return out
+
+
 class JsonRenderer:
     """NDJSON: one ``Event.to_dict()`` object per line, compact, ASCII-only (non-UTF-8 bytes of argv/filenames
     appear as lone surrogates ``\\udc80``-``\\udcff``: Python's ``os.fsencode`` restores the bytes).  ``info`` is
@@ -295,7 +357,7 @@ class JsonRenderer:
         """NDJSON has no header."""
 
     def format(self, event: Event, info: ProcessInfo | None = None) -> str:
-        return self._encode(event.to_dict())
+        return self._encode(event_dict(event))
 
     def render(self, event: Event, info: ProcessInfo | None = None) -> None:
         self.stream.write(self.format(event) + "\n")
@@ -303,7 +365,7 @@ class JsonRenderer:
 
     def render_batch(self, pairs: Iterable[EventInfo]) -> None:
         encode = self._encode
-        lines = [encode(ev.to_dict()) for ev, _ in pairs]
+        lines = [encode(event_dict(ev)) for ev, _ in pairs]
         if lines:
             lines.append("")
             self.stream.write("\n".join(lines))

@@ -88,8 +88,12 @@ class ProcessTable:
         if isinstance(event, Exec):
             info.argv = event.argv
             info.filename = event.filename
+            # exec always renames the task to the file's basename (fs/exec.c, __set_task_comm(kbasename(filename)))
+            # so the pre-exec comm is stale: use the event's, else derive it, else unknown.
             if event.comm is not None:
                 info.comm = event.comm
+            else:
+                info.comm = None if event.filename is None else event.filename.rsplit("/", 1)[-1][:15]
             if event.parent_pid is not None:
                 info.parent_pid = event.parent_pid
         elif isinstance(event, Comm):

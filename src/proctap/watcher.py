@@ -222,6 +222,11 @@ class Watcher:
 
     # -- reading ----------------------------------------------------------------------------------------------
     @property
+    def busy(self) -> bool:
+        """True while events are flowing (the last drain returned some)."""
+        return self._busy
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
@@ -241,15 +246,24 @@ class Watcher:
             out = list(self._pending)
             self._pending.clear()
             return out
+        return self._read(timeout)
+
+    def _read(self, timeout: float | None, infos: list[ProcessInfo | None] | None = None) -> list[Event]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
-            batch = self._drain()
+            if self._busy:
+                # Events flowed at the last drain: let the next ones pile up in the kernel buffer for a moment
+                # instead of blocking in poll, where each new event would have to wake us.
+                remaining = None if deadline is None else deadline - time.monotonic()
+                time.sleep(self.latency if remaining is None else max(0.0, min(self.latency, remaining)))
+            batch = self._drain(infos)
             if batch:
                 return batch
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            self._wait(remaining)
+            if not self._busy:
+                self._poll(remaining)
         return []
 
     def read_with_info(self, timeout: float | None = None) -> list[tuple[Event, ProcessInfo | None]]:
@@ -258,25 +272,13 @@ class Watcher:
         The snapshot is taken before an Exit removes the process and is not changed by later events; it is None for
         Lost events and unknown processes (and always None without a process table).
         """
-        if self._pending:
-            return [(ev, None) for ev in self.read(0)]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._closed:
-            infos: list[ProcessInfo | None] = []
-            batch = self._drain(infos if self.table is not None else None)
-            if batch:
-                return list(zip(batch, infos, strict=True)) if self.table is not None else [(ev, None) for ev in batch]
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return []
-            self._wait(remaining)
-        return []
+        if self._pending or self.table is None:
+            return [(ev, None) for ev in self.read(timeout)]
+        infos: list[ProcessInfo | None] = []
+        batch = self._read(timeout, infos)
+        return list(zip(batch, infos, strict=True))
 
-    def _wait(self, remaining: float | None) -> None:
-        if self._busy:
-            self._busy = False
-            time.sleep(self.latency if remaining is None else min(self.latency, remaining))
-            return
+    def _poll(self, remaining: float | None) -> None:
         poller = select.poll()
         poller.register(self.backend.fileno(), select.POLLIN)
         poller.poll(None if remaining is None else max(0, int(remaining * 1000) + 1))
@@ -348,19 +350,18 @@ class AsyncWatcher:
         while not self._pending:
             if self.watcher.closed:
                 raise StopAsyncIteration
+            if self.watcher.busy:
+                await asyncio.sleep(self.watcher.latency)  # see Watcher.read: batch instead of a wakeup per event
             batch = self.watcher.read(timeout=0)
             if batch:
                 self._pending.extend(batch)
                 break
-            await self._readable()
+            if not self.watcher.busy:
+                await self._readable()
         return self._pending.popleft()
 
     async def _readable(self) -> None:
         watcher = self.watcher
-        if watcher._busy:
-            watcher._busy = False
-            await asyncio.sleep(watcher.latency)
-            return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         fd = watcher.fileno()
