@@ -179,3 +179,27 @@ def test_merger_adds_accounting_to_real_exit_events() -> None:
     assert thread_exit.accounting.cpu_user_us + thread_exit.accounting.cpu_system_us >= 100_000
     # the process's totals include the worker thread's CPU
     assert process_exit.accounting.cpu_user_us >= thread_exit.accounting.cpu_user_us
+
+
+def test_watch_accounting_cli_adds_figures_to_exit_events() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "proctap", "watch", "--json", "-e", "exit", "--accounting", "-d", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert watch.stderr is not None and watch.stdout is not None
+    watch.stderr.readline()  # the start message: the watcher is listening
+    busy = subprocess.Popen([sys.executable, "-c", BUSY])
+    busy.wait()
+    found = None
+    for line in watch.stdout:
+        ev = json.loads(line)
+        if ev["event"] == "exit" and ev["pid"] == busy.pid and not ev["is_thread"]:
+            found = ev
+            break
+    watch.send_signal(signal.SIGINT)
+    watch.communicate(timeout=30)
+    assert found is not None
+    acct = found["accounting"]
+    assert acct is not None and acct["cpu_user_us"] + acct["cpu_system_us"] >= 100_000
+    assert acct["per_process"] is True

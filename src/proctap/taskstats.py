@@ -21,25 +21,29 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .errors import BackendUnavailable, DecodeError
 from .events import Accounting, Event, Exit
 
 __all__ = [
     "AccountingMerger",
+    "ExitAccounting",
     "RawRecord",
     "TaskstatsListener",
     "TaskstatsMessage",
     "TaskstatsRecord",
     "decode_taskstats",
+    "format_accounting",
     "parse_messages",
     "record_accounting",
     "scan_messages",
     "sum_records",
 ]
+
+T = TypeVar("T")
 
 NETLINK_GENERIC = 16
 NLMSG_ERROR = 2
@@ -485,3 +489,69 @@ class AccountingMerger:
 
     def __len__(self) -> int:
         return len(self._by_tid)
+
+
+class ExitAccounting:
+    """taskstats figures added to a watcher's Exit events (``proctap watch --accounting``).
+
+    Call :meth:`attach` with every batch the watcher returns, *after* reading it (records are sent before the exit
+    events, so they are already queued), and also when a batch is empty (to keep the socket drained).
+    """
+
+    def __init__(self, listener: TaskstatsListener | None = None) -> None:
+        self.listener = listener if listener is not None else TaskstatsListener()
+        self.merger = AccountingMerger(max_pending=16384)
+
+    @classmethod
+    def open_or_warn(cls, warn: Callable[[str], None]) -> ExitAccounting | None:
+        """An ExitAccounting, or None after telling ``warn`` (once, one line) why taskstats is unavailable."""
+        try:
+            return cls()
+        except BackendUnavailable as exc:
+            warn(f"{exc}; exit events will have no accounting")
+            return None
+
+    def attach(self, events: list[Event]) -> list[Event]:
+        self.merger.feed(self.listener.read())
+        return self.merger.attach(events) if events else events
+
+    def attach_pairs(self, pairs: list[tuple[Event, T]]) -> list[tuple[Event, T]]:
+        """The same for (event, extra) pairs (the CLI's events with their process-table snapshots)."""
+        self.merger.feed(self.listener.read())
+        if not pairs or not any(isinstance(ev, Exit) for ev, _ in pairs):
+            return pairs
+        events = self.merger.attach([ev for ev, _ in pairs])
+        return [(ev, extra) for ev, (_, extra) in zip(events, pairs, strict=True)]
+
+    @property
+    def overruns(self) -> int:
+        return self.listener.lost
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def format_accounting(acct: Accounting) -> str:
+    """``cpu 12.0ms+1.0ms rss 3.4M io 0/4.0K csw 3+1`` (user+sys CPU, peak RSS, read/write bytes, switches)."""
+
+    def size(n: int | None) -> str:
+        if n is None:
+            return "-"
+        value = float(n)
+        for unit in ("", "K", "M", "G"):
+            if value < 1024:
+                return f"{value:.0f}{unit}" if not unit or value >= 10 else f"{value:.1f}{unit}"
+            value /= 1024
+        return f"{value:.1f}T"
+
+    def ms(us: int) -> str:
+        return f"{us / 1000:.1f}ms" if us < 1_000_000 else f"{us / 1e6:.2f}s"
+
+    parts = [f"cpu {ms(acct.cpu_user_us)}+{ms(acct.cpu_system_us)}"]
+    if acct.peak_rss_kb is not None:
+        parts.append(f"rss {size(acct.peak_rss_kb * 1024)}")
+    if acct.read_bytes is not None or acct.write_bytes is not None:
+        parts.append(f"io {size(acct.read_bytes)}/{size(acct.write_bytes)}")
+    if acct.voluntary_switches is not None:
+        parts.append(f"csw {acct.voluntary_switches}+{acct.involuntary_switches}")
+    return " ".join(parts)
