@@ -267,3 +267,17 @@ def test_unprivileged_run_says_once_that_accounting_is_missing(tmp_path: Path) -
     assert proc.returncode == 4
     assert proc.stderr.count("CAP_NET_ADMIN (run as root)") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lost_events_are_reported_not_hidden() -> None:
+    # A tiny kernel buffer and a burst of 400 background processes: the kernel drops events, and says so.
+    burst = "i=0; while [ $i -lt 400 ]; do /bin/true & i=$((i+1)); done; wait"
+    result = run_tree("sh", "-c", burst, buffer_bytes=4096, latency=0.2)
+    assert result.exit_status == 0
+    assert result.tree.lost, "a 400-process burst into a 4 KiB buffer must overflow it"
+    doc = run_document(result)
+    assert doc["lost"] and sum(rec["count"] or 0 for rec in doc["lost"]) > 0
+    report = format_report(result)
+    assert "events lost" in report[0]
+    assert any(line.startswith("!! ") and "the tree may be incomplete" in line for line in report)
+    assert result.tree.root.outcome is Outcome.OK  # the command itself is still followed (its status from waitpid)

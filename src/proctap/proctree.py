@@ -271,6 +271,7 @@ class ProcessTree:
         node = self.live.pop(pid, None)
         if node is not None:
             self._end_unseen(node, when_ns)
+            node.outlived_root = False  # it may as well have died long before the command: unknown
 
     def mark_outliving(self) -> None:
         for node in self.live.values():

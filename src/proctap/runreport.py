@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .events import Accounting
-from .proctree import Outcome, ProcessNode
+from .proctree import LostRecord, Outcome, ProcessNode
 from .runtree import RunResult
 
 __all__ = ["SCHEMA_VERSION", "format_argv", "format_report", "run_document", "summary_line"]
@@ -246,11 +246,7 @@ def format_report(result: RunResult, *, limit: int = 500, width: int = 160, note
     shown = _visible(walk, limit)
     orphans = {id(n) for n in result.tree.orphans}
     lines = [summary_line(result)]
-    for rec in result.tree.lost:
-        count = "an unknown number of" if rec.count is None else str(rec.count)
-        cpu = "" if rec.cpu is None else f" on CPU {rec.cpu}"
-        lines.append(f"!! {count} events lost{cpu} at +{rec.timestamp_ns / 1e9 - base / 1e9:.3f}s ({rec.reason}): "
-                     "the tree may be incomplete")  # fmt: skip
+    lines.extend(_lost_lines(result.tree.lost, base))
     if result.accounting_lost:
         lines.append(f"!! taskstats records dropped {result.accounting_lost} times (socket overrun): some figures "
                      "are missing")  # fmt: skip
@@ -271,6 +267,25 @@ def format_report(result: RunResult, *, limit: int = 500, width: int = 160, note
         lines.extend(_node_lines(node, depth, base, width, id(node) in orphans))
     if hidden:
         lines.append(" " * 63 + "  " * hidden_depth + f"… {hidden} more processes (all ended well)")
+    return lines
+
+
+def _lost_lines(lost: list[LostRecord], base: int) -> list[str]:
+    """One line per reason: how many events, in how many overruns, between when and when."""
+    by_reason: dict[str, list[LostRecord]] = {}
+    for rec in lost:
+        by_reason.setdefault(rec.reason, []).append(rec)
+    lines = []
+    for reason, recs in by_reason.items():
+        counted = sum(r.count for r in recs if r.count is not None)
+        unknown = sum(1 for r in recs if r.count is None)
+        what = f"{counted} events lost" if counted else "events lost"
+        if unknown:
+            what += f" (+{unknown} overrun{'s' if unknown > 1 else ''} of unknown size)"
+        first = (recs[0].timestamp_ns - base) / 1e9
+        last = (recs[-1].timestamp_ns - base) / 1e9
+        when = f"at +{first:.3f}s" if len(recs) == 1 else f"in {len(recs)} bursts from +{first:.3f}s to +{last:.3f}s"
+        lines.append(f"!! {what} {when} ({reason}): the tree may be incomplete")
     return lines
 
 

@@ -174,6 +174,9 @@ class _Session:
         """Fork the command; returns the fd of the exec-error pipe."""
         start_ns = time.monotonic_ns()
         self.pid, err_fd = _spawn(argv)
+        tracked = self.watcher.filter.tracked
+        if tracked is not None:
+            tracked.add(self.pid)  # follow the command even if its Fork event is lost in a burst
         self.tree = ProcessTree(self.pid, start_ns, tuple(argv), creator=os.getpid())
         return err_fd
 
