@@ -20,8 +20,15 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 PY = sys.executable
 
 
-def run_tree(*argv: str, **kw: object) -> RunResult:
-    return run(RunOptions(argv=list(argv), **kw))  # type: ignore[arg-type]
+def run_tree(*argv: str, complete: bool = True, **kw: object) -> RunResult:
+    """Run and return the result.  ``complete``: the test needs every event; if the kernel dropped some (other
+    processes on this machine storming the proc connector faster than we drain it), the tree cannot be complete and
+    the test is skipped, saying so (the report shows the loss: see test_lost_events_are_reported_not_hidden)."""
+    result = run(RunOptions(argv=list(argv), **kw))  # type: ignore[arg-type]
+    if complete and (result.tree.lost or result.accounting_lost):
+        lost = sum(r.count or 0 for r in result.tree.lost)
+        pytest.skip(f"the kernel dropped {lost} events / {result.accounting_lost} taskstats overruns during the run")
+    return result
 
 
 def name(node: ProcessNode) -> str | None:
@@ -168,7 +175,7 @@ def test_wait_all_waits_for_the_daemon() -> None:
     result = run_tree(PY, "-c", DAEMON, "0.3", wait_all=True)
     daemon = _daemon(result)
     assert daemon.outlived_root
-    assert daemon.outcome is Outcome.OK and daemon.exit_seen
+    assert daemon.outcome is Outcome.OK and daemon.exit_seen, (daemon, result.tree.lost)
     assert daemon.end_ns is not None and result.tree.root.end_ns is not None
     assert daemon.end_ns > result.tree.root.end_ns
 
@@ -272,7 +279,7 @@ def test_unprivileged_run_says_once_that_accounting_is_missing(tmp_path: Path) -
 def test_lost_events_are_reported_not_hidden() -> None:
     # A tiny kernel buffer and a burst of 400 background processes: the kernel drops events, and says so.
     burst = "i=0; while [ $i -lt 400 ]; do /bin/true & i=$((i+1)); done; wait"
-    result = run_tree("sh", "-c", burst, buffer_bytes=4096, latency=0.2)
+    result = run_tree("sh", "-c", burst, complete=False, buffer_bytes=4096, latency=0.2)
     assert result.exit_status == 0
     assert result.tree.lost, "a 400-process burst into a 4 KiB buffer must overflow it"
     doc = run_document(result)

@@ -8,6 +8,7 @@ therefore seen, with the kernel's timestamps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno as _errno
 import os
 import select
@@ -17,9 +18,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from .clock import proc_start_ns
+from . import procfs
+from .clock import CLOCK_TICKS
 from .errors import BackendUnavailable, ProctapError
-from .events import Event, Exit
+from .events import Event, Exec, Exit, Origin
 from .proctree import ProcessTree
 from .taskstats import AccountingMerger, RawRecord, TaskstatsListener, TaskstatsMessage
 from .watcher import Watcher
@@ -149,6 +151,7 @@ class _Session:
             None,
             opts.backend,
             pid=os.getpid(),
+            read_proc=False,  # the backend would read /proc for every exec on the machine: we do it for ours
             threads=opts.threads,
             buffer_bytes=opts.buffer_bytes,
             latency=opts.latency,
@@ -206,6 +209,8 @@ class _Session:
 
     def _drain(self) -> list[Event]:
         events = self.watcher.read(timeout=0)
+        if events:
+            events = self._complete_execs(events)
         if self.listener is not None:
             # Records are sent before the exit events we just read (kernel/exit.c do_exit: taskstats_exit comes
             # first), so draining now finds the figures for every Exit in ``events``.
@@ -219,6 +224,31 @@ class _Session:
         elif events:
             self.tree.feed(events)
         return events
+
+    def _complete_execs(self, events: list[Event]) -> list[Event]:
+        """Exec events without argv (the backend does not capture it in the kernel): read /proc now, for our
+        processes only, and only if /proc still shows the same process (its start time matches: no PID reuse)."""
+        out = events
+        for i, ev in enumerate(events):
+            if not isinstance(ev, Exec) or ev.argv is not None:
+                continue
+            if ev.start_ns is not None and self.gone(ev.pid, ev.start_ns):
+                continue
+            argv = procfs.read_argv(ev.pid)
+            filename = ev.filename or procfs.read_exe(ev.pid)
+            if argv is None and filename is None:
+                continue
+            if out is events:
+                out = list(events)
+            out[i] = dataclasses.replace(
+                ev,
+                argv=argv,
+                argc=None if argv is None else len(argv),
+                filename=filename,
+                argv_from=None if argv is None else Origin.PROC,
+                filename_from=ev.filename_from or (None if filename is None else Origin.PROC),
+            )
+        return out
 
     def _take_records(self, events: list[Event]) -> list[TaskstatsMessage]:
         """Hand the merger the records of our processes, decoded; return them.
@@ -276,19 +306,21 @@ class _Session:
         self.reaped_ns = time.monotonic_ns()
         return True
 
-    def gone(self, pid: int, boot_start_ns: int | None) -> bool:
-        """Whether the process is no longer alive (zombies count as gone: their Exit was already sent)."""
+    @staticmethod
+    def gone(pid: int, boot_start_ns: int | None) -> bool:
+        """Whether the process is no longer alive (zombies count as gone: their Exit was already sent), or the pid
+        now belongs to another process (its start time differs)."""
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
+                fields = f.read().rsplit(b")", 1)[1].split()
+            state, start_ticks = fields[0], int(fields[19])  # fields 3 and 22 of proc_pid_stat(5)
+        except (OSError, IndexError, ValueError):
             return True
         if state in (b"Z", b"X"):
             return True
         if boot_start_ns is None:
             return False
-        now_start = proc_start_ns(pid)
-        return now_start is None or abs(now_start - boot_start_ns) > _START_SLACK_NS
+        return abs(start_ticks * 1_000_000_000 // CLOCK_TICKS - boot_start_ns) > _START_SLACK_NS
 
     def sweep_gone(self) -> None:
         """Live nodes whose process is gone although no Exit came: drain once more, then mark them unknown."""
