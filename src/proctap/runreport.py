@@ -125,6 +125,7 @@ def run_document(result: RunResult) -> dict[str, Any]:
         ],
         "counts": _counts(tree.nodes()),
         "watch_stats": result.watch_stats,
+        "proctap_cpu_s": round(result.monitor_cpu_s, 3),
         "processes": processes,
     }
 
@@ -233,7 +234,8 @@ def summary_line(result: RunResult) -> str:
         f"proctap run: {format_argv(root, 60)} -> {_status(root)} (exit status {result.exit_status}) after "
         f"{_duration(result.tree.root_ended_ns and result.tree.root_ended_ns - result.started_ns)}: "
         + ", ".join(parts)
-        + f"; backend {result.backend}, accounting {result.accounting_source or 'none'}"
+        + f"; backend {result.backend}, accounting {result.accounting_source or 'none'}, "
+        f"proctap CPU {result.monitor_cpu_s:.2f}s"
     )
 
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import errno as _errno
 import os
+import resource
 import select
 import signal
 import time
@@ -69,6 +70,7 @@ class RunResult:
     accounting_note: str | None
     accounting_lost: int = 0
     watch_stats: dict[str, object] = field(default_factory=dict)
+    monitor_cpu_s: float = 0.0  # CPU time proctap itself used while following the command
 
 
 def shell_exit_status(status: int) -> int:
@@ -215,9 +217,9 @@ class _Session:
             # Records are sent before the exit events we just read (kernel/exit.c do_exit: taskstats_exit comes
             # first), so draining now finds the figures for every Exit in ``events``.
             messages = self._take_records(events)
-            events = self.merger.attach(events)
             if events:
                 self.tree.feed(events)
+                self._assign_accounting(events)
             if messages:
                 ended = {ev.pid for ev in events if isinstance(ev, Exit) and not ev.is_thread}
                 self._learn_comms(messages, ended)
@@ -271,6 +273,26 @@ class _Session:
         if messages:
             self.merger.feed(messages)
         return messages
+
+    def _assign_accounting(self, events: list[Event]) -> None:
+        """Figures for the processes (and threads) whose Exit is in this batch, set on their tree nodes."""
+        latest = self.tree.latest
+        merger = self.merger
+        for ev in events:
+            if not isinstance(ev, Exit):
+                continue
+            node = latest.get(ev.pid)
+            if node is None:
+                continue
+            if not ev.is_thread:
+                acct = merger.take_process(ev.pid)
+                if acct is not None and node.end_ns == ev.timestamp_ns:
+                    node.accounting = acct
+                continue
+            acct = merger.thread(ev.tid)
+            for thread in node.threads:
+                if thread.tid == ev.tid and thread.end_ns == ev.timestamp_ns:
+                    thread.accounting = acct
 
     def _learn_comms(self, messages: list[TaskstatsMessage], ended_now: set[int]) -> None:
         """A process too short-lived for /proc to tell its argv is at least named by its record's ac_comm.
@@ -343,6 +365,7 @@ def run(opts: RunOptions, note: Callable[[str], None] = lambda _msg: None) -> Ru
     """
     if not opts.argv:
         raise ProctapError("no command given: proctap run [options] -- CMD [ARGS...]")
+    cpu_before = _self_cpu()
     session = _Session(opts, note)
     try:
         started_wall = time.time()
@@ -376,7 +399,13 @@ def run(opts: RunOptions, note: Callable[[str], None] = lambda _msg: None) -> Ru
         accounting_note=session.accounting_note,
         accounting_lost=session.listener.lost if session.listener is not None else 0,
         watch_stats=stats,
+        monitor_cpu_s=_self_cpu() - cpu_before,
     )
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _follow(session: _Session) -> None:

@@ -101,8 +101,7 @@ _COMM_LEN = 32
 AC_FLAGS = {0x01: "AFORK", 0x02: "ASU", 0x08: "ACORE", 0x10: "AXSIG", 0x20: "AGROUP"}  # include/uapi/linux/acct.h
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskstatsRecord:
+class TaskstatsRecord(NamedTuple):
     """One decoded struct taskstats.  ``tid`` is ac_pid (the task id); ``tgid`` is None before version 12.
 
     Times: ``elapsed_us``, ``cpu_*_us`` in microseconds; ``peak_rss_kb`` in KiB; ``*_bytes`` storage I/O,
@@ -143,17 +142,38 @@ class TaskstatsMessage:
     record: TaskstatsRecord
 
 
+def _layout(fields: dict[str, tuple[int, str, int]]) -> tuple[struct.Struct, tuple[str, ...]]:
+    """One Struct reading every field at once (pad bytes between them), and the names in its order."""
+    fmt = "="
+    pos = 0
+    names = []
+    for name, (offset, code, _since) in sorted(fields.items(), key=lambda item: item[1][0]):
+        fmt += f"{offset - pos}x" if offset > pos else ""
+        fmt += code
+        pos = offset + struct.calcsize("=" + code)
+        names.append(name)
+    return struct.Struct(fmt), tuple(names)
+
+
+_FULL, _FULL_NAMES = _layout(_FIELDS)
+_FULL_SINCE = max(since for _o, _c, since in _FIELDS.values())
+
+
 def decode_taskstats(payload: bytes) -> TaskstatsRecord:
     """Decode struct taskstats, reading only the fields the struct's ``version`` (and length) has."""
     if len(payload) < 168:
         raise DecodeError(f"taskstats payload of {len(payload)} bytes is too short (need at least 168)")
     (version,) = struct.unpack_from("=H", payload, 0)
-    values: dict[str, int | None] = {}
-    for name, (offset, fmt, since) in _FIELDS.items():
-        if version >= since and offset + struct.calcsize(fmt) <= len(payload):
-            values[name] = struct.unpack_from("=" + fmt, payload, offset)[0]
-        else:
-            values[name] = None
+    values: dict[str, int | None]
+    if version >= _FULL_SINCE and len(payload) >= _FULL.size:
+        values = dict(zip(_FULL_NAMES, _FULL.unpack_from(payload), strict=True))  # every field: one unpack
+    else:
+        values = {}
+        for name, (offset, fmt, since) in _FIELDS.items():
+            if version >= since and offset + struct.calcsize(fmt) <= len(payload):
+                values[name] = struct.unpack_from("=" + fmt, payload, offset)[0]
+            else:
+                values[name] = None
     comm = payload[_COMM_OFFSET : _COMM_OFFSET + _COMM_LEN].split(b"\0", 1)[0]
     btime64 = values.pop("btime64_s")
     if btime64 is not None:
@@ -262,6 +282,8 @@ def sum_records(records: list[TaskstatsRecord], leader_tid: int | None = None) -
     Summing is needed because the kernel's AGGR_TGID exit record only carries delay-accounting totals
     (kernel/taskstats.c fill_tgid_exit), not CPU times.
     """
+    if len(records) == 1:
+        return record_accounting(records[0], per_process=True)
     leader = next((r for r in records if r.tid == leader_tid), None)
     elapsed = leader.elapsed_us if leader is not None else max(r.elapsed_us for r in records)
     rss = [r.peak_rss_kb for r in records if r.peak_rss_kb is not None]
