@@ -15,6 +15,7 @@ every monitor that sees the whole system's events (proc connector, taskstats) pa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -39,10 +40,10 @@ def workload(kind: str, steps: int, workdir: Path) -> list[str]:
     return ["sh", "-c", script]
 
 
-def modes(cmd: list[str], strace: bool) -> dict[str, list[str]]:
+def modes(cmd: list[str], strace: bool, report: Path) -> dict[str, list[str]]:
     out = {
         "baseline": cmd,
-        "proctap run": [sys.executable, "-m", "proctap", "run", "-q", "--", *cmd],
+        "proctap run": [sys.executable, "-m", "proctap", "run", "-q", "--json", str(report), "--", *cmd],
     }
     if strace:
         out["strace -f"] = ["strace", "-f", "-qq", "-e", "trace=process", "-o", "/dev/null", *cmd]
@@ -76,7 +77,10 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": SRC}
     with tempfile.TemporaryDirectory(prefix="proctap-bench-run-") as tmp:
         cmd = workload(args.workload, args.steps, Path(tmp))
-        runs = modes(cmd, strace)
+        report = Path(tmp) / "run.json"
+        runs = modes(cmd, strace, report)
+        own_cpu: list[float] = []
+        seen: list[int] = []
         names = list(runs)
         walls: dict[str, list[float]] = {n: [] for n in names}
         cpus: dict[str, list[float]] = {n: [] for n in names}
@@ -87,15 +91,22 @@ def main() -> None:
                 wall, cpu = timed(runs[name], env)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
+                if name == "proctap run":
+                    doc = json.loads(report.read_text())
+                    own_cpu.append(doc["proctap_cpu_s"])
+                    seen.append(doc["counts"]["processes"])
     base = statistics.median(walls["baseline"])
     print(f"workload: {args.workload}, {args.steps} steps ({' '.join(cmd[:3])} ...), {args.rounds} rounds, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print("median CPU: user+sys of the mode's whole process tree (workload, plus proctap or strace)")
     print(f"{'mode':<14} {'median wall':>12} {'overhead':>9} {'min':>8} {'max':>8} {'median CPU':>11}")
     for name in names:
         med = statistics.median(walls[name])
         over = (med / base - 1) * 100
         print(f"{name:<14} {med:>11.3f}s {over:>+8.1f}% {min(walls[name]):>7.3f}s {max(walls[name]):>7.3f}s "
               f"{statistics.median(cpus[name]):>10.3f}s")  # fmt: skip
+    print(f"proctap's own CPU: median {statistics.median(own_cpu):.3f}s; processes in its tree: {sorted(set(seen))}; "
+          f"events it received (whole machine) in the last run: {doc['watch_stats']['received']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -288,3 +290,24 @@ def test_lost_events_are_reported_not_hidden() -> None:
     assert "events lost" in report[0]
     assert any(line.startswith("!! ") and "the tree may be incomplete" in line for line in report)
     assert result.tree.root.outcome is Outcome.OK  # the command itself is still followed (its status from waitpid)
+
+
+def test_a_busy_daemon_does_not_keep_proctap_waiting() -> None:
+    busy = textwrap.dedent("""
+        import os, subprocess, time
+        if os.fork() == 0:
+            end = time.monotonic() + 8
+            while time.monotonic() < end:
+                subprocess.run(["true"])
+                time.sleep(0.01)
+            os._exit(0)
+    """)
+    result = run_tree(PY, "-c", busy, complete=False)
+    (daemon,) = result.tree.root.children
+    try:
+        assert daemon.outlived_root
+        assert daemon.outcome is Outcome.RUNNING  # proctap returned while it was still forking
+        assert daemon.children  # its children so far are in the tree
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon.pid, signal.SIGKILL)

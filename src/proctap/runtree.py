@@ -30,6 +30,7 @@ from .watcher import Watcher
 __all__ = ["CommandFailed", "RunOptions", "RunResult", "run", "shell_exit_status"]
 
 ROOT_EXIT_GRACE_S = 1.0  # after reaping the command, how long to wait for its Exit event
+FINAL_DRAIN_S = 0.5  # without --wait-all: how long to keep collecting events after the command ended
 LIVENESS_CHECK_S = 1.0  # --wait-all: how often to look in /proc for processes whose Exit never came
 _START_SLACK_NS = 50_000_000  # /proc start times have clock-tick precision (10 ms)
 
@@ -427,7 +428,9 @@ def _follow(session: _Session) -> None:
                 session.sweep_gone()
                 last_check = time.monotonic()
     else:
-        while session.step(0.02):
+        # Collect what is still queued; bounded, since processes that outlive the command may keep forking.
+        deadline = time.monotonic() + FINAL_DRAIN_S
+        while session.step(0.02) and time.monotonic() < deadline:
             pass
         session.sweep_gone()
     tree.mark_outliving()
