@@ -263,6 +263,7 @@ def test_json_events_of_real_processes(watch: Callable[..., Watch]) -> None:
 
 
 def test_table_output(watch: Callable[..., Watch]) -> None:
+    older = subprocess.Popen(["sleep", "100"])  # started before proctap: its exit still shows ppid and command
     w = watch(*my_subtree(), json_mode=False)
     header = w.wait_for(lambda line: line.startswith("TIME"), "table header")
     assert header.split() == ["TIME", "EVENT", "PID", "PPID", "LIFETIME", "INFO", "COMMAND"]
@@ -277,6 +278,9 @@ def test_table_output(watch: Callable[..., Watch]) -> None:
     sleeper.kill()
     sleeper.wait()
     kill_line = w.wait_for(lambda line: line.split()[1:3] == ["exit", str(sleeper.pid)], "exit line of sleep")
+    older.terminate()
+    older.wait()
+    older_line = w.wait_for(lambda line: line.split()[1:3] == ["exit", str(older.pid)], "exit line of older sleep")
     status, err = w.stop(signal.SIGTERM)
     assert status == 143
     assert_clean_summary(err)
@@ -288,6 +292,7 @@ def test_table_output(watch: Callable[..., Watch]) -> None:
     assert re.fullmatch(r"[\d.]+(ns|us|ms|s)", fields[4]), exit_line
     assert exit_line.endswith("exit 3           sh -c 'read x; exit 3'")
     assert kill_line.split()[3] == me and kill_line.endswith("SIGKILL          sleep 100")
+    assert older_line.split()[3] == me and older_line.endswith("SIGTERM          sleep 100")
     fork_line = next(line for line in w.lines if line.split()[1:3] == ["fork", str(three.pid)])
     assert fork_line.split()[3] == me
     exec_line = next(line for line in w.lines if line.split()[1:3] == ["exec", str(three.pid)])
@@ -509,6 +514,9 @@ def test_head_closes_json_pipe_quietly() -> None:
         (["watch", "--duration", "-1"], "--duration"),
         (["watch", "--duration", "soon"], "not a number of seconds"),
         (["watch", "--latency", "-0.5"], "--latency"),
+        (["watch", "--latency", "1e12"], "at most 10 seconds"),
+        (["watch", "--duration", "1e12"], "at most 1e+07 seconds"),
+        (["watch", "--buffer", "99999G"], "less than 2G"),
         (["watch", "--buffer", "lots"], "not a size"),
         (["watch", "--bogus-flag"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
@@ -522,6 +530,31 @@ def test_errors_are_one_line_and_exit_2(args: list[str], mentions: str) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("proctap: error: ") and mentions in lines[0]
+
+
+def test_output_write_error_is_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            proctap_cmd("watch", "-q", "--backend", BACKEND, "--duration", "5"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            timeout=WAIT,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr == "proctap: error: cannot write the output: No space left on device\n"
+
+
+def test_warns_about_kinds_the_backend_cannot_report() -> None:
+    from proctap.backends import Feature, backend_class
+
+    assert Feature.FORK_FAILED not in backend_class(BACKEND).features  # the premise of this test
+    proc = run_proctap("watch", "--backend", BACKEND, "--events", "exec,fork_failed", "--duration", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"proctap: warning: backend {BACKEND} cannot report fork_failed (see 'proctap backends')"
+    assert lines[1].startswith("proctap: watching fork_failed,exec,lost with backend")
 
 
 def test_unavailable_backend_is_one_line() -> None:

@@ -57,6 +57,9 @@ DEFAULT_EVENTS = "fork,exec,exit,fork_failed"  # Lost is always added
 EXIT_ERROR = 2
 EXIT_INTERNAL = 1
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+MAX_DURATION = 1e7  # seconds (115 days): keeps every deadline representable
+MAX_LATENCY = 10.0  # seconds: more would hold events back for longer than anyone watching wants
+MAX_BUFFER = (1 << 31) - 1  # socket buffer sizes are C ints
 
 # What each kind needs from a backend, to warn when the chosen backend cannot deliver a requested kind.
 _KIND_FEATURE = {
@@ -171,8 +174,15 @@ def _seconds(text: str) -> float:
 
 def _duration(text: str) -> float:
     value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most {MAX_DURATION:g} seconds")
+    return value
+
+
+def _latency(text: str) -> float:
+    value = _seconds(text)
+    if value > MAX_LATENCY:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_LATENCY:g} seconds")
     return value
 
 
@@ -185,8 +195,8 @@ def _size(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: give bytes, e.g. 262144, 256K or 8M")
     value = int(match.group(1)) << (10 * " kmg".index(match.group(2).lower() or " "))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 bytes")
+    if not 0 < value <= MAX_BUFFER:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 bytes and less than 2G")
     return value
 
 
@@ -242,7 +252,7 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--latency",
-        type=_seconds,
+        type=_latency,
         default=0.01,
         metavar="SECONDS",
         help="how long events may wait in the kernel buffer while they keep coming (default: 0.01); longer costs "
@@ -292,7 +302,7 @@ def open_watcher(args: argparse.Namespace, *, track: bool) -> Watcher:
     backend = choose_backend(args.backend)
     _warn_unsupported(backend, args.events, args)
     try:
-        return Watcher(
+        watcher = Watcher(
             args.events,
             backend.name,
             pid=args.pid,
@@ -305,6 +315,21 @@ def open_watcher(args: argparse.Namespace, *, track: bool) -> Watcher:
         )
     except OSError as exc:
         raise ProctapError(_os_error_message(backend.name, exc)) from None
+    if track:
+        _learn_running_processes(watcher)
+    return watcher
+
+
+def _learn_running_processes(watcher: Watcher) -> None:
+    """Read the processes that exist now into the process table, so that the exit of one that started before us
+    still shows its parent and command line (at its exit, /proc no longer has them).  Once, at start."""
+    table = watcher.table
+    if table is None:
+        return
+    tracked = watcher.filter.tracked
+    pids = tracked if tracked is not None else (int(name) for name in os.listdir("/proc") if name.isdigit())
+    for pid in list(pids):
+        table.lookup(pid)
 
 
 def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args: argparse.Namespace) -> None:
@@ -332,7 +357,7 @@ def _os_error_message(backend: str, exc: OSError) -> str:
             f"backend {backend} was refused by the kernel ({what}): it needs {needs}; run as root, or see "
             f"'proctap backends' for one that works here"
         )
-    return f"backend {backend} failed to start: {what}; see 'proctap backends' for alternatives"
+    return f"backend {backend} failed: {what}; see 'proctap backends' for alternatives"
 
 
 def make_renderer(args: argparse.Namespace, stream: TextIO) -> Renderer:
@@ -386,11 +411,16 @@ def pump(
             return
         if pairs:
             nap = watcher.latency if remaining is None else min(watcher.latency, remaining)
-            napper.poll(int(nap * 1000))
+            napper.poll(_milliseconds(nap))
             continue
-        for fd, revents in poller.poll(None if remaining is None else int(remaining * 1000) + 1):
+        for fd, revents in poller.poll(None if remaining is None else _milliseconds(remaining)):
             if fd == out_fd and revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 raise OutputClosed
+
+
+def _milliseconds(seconds: float) -> int:
+    """A poll() timeout: rounded up so we never wake just before a deadline, within a C int."""
+    return min(int(seconds * 1000) + 1, (1 << 31) - 1)
 
 
 def _pollable_fd(stream: TextIO | None) -> int | None:
@@ -435,6 +465,11 @@ def run_watch(args: argparse.Namespace) -> int:
             if not args.json and not args.no_header:
                 renderer.header()
             pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop, accounting=accounting)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # writing failed: a full disk, a vanished terminal...
+            _silence_stdout()
+            raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
         finally:
             watcher.close()
             if accounting is not None:
