@@ -32,6 +32,8 @@ __all__ = ["CommandFailed", "RunOptions", "RunResult", "run", "shell_exit_status
 ROOT_EXIT_GRACE_S = 1.0  # after reaping the command, how long to wait for its Exit event
 FINAL_DRAIN_S = 0.5  # without --wait-all: how long to keep collecting events after the command ended
 LIVENESS_CHECK_S = 1.0  # --wait-all: how often to look in /proc for processes whose Exit never came
+PARKED_MAX_AGE_S = 5.0  # how long a taskstats record may wait for its process's events
+PARKED_MAX = 65536  # processes with parked records, at most
 _START_SLACK_NS = 50_000_000  # /proc start times have clock-tick precision (10 ms)
 
 
@@ -163,7 +165,7 @@ class _Session:
         self.listener: TaskstatsListener | None = None
         self.accounting_note: str | None = None
         self.merger = AccountingMerger(max_pending=16384)
-        self._parked: list[RawRecord] = []
+        self._parked: dict[int, tuple[float, list[RawRecord]]] = {}
         if opts.accounting:
             try:
                 self.listener = TaskstatsListener()
@@ -257,19 +259,34 @@ class _Session:
         """Hand the merger the records of our processes, decoded; return them.
 
         The listener gets every exit on the machine.  A record may be read before the Fork of its process (it
-        forked and exited while we were busy with the previous batch); that Fork is then in the socket already
-        and comes with the next batch, so unmatched records are kept (undecoded) for exactly one more drain.
+        forked and exited while we were busy, or its events wait in the backend's backlog): records of processes
+        not known yet are parked, undecoded, by process id, and taken when the process's events show up; parked
+        records older than PARKED_MAX_AGE_S (or past PARKED_MAX) are dropped: they were not ours.
         """
         assert self.listener is not None
         known = self.tree.latest
         batch = {ev.pid for ev in events}
-        mine = [raw for raw in self._parked if raw.tgid in known or raw.tgid in batch]
-        self._parked = []
+        parked = self._parked
+        mine: list[RawRecord] = []
+        now = time.monotonic()
         for raw in self.listener.read_raw():
             if raw.tgid in known or raw.tgid in batch:
                 mine.append(raw)
             else:
-                self._parked.append(raw)
+                entry = parked.get(raw.tgid)
+                if entry is None:
+                    parked[raw.tgid] = (now, [raw])
+                else:
+                    entry[1].append(raw)
+        for pid in batch:
+            entry = parked.pop(pid, None)
+            if entry is not None:
+                mine.extend(entry[1])
+        while parked:  # oldest first (insertion order)
+            tgid, (since, _) = next(iter(parked.items()))
+            if now - since <= PARKED_MAX_AGE_S and len(parked) <= PARKED_MAX:
+                break
+            del parked[tgid]
         messages = [raw.decode() for raw in mine]
         if messages:
             self.merger.feed(messages)
