@@ -203,3 +203,21 @@ def test_watch_accounting_cli_adds_figures_to_exit_events() -> None:
     acct = found["accounting"]
     assert acct is not None and acct["cpu_user_us"] + acct["cpu_system_us"] >= 100_000
     assert acct["per_process"] is True
+
+
+def test_fast_scan_agrees_with_the_generic_scan() -> None:
+    from proctap.taskstats import _scan_fast
+
+    hits = 0
+    for capture in CAPTURES:
+        for h in json.loads(capture.read_text())["datagrams"]:
+            data = bytes.fromhex(h)
+            fast = _scan_fast(data)
+            generic = scan_messages(data)
+            if fast is not None:
+                hits += 1
+                assert [fast] == generic
+            else:
+                assert len(generic) != 1 or generic[0].aggregate != "pid"  # only multi-record datagrams fall back
+        assert _scan_fast(data[:-8]) is None  # a truncated datagram is not taken for the usual layout
+    assert hits >= 5

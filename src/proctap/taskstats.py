@@ -63,6 +63,7 @@ TASKSTATS_TYPE_TGID = 2
 TASKSTATS_TYPE_STATS = 3
 TASKSTATS_TYPE_AGGR_PID = 4
 TASKSTATS_TYPE_AGGR_TGID = 5
+TASKSTATS_TYPE_NULL = 6  # padding for 64-bit alignment of the stats
 TASKSTATS_CMD_ATTR_REGISTER_CPUMASK = 3
 TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK = 4
 
@@ -247,6 +248,32 @@ def scan_messages(data: bytes) -> list[RawRecord]:
     return out
 
 
+_FAST_HEAD = struct.Struct("=I16xHHHHI")  # nlmsg len, [16 bytes], AGGR nla len/type, PID nla len/type, pid
+_TGID_OFFSET = _FIELDS["tgid"][0]
+
+
+def _scan_fast(data: bytes) -> RawRecord | None:
+    """The usual datagram, one AGGR_PID record laid out as the kernel builds it (kernel/taskstats.c mk_reply):
+    nlmsghdr, genlmsghdr, AGGR_PID { PID, [a NULL pad attribute for 8-byte alignment], STATS }, read at fixed
+    offsets.  None for anything else (the caller falls back to :func:`scan_messages`)."""
+    if len(data) < 40 + _TGID_OFFSET + 4:
+        return None
+    length, aggr_len, aggr_type, pid_len, pid_type, tid = _FAST_HEAD.unpack_from(data, 0)
+    if length != len(data) or aggr_type != TASKSTATS_TYPE_AGGR_PID or pid_type != TASKSTATS_TYPE_PID or pid_len != 8:
+        return None
+    if data[16] != TASKSTATS_CMD_NEW or 20 + aggr_len != length:
+        return None
+    pos = 32
+    stats_len, stats_type = _NLATTR.unpack_from(data, pos)
+    if stats_type == TASKSTATS_TYPE_NULL:
+        pos += (stats_len + 3) & ~3
+        stats_len, stats_type = _NLATTR.unpack_from(data, pos)
+    if stats_type != TASKSTATS_TYPE_STATS or pos + stats_len != length:
+        return None
+    stats = data[pos + 4 : pos + stats_len]
+    return RawRecord("pid", tid, _stats_tgid(stats, tid), stats)
+
+
 def parse_messages(data: bytes) -> list[TaskstatsMessage]:
     """All taskstats records in one datagram, decoded; other netlink messages are skipped."""
     return [raw.decode() for raw in scan_messages(data)]
@@ -414,7 +441,11 @@ class TaskstatsListener:
         out = self._early
         self._early = []
         for data in self.read_datagrams():
-            out.extend(scan_messages(data))
+            fast = _scan_fast(data)
+            if fast is not None:
+                out.append(fast)
+            else:
+                out.extend(scan_messages(data))
         self.records += len(out)
         return out
 
