@@ -37,6 +37,7 @@ from .backends import AUTO_ORDER, BACKENDS, Availability, Backend, Feature, back
 from .errors import BackendUnavailable, ProctapError
 from .events import EventKind
 from .render import JsonRenderer, Renderer, TableRenderer
+from .taskstats import ExitAccounting
 from .watcher import Watcher, WatchStats, parse_kinds
 
 __all__ = [
@@ -284,6 +285,11 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--wide", action="store_true", help="do not truncate table lines to the terminal width")
     parser.add_argument("--no-header", action="store_true", help="table without its header line")
     parser.add_argument("-q", "--quiet", action="store_true", help="no start message and no summary on stderr")
+    parser.add_argument(
+        "--accounting",
+        action="store_true",
+        help="add CPU, peak RSS, I/O and context switches to exit events (taskstats; needs CAP_NET_ADMIN)",
+    )
 
 
 # -- watch -----------------------------------------------------------------------------------------------------
@@ -371,6 +377,7 @@ def pump(
     output: TextIO | None = None,
     counts: dict[str, int] | None = None,
     stop: StopSignals | None = None,
+    accounting: ExitAccounting | None = None,
 ) -> None:
     """Render events until ``duration`` elapses (None: forever) or ``stop`` caught a signal; raises OutputClosed when
     ``output``'s reader goes away.
@@ -391,6 +398,8 @@ def pump(
         poller.register(out_fd, 0)  # only POLLERR/POLLHUP: the reader went away
     while stop is None or stop.signum is None:
         pairs = watcher.read_with_info(0)
+        if accounting is not None:
+            pairs = accounting.attach_pairs(pairs)
         if pairs:
             renderer.render_batch(pairs)
             if counts is not None:
@@ -448,13 +457,14 @@ def run_watch(args: argparse.Namespace) -> int:
     shown: dict[str, int] = {}
     with StopSignals() as stop:
         watcher = open_watcher(args, track=not args.json)
+        accounting = ExitAccounting.open_or_warn(lambda msg: _stderr(f"{PROG}: {msg}")) if args.accounting else None
         started = time.monotonic()
         try:
             if not args.quiet:
                 _stderr(_start_message(args, watcher.backend_name))
             if not args.json and not args.no_header:
                 renderer.header()
-            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop)
+            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop, accounting=accounting)
         except BrokenPipeError:
             raise
         except OSError as exc:  # writing failed: a full disk, a vanished terminal...
@@ -462,6 +472,8 @@ def run_watch(args: argparse.Namespace) -> int:
             raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
         finally:
             watcher.close()
+            if accounting is not None:
+                accounting.close()
         if not args.quiet:
             print_summary(watcher.stats(), shown, time.monotonic() - started)
     return 0 if stop.signum is None else 128 + stop.signum
@@ -550,7 +562,9 @@ BACKENDS_CMD = Subcommand(
 
 def subcommands() -> list[Subcommand]:
     """Every subcommand, in the order of ``proctap --help``.  Add yours here (import it inside this function)."""
-    return [WATCH, BACKENDS_CMD]
+    from .cli_run import SUBCOMMAND as RUN
+
+    return [WATCH, RUN, BACKENDS_CMD]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -590,10 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, unless asked for the traceback
         if os.environ.get("PROCTAP_DEBUG"):
             raise
-        _error(
-            f"internal error: {type(exc).__name__}: {exc}; please report it "
-            f"(PROCTAP_DEBUG=1 shows the traceback)"
-        )
+        _error(f"internal error: {type(exc).__name__}: {exc}; please report it (PROCTAP_DEBUG=1 shows the traceback)")
         return EXIT_INTERNAL
     return EXIT_ERROR
 

@@ -37,6 +37,7 @@ from .events import (
     signal_name,
 )
 from .table import ProcessInfo
+from .taskstats import format_accounting
 
 __all__ = [
     "JsonRenderer",
@@ -223,6 +224,8 @@ class TableRenderer:
             ppid = ended.parent_pid
             status = format_exit(ended)
             text = f"thread {ended.tid} {status}" if ended.is_thread else status
+            if ended.accounting is not None:
+                text += "  " + format_accounting(ended.accounting)
             lifetime = format_duration(self._lifetime(ended, info))
         elif cls is Lost:
             line = f"{stamp} {format_lost(event)}"  # type: ignore[arg-type]

@@ -1,0 +1,142 @@
+"""``proctap run [options] -- CMD [ARGS...]``: run a command, then report its whole process tree.
+
+The report (a tree with timings, exit statuses and resource use) goes to stderr, or to ``--report FILE``, so the
+command's own output stays clean; ``--json`` and ``--html`` write the full tree.  The exit status is the command's
+own (128 + N when a signal N killed it); 127/126 when it cannot be run, 2 for proctap's own errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import TextIO
+
+from .cli import Subcommand, _backend_name, _option, _seconds, _size, _stderr
+from .html_timeline import render_html
+from .runreport import format_report, run_document, summary_line
+from .runtree import CommandFailed, RunOptions, RunResult, run
+
+__all__ = ["SUBCOMMAND", "add_arguments", "run_command"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="FILE", help="write the whole tree as JSON (schema: docs/run.md)")
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML timeline of the tree")
+    parser.add_argument("--report", metavar="FILE", help="write the text tree to FILE instead of stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary line, not the tree")
+    parser.add_argument(
+        "--threads",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also follow threads (listed under their process)",
+    )
+    parser.add_argument(
+        "--wait-all",
+        action="store_true",
+        help="after the command exits, wait until every process it started (daemons included) has exited too",
+    )
+    parser.add_argument(
+        "--accounting",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU, peak RSS, I/O and context switches of each process from taskstats (default: on when available)",
+    )
+    parser.add_argument(
+        "--tree-limit",
+        type=int,
+        default=500,
+        metavar="N",
+        help="list at most N processes in the text tree, plus every one that failed, was killed, is still running "
+        "or failed a fork (default 500; 0: all)",
+    )
+    parser.add_argument(
+        "-b",
+        "--backend",
+        type=_backend_name,
+        default="auto",
+        metavar="NAME",
+        help="kernel interface to watch with (default: auto; see 'proctap backends')",
+    )
+    parser.add_argument("--buffer", type=_size, metavar="BYTES", help="kernel buffer size to ask for, e.g. 64M")
+    parser.add_argument(
+        "--latency",
+        type=_seconds,
+        default=0.01,
+        metavar="SECONDS",
+        help="how long events may wait in the kernel while they keep coming (default: 0.01)",
+    )
+    parser.add_argument(
+        "-o",
+        "--backend-option",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="NAME=VALUE",
+        help="a backend-specific option (repeatable)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _emit_report(result: RunResult, args: argparse.Namespace) -> None:
+    if args.quiet:
+        lines = [summary_line(result)]
+    else:
+        stream: TextIO = sys.stderr
+        width = shutil.get_terminal_size((160, 24)).columns if stream.isatty() and not args.report else 200
+        lines = format_report(result, limit=args.tree_limit, width=width, notes=bool(args.report))
+    if args.report:
+        _write(args.report, "\n".join(lines) + "\n")
+        _stderr(lines[0])
+    else:
+        for line in lines:
+            _stderr(line)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    opts = RunOptions(
+        argv=argv,
+        backend=args.backend,
+        threads=args.threads,
+        wait_all=args.wait_all,
+        accounting=args.accounting,
+        latency=args.latency,
+        buffer_bytes=args.buffer,
+        backend_options=tuple(args.backend_option),
+    )
+    try:
+        result = run(opts, note=lambda msg: _stderr(f"proctap run: {msg}"))
+    except CommandFailed as exc:
+        _stderr(f"proctap run: {exc}")
+        return exc.exit_status
+    _emit_report(result, args)
+    if args.json or args.html:
+        doc = run_document(result)
+        if args.json:
+            _write(args.json, json.dumps(doc, indent=1) + "\n")
+        if args.html:
+            _write(args.html, render_html(doc))
+    return result.exit_status
+
+
+SUBCOMMAND = Subcommand(
+    "run",
+    "run a command and report its whole process tree: timings, exit statuses, CPU/memory/IO, HTML timeline",
+    add_arguments,
+    run_command,
+    description="Start CMD, follow it and every descendant from its first instruction, and print the tree when it "
+    "exits (to stderr). Exits with CMD's own status (128+N if killed by signal N). Example: "
+    "proctap run --html build.html -- make -j2",
+)
