@@ -208,13 +208,16 @@ def test_loss_is_counted_exactly() -> None:
                 for _ in range(5):
                     log.pump(timeout=0)
                 # A gap shows when the next event of the same CPU arrives: make events on every CPU.
-                markers = [m for cpu in sorted(os.sched_getaffinity(0)) for m in mark_cpu(log, cpu)]
+                for cpu in sorted(os.sched_getaffinity(0)):
+                    mark_cpu(log, cpu)
                 stats = w.stats()
                 t1 = max(e.timestamp_ns for e in log.events)
+            deadline = time.monotonic() + 30
+            while not any(e.timestamp_ns >= t1 for e in reference[-50:]) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the reference reader has not drained up to the end of the window yet
         finally:
             stop.set()
             reader.join()
-    ours = {loader, *markers}
     # On a busy machine PIDs wrap around fast: only the loader's lifetime counts (the reference saw its exit).
     loader_end = next(
         e.timestamp_ns for e in reference if isinstance(e, Exit) and e.pid == loader and e.timestamp_ns > t0
@@ -234,10 +237,11 @@ def test_loss_is_counted_exactly() -> None:
     assert not [e for e in reference if isinstance(e, Lost)], "the reference watcher must not lose events"
     ref_children = {e.pid for e in reference if isinstance(e, Fork) and in_load(e)}
     assert len(ref_children) == n
+    # Everything else the kernel sent in the window (the loader's own events, the markers, other tasks) may have
+    # been lost too: that bounds the excess.
     others = [
         e for e in reference
-        if t0 <= e.timestamp_ns <= t1 and e.pid not in ours and e.pid not in ref_children
-        and getattr(e, "parent_pid", None) not in ours
+        if t0 <= e.timestamp_ns <= t1 and not (isinstance(e, (Fork, Exit)) and e.pid in ref_children)
     ]  # fmt: skip
     assert truth <= seen + lost <= truth + len(others), (seen, lost, truth, len(others))
     assert all(e.exit_code is not None for e in children_exits.values())

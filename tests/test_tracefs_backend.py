@@ -35,7 +35,10 @@ def instances() -> set[str]:
 
 def start_watcher_process() -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": os.path.abspath(SRC)}
-    p = subprocess.Popen([sys.executable, "-c", WATCH_AND_WAIT], stdout=subprocess.PIPE, text=True, env=env)
+    # A shell without job control starts background commands with SIGINT ignored, and Python then keeps ignoring it:
+    # give the watcher the default disposition so Ctrl-C (SIGINT) means KeyboardInterrupt whoever runs the tests.
+    p = subprocess.Popen([sys.executable, "-c", WATCH_AND_WAIT], stdout=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert p.stdout is not None
     name = p.stdout.readline().strip()
     assert name.startswith(f"proctap-{p.pid}-") and name in instances()
