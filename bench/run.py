@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -156,7 +157,7 @@ class ProctapMonitor(Monitor):
         if args.latency is not None:
             cmd += ["--latency", str(args.latency)]
         self.stderr = open(self.workdir / "monitor.stderr", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline().decode().strip() if ready else "no answer in 60 s"
@@ -301,10 +302,8 @@ def run_once(exe: Path, tool: str, mode: str, n: int, args: argparse.Namespace, 
         finally:
             if monitor is not None:
                 monitor.kill()
-    if not args.keep:
-        for path in workdir.iterdir():
-            path.unlink()
-        workdir.rmdir()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -346,7 +345,7 @@ def summarize(runs: list[dict[str, Any]], tools: list[str], mode: str, n: int) -
                 missing=max(s["missing"] for s in scores),
                 kernel_drops=max(drops) if drops else None,
                 verdicts=sorted({s["verdict"] for s in scores}),
-                monitor_cpu_per_1k=median([m["cpu_s"] for m in mon]) / (n / 1000),  # type: ignore[operator]
+                monitor_cpu_per_1k=statistics.median(m["cpu_s"] for m in mon) / (n / 1000),
                 monitor_rss_mb=max(m["rss_peak_kb"] for m in mon) / 1024,
             )
         rows.append(row)
@@ -519,8 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: summary of the runs done so far", file=sys.stderr)
     finally:
         if not args.keep:
-            with suppress(OSError):
-                keep_root.rmdir()
+            shutil.rmtree(keep_root, ignore_errors=True)
     print()
     print_table(rows)
     print()
