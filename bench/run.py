@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 MODES = ("fork", "exec", "thread")
 LARGE = 50_000  # sizes from here on use --repeat-large
+VERDICT_ORDER = ("complete", "accounted", "overrun", "SILENT")  # worst last
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def summarize(runs: list[dict[str, Any]], tools: list[str], mode: str, n: int) -
                 lost_unknown=max(s["lost_unknown"] for s in scores),
                 missing=max(s["missing"] for s in scores),
                 kernel_drops=max(drops) if drops else None,
-                verdicts=sorted({s["verdict"] for s in scores}),
+                verdict=max((s["verdict"] for s in scores), key=VERDICT_ORDER.index),
                 monitor_cpu_per_1k=statistics.median(m["cpu_s"] for m in mon) / (n / 1000),
                 monitor_rss_mb=max(m["rss_peak_kb"] for m in mon) / 1024,
             )
@@ -394,7 +395,7 @@ def table_line(row: dict[str, Any]) -> str:
         fmt(row.get("lost"), "d", 7),
         fmt(row.get("lost_unknown"), "d", 4),
         fmt(row.get("kernel_drops"), "d", 7),
-        ",".join(row.get("verdicts", [])).ljust(10)[:10] if row["tool"] != "baseline" else " " * 10,
+        row.get("verdict", "").ljust(10),
         fmt(row.get("wall_s"), ".2f", 7),
         fmt(row.get("wall_x"), ".2f", 6),
         fmt(row.get("cpu_s"), ".2f", 7),
@@ -419,12 +420,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 LEGEND = """\
-fork%/exec%/exit%: share of the storm's tasks whose event the monitor delivered (worst run); code%: exit statuses
-right among the exits seen; lost: events the monitor reported dropped (Lost.count sum); ovr: overruns it reported
-without a count; drops: the kernel's drop counter of the monitor's proc-connector socket (/proc/net/netlink);
-verdict: complete | accounted (lost >= missing) | overrun (dropped, count unknown) | SILENT (missing, unreported);
-wall/cpu: the storm's wall time and CPU (loadgen + children), median, x = ratio to the unwatched baseline;
-mcpu/1k: monitor CPU seconds per 1000 tasks; rss MB: monitor peak RSS."""
+fork%/exec%/exit%: share of the storm's tasks whose event the monitor delivered (worst run)
+code%:   exit statuses right, among the exits seen
+lost:    events the monitor reported dropped (sum of Lost.count)
+ovr:     overruns the monitor reported without a count
+drops:   the kernel's drop counter of the monitor's proc-connector socket (/proc/net/netlink)
+verdict: worst run: complete | accounted (lost >= missing) | overrun (dropped, count unknown) | SILENT
+wall/cpu: the storm's wall time and CPU (loadgen + children), median; x = ratio to the unwatched baseline
+mcpu/1k: monitor CPU seconds per 1000 tasks; rss MB: monitor peak RSS (VmHWM)"""
 
 
 # ---------------------------------------------------------------------------------------------------------------
