@@ -475,8 +475,13 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: stop the monitors and the storm, print what is done
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     if os.geteuid() != 0:
         print(
             "run.py: run as root (the monitors need CAP_NET_ADMIN and tracefs): sudo python3 bench/run.py",
@@ -519,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.extend(summarize(runs, tools, mode, n))
     except KeyboardInterrupt:
         print("interrupted: summary of the runs done so far", file=sys.stderr)
+        if runs and (runs[-1]["mode"], runs[-1]["n"]) not in {(row["mode"], row["n"]) for row in rows}:
+            rows.extend(summarize(runs, tools, runs[-1]["mode"], runs[-1]["n"]))
     finally:
         if not args.keep:
             shutil.rmtree(keep_root, ignore_errors=True)
