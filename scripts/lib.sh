@@ -34,5 +34,13 @@ python_env() {
         python3 -m venv .venv
     fi
     PY="$PWD/.venv/bin/python"
-    "$PY" -m pip install -q --disable-pip-version-check -e "$spec"
+    local log
+    log=$(mktemp)
+    if ! "$PY" -m pip install -q --disable-pip-version-check -e "$spec" >"$log" 2>&1; then
+        grep -v "^WARNING: Location" "$log" >&2
+        rm -f "$log"
+        echo "$0: pip install -e $spec failed" >&2
+        return 1
+    fi
+    rm -f "$log"
 }

@@ -214,6 +214,11 @@ class Watcher:
 
     # -- reading ----------------------------------------------------------------------------------------------
     @property
+    def busy(self) -> bool:
+        """True while events are flowing (the last drain returned some)."""
+        return self._busy
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
@@ -235,20 +240,22 @@ class Watcher:
             return out
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
+            if self._busy:
+                # Events flowed at the last drain: let the next ones pile up in the kernel buffer for a moment
+                # instead of blocking in poll, where each new event would have to wake us.
+                remaining = None if deadline is None else deadline - time.monotonic()
+                time.sleep(self.latency if remaining is None else max(0.0, min(self.latency, remaining)))
             batch = self._drain()
             if batch:
                 return batch
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            self._wait(remaining)
+            if not self._busy:
+                self._poll(remaining)
         return []
 
-    def _wait(self, remaining: float | None) -> None:
-        if self._busy:
-            self._busy = False
-            time.sleep(self.latency if remaining is None else min(self.latency, remaining))
-            return
+    def _poll(self, remaining: float | None) -> None:
         poller = select.poll()
         poller.register(self.backend.fileno(), select.POLLIN)
         poller.poll(None if remaining is None else max(0, int(remaining * 1000) + 1))
@@ -316,19 +323,18 @@ class AsyncWatcher:
         while not self._pending:
             if self.watcher.closed:
                 raise StopAsyncIteration
+            if self.watcher.busy:
+                await asyncio.sleep(self.watcher.latency)  # see Watcher.read: batch instead of a wakeup per event
             batch = self.watcher.read(timeout=0)
             if batch:
                 self._pending.extend(batch)
                 break
-            await self._readable()
+            if not self.watcher.busy:
+                await self._readable()
         return self._pending.popleft()
 
     async def _readable(self) -> None:
         watcher = self.watcher
-        if watcher._busy:
-            watcher._busy = False
-            await asyncio.sleep(watcher.latency)
-            return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         fd = watcher.fileno()
