@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import select
 import shutil
 import signal
@@ -191,6 +192,7 @@ class ProctapMonitor(Monitor):
 class ForkstatMonitor(Monitor):
     def start(self, root_pid: int, args: argparse.Namespace) -> None:
         self.out = self.workdir / "forkstat.out"
+        self.root_pid = root_pid
         self.stdout = open(self.out, "wb")  # noqa: SIM115
         cmd = ["forkstat", "-l", "-e", forkstat.EVENTS]
         self.proc = subprocess.Popen(cmd, stdout=self.stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -232,22 +234,32 @@ class ForkstatMonitor(Monitor):
         }
 
     def _wait_drained(self, timeout: float) -> dict[str, int] | None:
-        """Until forkstat has read everything: its socket queue stays empty for a second (other processes on the
-        machine keep it printing, so its output never goes quiet)."""
+        """Until forkstat has printed the loadgen's own exit (the storm's last event), or, if that was lost, its
+        socket queue has stayed empty for a second (the rest of the machine keeps it printing, so its output
+        never goes quiet)."""
         assert self.proc is not None
+        root_exit = re.compile(rf"^\S+ exit +{self.root_pid} ", re.MULTILINE)
         deadline = time.monotonic() + timeout
         empty_since = None
         sockets = None
-        while time.monotonic() < deadline:
-            sockets = netlink_sockets(self.proc.pid)
-            now = time.monotonic()
-            if sockets is None or sockets["rmem"]:
-                empty_since = None
-            elif empty_since is None:
-                empty_since = now
-            elif now - empty_since >= 1.0:
-                break
-            time.sleep(0.05)
+        offset = 0
+        with open(self.out, "rb") as log:
+            while time.monotonic() < deadline:
+                sockets = netlink_sockets(self.proc.pid)
+                log.seek(offset)
+                chunk = log.read()
+                cut = chunk.rfind(b"\n") + 1
+                offset += cut
+                if root_exit.search(chunk[:cut].decode(errors="replace")):
+                    break
+                now = time.monotonic()
+                if sockets is None or sockets["rmem"]:
+                    empty_since = None
+                elif empty_since is None:
+                    empty_since = now
+                elif now - empty_since >= 1.0:
+                    break
+                time.sleep(0.05)
         return sockets
 
 
@@ -438,7 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=LEGEND, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--backends", default="all", help="comma list of proctap backends, or all (default: all that work)")
+    p.add_argument("--backends", default="all", help="comma list of proctap backends, all (the default) or none")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of fork, exec, thread (default: all)")
     p.add_argument("--sizes", default="10000,100000", help="comma list of storm sizes in tasks (default: 10000,100000)")
     p.add_argument("--repeat", type=int, default=3, help=f"runs of each tool for sizes below {LARGE} (default 3)")
@@ -493,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     exe = build_loadgen()
     from proctap.backends import AUTO_ORDER
 
-    names = list(AUTO_ORDER) if args.backends == "all" else [b for b in args.backends.split(",") if b]
+    wanted = [b for b in args.backends.split(",") if b not in ("", "none")]
+    names = list(AUTO_ORDER) if args.backends == "all" else wanted
     tools = [f"proctap/{name}" for name in available_backends(names)]
     if not args.no_forkstat:
         tools.append("forkstat")
