@@ -2,7 +2,7 @@
 
 Run by bench/run.py as a separate process::
 
-    python3 bench/monitor.py BACKEND OUT.json [--pid PID] [--latency S]
+    python3 bench/monitor.py BACKEND OUT.json [--pid PID] [--latency S] [--buffer BYTES]
 
 Protocol: prints ``ready`` on stdout once the watcher is subscribed (the storm starts only then); on SIGTERM or
 SIGINT it stops reading new batches, drains what the kernel still holds (until a read returns nothing for
@@ -53,6 +53,16 @@ def vm_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return -1
+
+
+def socket_counters(fd: int) -> dict[str, int] | None:
+    """Rmem and Drops of our proc-connector socket in /proc/net/netlink, if ``fd`` is one (the netlink backend)."""
+    inode = str(os.fstat(fd).st_ino)
+    for line in Path("/proc/net/netlink").read_text().splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 10 and cols[9] == inode:
+            return {"rmem": int(cols[4]), "drops": int(cols[8])}
+    return None
 
 
 def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
@@ -108,6 +118,7 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--pid", type=int, default=None, help="watch only this process's subtree (proctap --pid)")
     parser.add_argument("--latency", type=float, default=None, help="Watcher latency (default: proctap's)")
+    parser.add_argument("--buffer", type=int, default=None, help="kernel buffer bytes (default: the backend's)")
     parser.add_argument("--drain", type=float, default=0.5, help="stop after a quiet read this long once asked")
     args = parser.parse_args()
 
@@ -116,6 +127,8 @@ def main() -> int:
     kwargs: dict[str, Any] = {"pid": args.pid}
     if args.latency is not None:
         kwargs["latency"] = args.latency
+    if args.buffer is not None:
+        kwargs["buffer_bytes"] = args.buffer
     try:
         watcher = proctap.watch("fork,exec,exit", backend=args.backend, **kwargs)
     except proctap.ProctapError as exc:
@@ -132,6 +145,7 @@ def main() -> int:
     rss_peak_kb = vm_kb("VmHWM")
     wall = time.monotonic() - wall_ready
     stats = watcher.stats().as_dict()
+    sockets = socket_counters(watcher.fileno())
     watcher.close()
     result = {
         "backend": args.backend,
@@ -141,6 +155,7 @@ def main() -> int:
         "rss_ready_kb": rss_ready_kb,
         "rss_peak_kb": rss_peak_kb,
         "stats": stats,
+        "netlink_socket": sockets,
         **events,
     }
     Path(args.out).write_text(json.dumps(result))

@@ -158,6 +158,8 @@ class ProctapMonitor(Monitor):
             cmd += ["--pid", str(root_pid)]
         if args.latency is not None:
             cmd += ["--latency", str(args.latency)]
+        if args.buffer is not None:
+            cmd += ["--buffer", str(args.buffer)]
         self.stderr = open(self.workdir / "monitor.stderr", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
         assert self.proc.stdout is not None
@@ -182,7 +184,7 @@ class ProctapMonitor(Monitor):
             raise RuntimeError(f"{self.tool}: exit {self.proc.returncode}: {self._stderr_tail()}")
         data: dict[str, Any] = json.loads(self.out.read_text())
         data["cpu_total_s"] = cpu_of(usage)
-        data["netlink_socket"] = sockets
+        data["netlink_socket"] = data.get("netlink_socket") or sockets  # the monitor's own reading is the later
         return data
 
     def _stderr_tail(self) -> str:
@@ -463,6 +465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="proctap watches the whole system (default: --pid LOADGEN, like `proctap watch --pid`)",
     )
     p.add_argument("--latency", type=float, default=None, help="proctap Watcher latency in seconds (its default)")
+    p.add_argument("--buffer", type=int, default=None, help="proctap kernel buffer in bytes (default: the backend's)")
     p.add_argument("--json", metavar="OUT", help="write every run and the summary to OUT")
     p.add_argument("--keep", metavar="DIR", help="keep raw outputs (truth files, events, forkstat logs) in DIR")
     p.add_argument("--no-setup", action="store_true", help="do not install packages (gcc, forkstat) if missing")
