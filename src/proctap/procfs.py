@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["read_argv", "read_comm", "read_exe", "read_ppid"]
+__all__ = ["descendants", "read_argv", "read_comm", "read_exe", "read_ppid"]
 
 
 def read_argv(pid: int) -> tuple[str, ...] | None:
@@ -56,3 +56,22 @@ def read_ppid(pid: int) -> int | None:
         return int(data[data.rfind(b")") + 2 :].split()[1])
     except (IndexError, ValueError):
         return None
+
+
+def descendants(pid: int) -> set[int]:
+    """The pids of the live descendants of ``pid`` (children, grandchildren...), from one scan of /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            child = int(name)
+            ppid = read_ppid(child)
+            if ppid is not None:
+                children.setdefault(ppid, []).append(child)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

@@ -25,6 +25,12 @@ class ProcessInfo:
     filename: str | None = None
     forked_ns: int | None = None  # CLOCK_MONOTONIC of its Fork event, when seen
 
+    def snapshot(self) -> ProcessInfo:
+        """A copy that later events will not change."""
+        return ProcessInfo(
+            self.pid, self.parent_pid, self.start_ns, self.comm, self.argv, self.filename, self.forked_ns
+        )
+
 
 class ProcessTable:
     """pid -> :class:`ProcessInfo` for live processes.  Feed every event to :meth:`update`.
@@ -60,7 +66,7 @@ class ProcessTable:
         if isinstance(event, Fork):
             if event.is_thread:
                 return self._procs.get(event.pid) or self.lookup(event.pid)
-            parent = self._procs.get(event.parent_pid)
+            parent = self.lookup(event.parent_pid)  # learnt from /proc if it predates the watcher
             info = ProcessInfo(
                 event.pid,
                 parent_pid=event.parent_pid,
@@ -82,8 +88,12 @@ class ProcessTable:
         if isinstance(event, Exec):
             info.argv = event.argv
             info.filename = event.filename
+            # exec always renames the task to the file's basename (fs/exec.c, __set_task_comm(kbasename(filename)))
+            # so the pre-exec comm is stale: use the event's, else derive it, else unknown.
             if event.comm is not None:
                 info.comm = event.comm
+            else:
+                info.comm = None if event.filename is None else event.filename.rsplit("/", 1)[-1][:15]
             if event.parent_pid is not None:
                 info.parent_pid = event.parent_pid
         elif isinstance(event, Comm):

@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from . import procfs
 from .backends import Backend, BackendConfig, choose_backend
 from .errors import ProctapError
 from .events import Event, EventKind, Exit, Fork, Lost
-from .table import ProcessTable
+from .table import ProcessInfo, ProcessTable
 
 __all__ = ["AsyncWatcher", "EventFilter", "WatchStats", "Watcher", "awatch", "parse_kinds", "watch"]
 
@@ -167,8 +168,11 @@ class Watcher:
             raise ProctapError("latency must be >= 0 seconds")
         cls = choose_backend(backend)
         self.table: ProcessTable | None = ProcessTable(read_proc) if (track or comm is not None) else None
-        # Following a subtree needs Fork events even when the user does not want to see them.
+        # Following a subtree needs Fork events even when the user does not want to see them; keeping the process
+        # table right needs every event that changes it.
         backend_kinds = kinds | {EventKind.FORK, EventKind.EXIT} if pid is not None else kinds
+        if track:
+            backend_kinds |= {EventKind.FORK, EventKind.EXEC, EventKind.EXIT, EventKind.COMM}
         config = BackendConfig(
             events=frozenset(backend_kinds),
             root_pid=pid,
@@ -180,6 +184,10 @@ class Watcher:
         )
         self.backend: Backend = cls(config)
         self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm, table=self.table)
+        if pid is not None and self.filter.tracked is not None:
+            # Descendants that exist already: later ones are followed through Fork events (the backend is already
+            # subscribed, so a task forked during this scan is seen either here or as an event).
+            self.filter.tracked |= procfs.descendants(pid)
         self.latency = latency
         self._stats = WatchStats(cls.name)
         self._pending: collections.deque[Event] = collections.deque()
@@ -238,6 +246,9 @@ class Watcher:
             out = list(self._pending)
             self._pending.clear()
             return out
+        return self._read(timeout)
+
+    def _read(self, timeout: float | None, infos: list[ProcessInfo | None] | None = None) -> list[Event]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
             if self._busy:
@@ -245,7 +256,7 @@ class Watcher:
                 # instead of blocking in poll, where each new event would have to wake us.
                 remaining = None if deadline is None else deadline - time.monotonic()
                 time.sleep(self.latency if remaining is None else max(0.0, min(self.latency, remaining)))
-            batch = self._drain()
+            batch = self._drain(infos)
             if batch:
                 return batch
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -255,12 +266,24 @@ class Watcher:
                 self._poll(remaining)
         return []
 
+    def read_with_info(self, timeout: float | None = None) -> list[tuple[Event, ProcessInfo | None]]:
+        """Like :meth:`read`, each event paired with a snapshot of its process as of that event (``track=True``).
+
+        The snapshot is taken before an Exit removes the process and is not changed by later events; it is None for
+        Lost events and unknown processes (and always None without a process table).
+        """
+        if self._pending or self.table is None:
+            return [(ev, None) for ev in self.read(timeout)]
+        infos: list[ProcessInfo | None] = []
+        batch = self._read(timeout, infos)
+        return list(zip(batch, infos, strict=True))
+
     def _poll(self, remaining: float | None) -> None:
         poller = select.poll()
         poller.register(self.backend.fileno(), select.POLLIN)
         poller.poll(None if remaining is None else max(0, int(remaining * 1000) + 1))
 
-    def _drain(self) -> list[Event]:
+    def _drain(self, infos: list[ProcessInfo | None] | None = None) -> list[Event]:
         events = self.backend.read_events()
         self._busy = bool(events)
         if not events:
@@ -277,12 +300,16 @@ class Watcher:
                     self._stats.lost_unknown += 1
                 else:
                     self._stats.lost += ev.count
+            info = None
             if table is not None and not isinstance(ev, Exit):
-                table.update(ev)
-            if accept(ev):
-                out.append(ev)
+                info = table.update(ev)
+            accepted = accept(ev)  # before an Exit leaves the table: the comm filter looks the process up
             if table is not None and isinstance(ev, Exit):
-                table.update(ev)
+                info = table.update(ev)
+            if accepted:
+                out.append(ev)
+                if infos is not None:
+                    infos.append(None if info is None else info.snapshot())
             self.filter.forget(ev)
         self._stats.delivered += len(out)
         return out
