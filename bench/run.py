@@ -116,6 +116,20 @@ def peak_rss_kb(pid: int) -> int | None:
     return None
 
 
+def cpu_now(pid: int) -> float | None:
+    """CPU seconds (user + system) a running process has used so far, from /proc/PID/stat (clock-tick precision)."""
+    with suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+    return None
+
+
+def window_cpu(pid: int, since: float | None) -> float | None:
+    """CPU a process used since ``since`` (a cpu_now reading): the monitor's cost after its start-up."""
+    now = cpu_now(pid)
+    return None if now is None or since is None else now - since
+
+
 def wait_rusage(pid: int, timeout: float) -> tuple[int, Any] | None:
     """wait4 with a timeout: (wait status, rusage) or None if still running."""
     deadline = time.monotonic() + timeout
@@ -130,6 +144,36 @@ def wait_rusage(pid: int, timeout: float) -> tuple[int, Any] | None:
 
 def cpu_of(usage: Any) -> float:
     return float(usage.ru_utime + usage.ru_stime)
+
+
+def wait_drained(pid: int, out: Path, root_exit: re.Pattern[str], timeout: float) -> dict[str, int] | None:
+    """Until a monitor that prints as it goes has printed the loadgen's own exit (the storm's last event), or, if
+    that was lost, until it has nothing left to read: its proc-connector socket queue stays empty for a second, or
+    (no such socket) its output stops growing for a second.  Waiting for the output to go quiet does not work for
+    system-wide monitors: the rest of the machine keeps them printing, and a slow one never catches up."""
+    deadline = time.monotonic() + timeout
+    idle_since = None
+    sockets = None
+    offset = 0
+    with open(out, "rb") as log:
+        while time.monotonic() < deadline:
+            sockets = netlink_sockets(pid)
+            log.seek(offset)
+            chunk = log.read()
+            cut = chunk.rfind(b"\n") + 1
+            offset += cut
+            if root_exit.search(chunk[:cut].decode(errors="replace")):
+                break
+            busy = sockets["rmem"] > 0 if sockets is not None else cut > 0
+            now = time.monotonic()
+            if busy:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= 1.0:
+                break
+            time.sleep(0.05)
+    return sockets
 
 
 @dataclass
@@ -199,6 +243,7 @@ class ForkstatMonitor(Monitor):
         cmd = ["forkstat", "-l", "-e", forkstat.EVENTS]
         self.proc = subprocess.Popen(cmd, stdout=self.stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._wait_subscribed()
+        self.cpu_ready = cpu_now(self.proc.pid)
 
     def _wait_subscribed(self) -> None:
         """forkstat is listening once it reports a child of ours (its own start-up line says nothing)."""
@@ -215,8 +260,10 @@ class ForkstatMonitor(Monitor):
 
     def stop(self, n: int) -> dict[str, Any]:
         assert self.proc is not None
-        sockets = self._wait_drained(60 + n / 500)
+        root_exit = re.compile(rf"^\S+ exit +{self.root_pid} ", re.MULTILINE)
+        sockets = wait_drained(self.proc.pid, self.out, root_exit, 60 + n / 500)
         peak_kb = peak_rss_kb(self.proc.pid)
+        cpu_window = window_cpu(self.proc.pid, self.cpu_ready)
         self.proc.send_signal(signal.SIGINT)
         waited = wait_rusage(self.proc.pid, 30)
         if waited is None:
@@ -228,46 +275,106 @@ class ForkstatMonitor(Monitor):
         cols = forkstat.parse(self.out.read_text(errors="replace"))
         return {
             **cols,
-            "cpu_s": cpu_of(usage),
+            "cpu_s": cpu_window if cpu_window is not None else cpu_of(usage),
             "cpu_total_s": cpu_of(usage),
             "rss_peak_kb": peak_kb,
             "netlink_socket": sockets,
             "stats": {"nobufs_lines": cols["nobufs"]},
         }
 
-    def _wait_drained(self, timeout: float) -> dict[str, int] | None:
-        """Until forkstat has printed the loadgen's own exit (the storm's last event), or, if that was lost, its
-        socket queue has stayed empty for a second (the rest of the machine keeps it printing, so its output
-        never goes quiet)."""
+
+class CliMonitor(Monitor):
+    """``proctap watch --json`` into a file, as a user would run it; its NDJSON parsed afterwards."""
+
+    def start(self, root_pid: int, args: argparse.Namespace) -> None:
+        self.out = self.workdir / "watch.ndjson"
+        self.errors = self.workdir / "watch.stderr"
+        self.root_pid = root_pid
+        backend = self.tool.split("/", 1)[1]
+        cmd = [sys.executable, "-m", "proctap", "watch", "--json", "--threads", "-e", "fork,exec,exit", "-b", backend]
+        if not args.no_pid_filter:
+            cmd += ["--pid", str(root_pid)]
+        if args.latency is not None:
+            cmd += ["--latency", str(args.latency)]
+        if args.buffer is not None:
+            cmd += ["--buffer", str(args.buffer)]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        self.stdout = open(self.out, "wb")  # noqa: SIM115
+        self.stderr = open(self.errors, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr, env=env)
+        deadline = time.monotonic() + 60
+        while "watching" not in self.errors.read_text(errors="replace"):  # its start line: subscribed
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.tool}: {self.errors.read_text(errors='replace')[-500:] or 'no start line'}")
+            time.sleep(0.02)
+        self.cpu_ready = cpu_now(self.proc.pid)
+
+    def stop(self, n: int) -> dict[str, Any]:
         assert self.proc is not None
-        root_exit = re.compile(rf"^\S+ exit +{self.root_pid} ", re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        empty_since = None
-        sockets = None
-        offset = 0
-        with open(self.out, "rb") as log:
-            while time.monotonic() < deadline:
-                sockets = netlink_sockets(self.proc.pid)
-                log.seek(offset)
-                chunk = log.read()
-                cut = chunk.rfind(b"\n") + 1
-                offset += cut
-                if root_exit.search(chunk[:cut].decode(errors="replace")):
-                    break
-                now = time.monotonic()
-                if sockets is None or sockets["rmem"]:
-                    empty_since = None
-                elif empty_since is None:
-                    empty_since = now
-                elif now - empty_since >= 1.0:
-                    break
-                time.sleep(0.05)
-        return sockets
+        root = self.root_pid
+        root_exit = re.compile(rf'^\{{"event":"exit",.*"pid":{root},"tid":{root},.*"is_thread":false', re.MULTILINE)
+        sockets = wait_drained(self.proc.pid, self.out, root_exit, 60 + n / 500)
+        peak_kb = peak_rss_kb(self.proc.pid)
+        cpu_window = window_cpu(self.proc.pid, self.cpu_ready)
+        self.proc.send_signal(signal.SIGTERM)
+        waited = wait_rusage(self.proc.pid, 30)
+        if waited is None:
+            self.kill()
+            raise RuntimeError(f"{self.tool}: did not exit on SIGTERM")
+        status, usage = waited
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.stdout.close()
+        self.stderr.close()
+        if self.proc.returncode not in (0, 143):
+            raise RuntimeError(f"{self.tool}: exit {self.proc.returncode}: {self.errors.read_text()[-500:]}")
+        cols = parse_ndjson(self.out.read_text(errors="replace"))
+        summary = self.errors.read_text(errors="replace").strip().splitlines()
+        return {
+            **cols,
+            "cpu_s": cpu_window if cpu_window is not None else cpu_of(usage),
+            "cpu_total_s": cpu_of(usage),
+            "rss_peak_kb": peak_kb,
+            "netlink_socket": sockets,
+            "stats": {"summary": summary[-1] if summary else ""},
+        }
+
+
+def parse_ndjson(text: str) -> dict[str, Any]:
+    """``proctap watch --json`` output -> the scorer's event columns."""
+    cols: dict[str, Any] = {name: [] for name in score.COLUMNS}
+    cols["lost"] = []
+
+    def known(value: int | None) -> int:
+        return -1 if value is None else value
+
+    for line in text.splitlines():
+        ev = json.loads(line)
+        kind = ev["event"]
+        if kind == "fork":
+            for name, value in zip(("f_tid", "f_pid", "f_ppid"), (ev["tid"], ev["pid"], ev["parent_pid"]), strict=True):
+                cols[name].append(value)
+            cols["f_thread"].append(int(ev["is_thread"]))
+        elif kind == "exec":
+            cols["e_tid"].append(ev["tid"])
+            cols["e_pid"].append(ev["pid"])
+            cols["e_ppid"].append(known(ev.get("parent_pid")))
+        elif kind == "exit":
+            cols["x_tid"].append(ev["tid"])
+            cols["x_pid"].append(ev["pid"])
+            cols["x_ppid"].append(known(ev.get("parent_pid")))
+            cols["x_status"].append(known(ev.get("status")))
+            cols["x_thread"].append(int(ev["is_thread"]))
+        elif kind == "lost":
+            cols["lost"].append((ev["count"], ev["reason"], ev.get("cpu")))
+    return cols
 
 
 def make_monitor(tool: str, workdir: Path) -> Monitor:
     if tool == "forkstat":
         return ForkstatMonitor(tool, workdir)
+    if tool.startswith("proctap-cli/"):
+        return CliMonitor(tool, workdir)
     return ProctapMonitor(tool, workdir)
 
 
@@ -374,7 +481,7 @@ def fmt(value: Any, spec: str, width: int) -> str:
 
 
 COLUMNS = (
-    ("tool", 18),
+    ("tool", 20),
     ("mode", 6),
     ("tasks", 7),
     ("runs", 4),
@@ -398,7 +505,7 @@ COLUMNS = (
 def table_line(row: dict[str, Any]) -> str:
     seen = row.get("seen_pct", {})
     cells = [
-        row["tool"].ljust(18),
+        row["tool"].ljust(20),
         row["mode"].ljust(6),
         str(row["n"]).rjust(7),
         str(row["runs"]).rjust(4),
@@ -458,6 +565,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help=f"runs of each tool for sizes below {LARGE} (default 3)")
     p.add_argument("--repeat-large", type=int, default=1, help=f"runs of each tool for sizes >= {LARGE} (default 1)")
     p.add_argument("--concurrency", type=int, default=4, help="children/threads alive at once in the storm (4)")
+    p.add_argument("--cli", action="store_true", help="also measure `proctap watch --json` (the CLI) per backend")
     p.add_argument("--no-forkstat", action="store_true", help="do not compare with forkstat")
     p.add_argument(
         "--no-pid-filter",
@@ -510,7 +618,10 @@ def main(argv: list[str] | None = None) -> int:
 
     wanted = [b for b in args.backends.split(",") if b not in ("", "none")]
     names = list(AUTO_ORDER) if args.backends == "all" else wanted
-    tools = [f"proctap/{name}" for name in available_backends(names)]
+    backends = available_backends(names)
+    tools = [f"proctap/{name}" for name in backends]
+    if args.cli:
+        tools += [f"proctap-cli/{name}" for name in backends]
     if not args.no_forkstat:
         tools.append("forkstat")
     if not tools:
@@ -557,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def progress_line(result: dict[str, Any], elapsed: float) -> str:
-    head = f"[{elapsed:6.0f}s] {result['tool']:<18} {result['mode']:<6} {result['n']:>7}"
+    head = f"[{elapsed:6.0f}s] {result['tool']:<20} {result['mode']:<6} {result['n']:>7}"
     if "error" in result:
         return f"{head}  ERROR {result['error']}"
     line = f"{head}  wall {result['load_wall_s']:6.2f}s cpu {result['load_cpu_s']:6.2f}s"
