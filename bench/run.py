@@ -461,7 +461,7 @@ def summarize(runs: list[dict[str, Any]], tools: list[str], mode: str, n: int) -
                 wall_x=wall / base_wall if wall and base_wall else None,
                 cpu_x=cpu / base_cpu if cpu and base_cpu else None,
                 seen_pct={k: min(s["seen_pct"][k] for s in scores) for k in scores[0]["seen_pct"]},
-                codes_pct=min((s["exit_codes_right_pct"] for s in scores), key=lambda v: -1 if v is None else v),
+                codes_pct=min((s["exit_codes_right_pct"] for s in scores), key=lambda v: 101 if v is None else v),
                 lost=max(s["lost"] for s in scores),
                 lost_unknown=max(s["lost_unknown"] for s in scores),
                 missing=max(s["missing"] for s in scores),
@@ -542,7 +542,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 LEGEND = """\
 fork%/exec%/exit%: share of the storm's tasks whose event the monitor delivered (worst run)
-code%:   exit statuses right, among the exits seen
+code%:   exit statuses right, among the exits seen ("-": the monitor reports no exit status)
 lost:    events the monitor reported dropped (sum of Lost.count)
 ovr:     overruns the monitor reported without a count
 drops:   the kernel's drop counter of the monitor's proc-connector socket (/proc/net/netlink)

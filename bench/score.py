@@ -109,7 +109,8 @@ def score(truth: Truth, cols: dict[str, Any]) -> dict[str, Any]:
         "seen_pct": {k: 100.0 * seen[k] / expected[k] for k in KINDS if expected[k]},
         "exit_codes_right": codes_right,
         "exit_codes_known": codes_known,
-        "exit_codes_right_pct": 100.0 * codes_right / seen["exit"] if seen["exit"] else None,
+        # None when the monitor gives no status at all (shown as "-"), else right among all exits seen
+        "exit_codes_right_pct": 100.0 * codes_right / seen["exit"] if codes_known else None,
         "missing": missing,
         "lost": lost,
         "lost_unknown": lost_unknown,
