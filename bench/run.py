@@ -23,7 +23,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ VERDICT_ORDER = ("complete", "accounted", "overrun", "SILENT")  # worst last
 
 
 def setup(need_forkstat: bool) -> None:
-    """Install what is missing (gcc, libc6-dev, forkstat) through bench/setup, then build the load generator."""
+    """Install what is missing (gcc, libc6-dev, forkstat) through bench/setup (and mount tracefs if needed)."""
     cmd = [str(BENCH / "setup")] + ([] if need_forkstat else ["--no-forkstat"])
     subprocess.run(cmd, check=True)
 
@@ -176,14 +175,20 @@ def wait_drained(pid: int, out: Path, root_exit: re.Pattern[str], timeout: float
     return sockets
 
 
-@dataclass
 class Monitor:
-    """A running monitor process: start() before the storm, stop() after it; result() afterwards."""
+    """A monitor process: start(root_pid, args) once the loadgen waits for its go, stop(n) after the storm (returns
+    the event columns and the monitor's costs); kill() is the clean-up for every path."""
 
-    tool: str
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, tool: str, workdir: Path) -> None:
+        self.tool = tool
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.files: list[Any] = []  # output files handed to the process
+
+    def open_output(self, name: str) -> Any:
+        handle = open(self.workdir / name, "wb")  # noqa: SIM115
+        self.files.append(handle)
+        return handle
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -192,6 +197,8 @@ class Monitor:
             with suppress(ChildProcessError):
                 os.waitpid(self.proc.pid, 0)
             self.proc.returncode = -9
+        for handle in self.files:
+            handle.close()
 
 
 class ProctapMonitor(Monitor):
@@ -204,8 +211,8 @@ class ProctapMonitor(Monitor):
             cmd += ["--latency", str(args.latency)]
         if args.buffer is not None:
             cmd += ["--buffer", str(args.buffer)]
-        self.stderr = open(self.workdir / "monitor.stderr", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
+        stderr = self.open_output("monitor.stderr")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline().decode().strip() if ready else "no answer in 60 s"
@@ -223,7 +230,6 @@ class ProctapMonitor(Monitor):
             raise RuntimeError(f"{self.tool}: did not finish draining")
         status, usage = waited
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.stderr.close()
         if self.proc.returncode != 0:
             raise RuntimeError(f"{self.tool}: exit {self.proc.returncode}: {self._stderr_tail()}")
         data: dict[str, Any] = json.loads(self.out.read_text())
@@ -239,9 +245,9 @@ class ForkstatMonitor(Monitor):
     def start(self, root_pid: int, args: argparse.Namespace) -> None:
         self.out = self.workdir / "forkstat.out"
         self.root_pid = root_pid
-        self.stdout = open(self.out, "wb")  # noqa: SIM115
+        stdout = self.open_output(self.out.name)
         cmd = ["forkstat", "-l", "-e", forkstat.EVENTS]
-        self.proc = subprocess.Popen(cmd, stdout=self.stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._wait_subscribed()
         self.cpu_ready = cpu_now(self.proc.pid)
 
@@ -271,7 +277,6 @@ class ForkstatMonitor(Monitor):
             raise RuntimeError("forkstat did not exit on SIGINT")
         status, usage = waited
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.stdout.close()
         cols = forkstat.parse(self.out.read_text(errors="replace"))
         return {
             **cols,
@@ -299,9 +304,8 @@ class CliMonitor(Monitor):
         if args.buffer is not None:
             cmd += ["--buffer", str(args.buffer)]
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-        self.stdout = open(self.out, "wb")  # noqa: SIM115
-        self.stderr = open(self.errors, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr, env=env)
+        stdout, stderr = self.open_output(self.out.name), self.open_output(self.errors.name)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
         deadline = time.monotonic() + 60
         while "watching" not in self.errors.read_text(errors="replace"):  # its start line: subscribed
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -324,8 +328,6 @@ class CliMonitor(Monitor):
             raise RuntimeError(f"{self.tool}: did not exit on SIGTERM")
         status, usage = waited
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.stdout.close()
-        self.stderr.close()
         if self.proc.returncode not in (0, 143):
             raise RuntimeError(f"{self.tool}: exit {self.proc.returncode}: {self.errors.read_text()[-500:]}")
         cols = parse_ndjson(self.out.read_text(errors="replace"))
