@@ -30,8 +30,17 @@ def empty_columns() -> dict[str, Any]:
     return out
 
 
-def parse(text: str) -> dict[str, Any]:
-    """forkstat's stdout -> event columns (see bench/monitor.py for their meaning) plus ``nobufs`` (overflow lines)."""
+# forkstat names the process of each event (from its /proc cache): the storm's tasks show the loadgen's command
+# line, or "<unknown>" when forkstat could not read it in time.  Events naming anything else are another process's
+# (PIDs are reused: matching by PID alone would count them for the storm).
+STORM_NAMES = ("loadgen", "<unknown>")
+
+
+def parse(text: str, names: tuple[str, ...] = STORM_NAMES) -> dict[str, Any]:
+    """forkstat's stdout -> event columns (see bench/score.py) plus ``nobufs`` (overflow lines).
+
+    Only events whose process column contains one of ``names`` are kept (fork parent lines always are).
+    """
     cols = empty_columns()
     nobufs = 0
     parent = -1
@@ -48,10 +57,13 @@ def parse(text: str) -> dict[str, Any]:
         except ValueError:
             continue
         info = fields[3] if len(fields) > 3 else ""
+        if kind in ("fork", "clone") and info == "parent":
+            parent = pid
+            continue
+        if not any(name in line for name in names):
+            parent = -1
+            continue
         if kind in ("fork", "clone"):
-            if info == "parent":
-                parent = pid
-                continue
             is_thread = info == "thread"
             # parent 0: forkstat found the child gone from /proc; its thread/process call is then a guess
             thread_flag = -1 if parent <= 0 else int(is_thread)
