@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import select
@@ -351,6 +350,8 @@ class AsyncWatcher:
             if self.watcher.closed:
                 raise StopAsyncIteration
             if self.watcher.busy:
+                import asyncio  # here, not at the top: importing asyncio costs the CLI ~0.15 s of start-up
+
                 await asyncio.sleep(self.watcher.latency)  # see Watcher.read: batch instead of a wakeup per event
             batch = self.watcher.read(timeout=0)
             if batch:
@@ -361,6 +362,8 @@ class AsyncWatcher:
         return self._pending.popleft()
 
     async def _readable(self) -> None:
+        import asyncio
+
         watcher = self.watcher
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -48,6 +47,7 @@ DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
 EVENT_TRUESIZE = 832  # socket memory one queued event costs (skb truesize), measured on 6.18
 SLOT_SIZE = 256  # bytes per recvmmsg slot: a proc connector datagram is 76 bytes
 BATCH = 256  # datagrams per recvmmsg call
+MAX_PER_READ = 16 * BATCH  # bound one read_events() so a consumer (and Ctrl-C) gets control back under a storm
 DEFERRED_EXIT_TIMEOUT_NS = 2_000_000_000
 
 _KIND_MASKS = {
@@ -87,7 +87,8 @@ class _MMsgHdr(ctypes.Structure):
 
 def _load_recvmmsg() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # CDLL(None) is the already-loaded libc: find_library("c") would run ldconfig in a child process.
+        libc = ctypes.CDLL(None, use_errno=True)
         func = libc.recvmmsg
     except (OSError, AttributeError):
         return None
@@ -464,7 +465,7 @@ class NetlinkBackend(Backend):
         out: list[Event] = []
         build = self.builder.build
         view = self.receiver.view
-        while True:
+        for _ in range(MAX_PER_READ // BATCH):
             try:
                 slots = self.receiver.receive()
             except BlockingIOError:

@@ -1,0 +1,683 @@
+"""The ``proc`` backend: periodic scans of /proc, for users without any privilege.
+
+Every ``interval`` (a timerfd makes the backend pollable) it lists /proc, reads each process's ``stat`` (one read per
+process), lists ``task/`` only for multi-threaded processes, and reports the differences with the previous scan:
+
+* new pids / tids -> Fork (parent: ``stat`` field 4 at scan time); an identity is (pid, starttime), so a pid reused
+  between two scans is an Exit followed by a Fork;
+* a known process whose image changed -> Exec.  The image is recognized cheaply from fields ``stat`` already holds:
+  ``startcode``, ``endcode``, ``arg_start`` (fields 26, 27, 48; a new mm at every exec, randomized stack) and
+  ``comm``;
+  a new process whose image differs from its parent's exec'd after its fork;
+* a zombie -> Exit with its real wait status (``stat`` field 52, ``exit_code``, since Linux 3.5);
+  a task that vanished -> Exit with ``status`` None;
+* tasks created and gone between two scans -> ``Lost`` with a count: the kernel's pid cursor (``/proc/loadavg``
+  field 5, the last pid allocated) says how many ids were handed out since the last scan; those we never saw are
+  counted (one scan later, so that tasks still being created at scan time are not counted).
+
+Timestamps are scan times, so their precision is the interval.  See docs/proc-backend.md for what it can miss.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import NamedTuple
+
+from .. import procfs
+from ..clock import CLOCK_TICKS, Clock
+from ..errors import BackendUnavailable, ProctapError
+from ..events import Comm, Event, EventKind, Exec, Exit, Fork, Lost, Origin, decode_wait_status
+from .base import Availability, Backend, BackendConfig, Feature
+
+__all__ = [
+    "RESERVED_PIDS",
+    "ProcScanBackend",
+    "StatRecord",
+    "TimerFd",
+    "allocated_ranges",
+    "count_in_ranges",
+    "parse_interval",
+    "parse_last_pid",
+    "parse_stat",
+]
+
+PROC = "/proc"
+DEFAULT_INTERVAL_NS = 100_000_000
+MIN_INTERVAL_NS = 1_000_000
+MAX_INTERVAL_NS = 10_000_000_000
+# kernel/pid.c: once the cursor passed RESERVED_PIDS, allocation wraps around to it, not to 1.
+RESERVED_PIDS = 300
+PF_KTHREAD = 0x00200000  # include/linux/sched.h; stat field 9 (flags)
+CAP_SYS_PTRACE = 19
+LOST_REASON = "short-lived tasks between /proc scans"
+# Scans may use at most this share of the time: on a machine with many processes a scan can outlast the interval,
+# and the backend must not eat a core.  Scans are then spaced further apart (and miss more, which is counted).
+MAX_DUTY = 0.25
+
+# include/uapi/linux/timerfd.h: TFD_CLOEXEC = O_CLOEXEC, TFD_NONBLOCK = O_NONBLOCK.
+_TFD_FLAGS = os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class StatRecord(NamedTuple):
+    """The fields of /proc/PID/stat this backend uses (see proc(5) for the numbering)."""
+
+    comm: str  # field 2
+    state: str  # field 3
+    ppid: int  # field 4
+    flags: int  # field 9
+    num_threads: int  # field 20
+    start_ticks: int  # field 22, clock ticks since boot
+    start_code: int  # field 26
+    end_code: int  # field 27
+    arg_start: int  # field 48
+    exit_code: int  # field 52 (0 unless a zombie, and 0 when the reader may not ptrace the task)
+
+    @property
+    def image(self) -> tuple[int, int, int] | None:
+        """What identifies the executable image mapped in the process, or None when unknown.
+
+        fs/proc/array.c do_task_stat(): startcode/endcode read 0 without an mm (zombies, kernel threads) and 1 when
+        the reader may not ptrace the task.  Not startstack: load_elf_binary() (fs/binfmt_elf.c) sets it *after*
+        start_code, a scan inside execve could see a stale one; arg_start is set before (create_elf_tables()).
+        """
+        if self.start_code <= 1:
+            return None
+        return (self.start_code, self.end_code, self.arg_start)
+
+    @property
+    def is_kthread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+    @property
+    def is_settled(self) -> bool:
+        """False while a live user task has an mm without code yet: in the middle of an execve (load_elf_binary()
+        sets start_code after the new mm and comm) or of its exit (exit_mm() done, not a zombie yet)."""
+        return self.start_code != 0 or self.is_dead or self.is_kthread
+
+    @property
+    def is_dead(self) -> bool:
+        """The task has exited (zombie or being reaped)."""
+        return self.state in ("Z", "X", "x")
+
+
+def parse_stat(data: bytes) -> StatRecord | None:
+    """Decode /proc/PID/stat; None when it is too short (kernels before 3.5 lack exit_code) or malformed."""
+    # comm (field 2) may hold spaces and parentheses: it ends at the last ')'.
+    open_paren = data.find(b"(")
+    close_paren = data.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        return None
+    rest = data[close_paren + 2 :].split()
+    if len(rest) < 50:
+        return None
+    try:
+        return StatRecord(
+            data[open_paren + 1 : close_paren].decode("utf-8", "surrogateescape"),  # comm
+            rest[0].decode("ascii", "replace"),  # state
+            int(rest[1]),  # ppid
+            int(rest[6]),  # flags
+            int(rest[17]),  # num_threads
+            int(rest[19]),  # starttime
+            int(rest[23]),  # startcode
+            int(rest[24]),  # endcode
+            int(rest[45]),  # arg_start
+            int(rest[49]),  # exit_code
+        )
+    except ValueError:
+        return None
+
+
+def parse_last_pid(data: bytes) -> int:
+    """The last pid the kernel allocated in the reader's pid namespace: /proc/loadavg field 5."""
+    return int(data.split()[4])
+
+
+def allocated_ranges(prev_last: int, last: int, pid_max: int, pid_min: int = RESERVED_PIDS) -> tuple[range, ...]:
+    """The ids the pid allocator (a cyclic idr, kernel/pid.c alloc_pid) handed out after ``prev_last`` up to ``last``.
+
+    Ids still in use inside a range were skipped by the allocator; a wrap past ``pid_max`` restarts at ``pid_min``.
+    Several wraps between two readings cannot be seen.
+    """
+    if last == prev_last:
+        return ()
+    if last > prev_last:
+        return (range(prev_last + 1, last + 1),)
+    return (range(prev_last + 1, pid_max), range(pid_min, last + 1))
+
+
+def count_in_ranges(ids: set[int], ranges: tuple[range, ...]) -> int:
+    """How many of ``ids`` fall in ``ranges``."""
+    if not ranges:
+        return 0
+    return sum(1 for i in ids if any(i in r for r in ranges))
+
+
+def parse_interval(text: str | None) -> int:
+    """``"50ms"``, ``"0.1s"``, ``"0.1"`` (seconds) -> nanoseconds; ProctapError out of 1 ms .. 10 s."""
+    if text is None:
+        return DEFAULT_INTERVAL_NS
+    raw = text.strip().lower()
+    scale = 1e9
+    if raw.endswith("ms"):
+        raw, scale = raw[:-2], 1e6
+    elif raw.endswith("s"):
+        raw = raw[:-1]
+    try:
+        value = int(float(raw) * scale)
+    except ValueError:
+        value = -1
+    if not MIN_INTERVAL_NS <= value <= MAX_INTERVAL_NS:
+        raise ProctapError(f"invalid proc backend interval {text!r}: give 1ms to 10s, e.g. interval=50ms")
+    return value
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class TimerFd:
+    """A periodic CLOCK_MONOTONIC timerfd (through libc: os.timerfd_create needs Python 3.13)."""
+
+    def __init__(self, interval_ns: int) -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            create, settime = libc.timerfd_create, libc.timerfd_settime
+        except (OSError, AttributeError) as exc:
+            raise BackendUnavailable(f"proc backend needs timerfd from the C library ({exc})") from None
+        create.argtypes = [ctypes.c_int, ctypes.c_int]
+        settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
+        fd = int(create(time.CLOCK_MONOTONIC, _TFD_FLAGS))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise BackendUnavailable(f"proc backend: timerfd_create failed: {os.strerror(err)}")
+        period = _Timespec(interval_ns // 1_000_000_000, interval_ns % 1_000_000_000)
+        spec = _Itimerspec(period, period)
+        if settime(fd, 0, ctypes.byref(spec), None) != 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise BackendUnavailable(f"proc backend: timerfd_settime failed: {os.strerror(err)}")
+        self.fd = fd
+
+    def expirations(self) -> int:
+        """How many periods elapsed since the last call (0: none, nothing to do); clears the readable state."""
+        try:
+            return int.from_bytes(os.read(self.fd, 8), "little")
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Proc:
+    """What the previous scans learnt about one live process."""
+
+    __slots__ = ("comm", "exit_reported", "image", "leader_died_early", "permitted", "ppid", "start_ticks", "tids")
+
+    def __init__(self, rec: StatRecord, tids: frozenset[int]) -> None:
+        self.start_ticks = rec.start_ticks
+        self.comm = rec.comm
+        self.ppid = rec.ppid
+        self.image = rec.image
+        self.tids = tids
+        self.permitted = rec.image is not None  # we could ptrace-read it: its exit_code will be real
+        self.exit_reported = False
+        self.leader_died_early = False  # leader exited before the other threads: its exit_code is not the process's
+
+
+class _Sample(NamedTuple):
+    rec: StatRecord
+    tids: frozenset[int]
+
+
+def _read_small(path: str) -> bytes | None:
+    """The content of a small /proc file, None when the task is gone or hidden."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _list_ids(path: str) -> list[int] | None:
+    try:
+        with os.scandir(path) as entries:
+            return [int(e.name) for e in entries if e.name.isdigit()]
+    except OSError:
+        return None
+
+
+def _has_cap_sys_ptrace() -> bool:
+    data = _read_small(f"{PROC}/self/status") or b""
+    for line in data.splitlines():
+        if line.startswith(b"CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
+    return False
+
+
+def _proc_hides_pids() -> bool:
+    """Whether /proc is mounted with hidepid (then other users' processes are invisible or unreadable)."""
+    try:
+        with open(f"{PROC}/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    hides = False
+    for line in lines:  # the last mount on /proc is the visible one
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == PROC.encode():
+            hides = b"hidepid=" in line and b"hidepid=0" not in line and b"hidepid=off" not in line
+    return hides
+
+
+class ProcScanBackend(Backend):
+    """Periodic /proc scans: works for every user, misses what lives shorter than the interval (and counts it)."""
+
+    name = "proc"
+    features = frozenset({Feature.FORK, Feature.THREADS, Feature.EXEC, Feature.EXIT})
+    description = "periodic /proc scans (any user); timestamps are scan times; counts the tasks it missed"
+
+    @classmethod
+    def probe(cls) -> Availability:
+        if not os.path.exists(f"{PROC}/self/stat"):
+            return Availability(False, "/proc is not mounted (mount -t proc proc /proc)")
+        if _read_small(f"{PROC}/loadavg") is None:
+            return Availability(False, "/proc/loadavg is unreadable")
+        return Availability(True)
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        availability = self.probe()
+        if not availability:
+            raise BackendUnavailable(f"backend 'proc' unavailable: {availability.reason}")
+        self.interval_ns = parse_interval(config.option("interval"))
+        self._clock = Clock()
+        self._privileged = _has_cap_sys_ptrace()
+        self._want = config.events
+        self._threads = config.threads
+        self._read_proc = config.read_proc
+        # Counting needs /proc and the loadavg cursor to be of our pid namespace, and every task to be visible.
+        self._loss_counting = os.readlink(f"{PROC}/self") == str(os.getpid()) and not (
+            _proc_hides_pids() and not self._privileged
+        )
+        self._procs: dict[int, _Proc] = {}
+        self._live_tids: set[int] = set()
+        self._pending_lost = 0
+        self._pending_ranges: tuple[range, ...] = ()
+        self._pid_max = self._read_pid_max()
+        self._scans = 0
+        self._scan_ns_total = 0
+        self._scan_ns_max = 0
+        self._scan_ns_last = 0
+        self._late_scans = 0
+        self._throttled = 0
+        self._cursor_resets = 0
+        self._next_scan_ns = 0
+        self._lost_total = 0
+        self._events_total = 0
+        samples = self._sample()
+        self._last_pid = self._read_last_pid()
+        for pid, sample in samples.items():
+            proc = self._procs[pid] = _Proc(sample.rec, sample.tids)
+            proc.exit_reported = sample.rec.is_dead  # zombies of before the start are not news
+            self._live_tids |= sample.tids
+        self._timer = TimerFd(self.interval_ns)
+
+    # -- the Backend interface ---------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self._timer.fd
+
+    def read_events(self) -> list[Event]:
+        if self._timer.fd < 0:
+            return []
+        expired = self._timer.expirations()
+        if not expired:
+            return []
+        if time.monotonic_ns() < self._next_scan_ns:
+            self._throttled += 1
+            return []
+        self._late_scans += expired > 1
+        return self.scan()
+
+    def close(self) -> None:
+        self._timer.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "interval_us": self.interval_ns // 1000,
+            "scans": self._scans,
+            "late_scans": self._late_scans,
+            "throttled": self._throttled,
+            "scan_us_last": self._scan_ns_last // 1000,
+            "scan_us_max": self._scan_ns_max // 1000,
+            "scan_us_total": self._scan_ns_total // 1000,
+            "processes": len(self._procs),
+            "tasks": len(self._live_tids),
+            "events": self._events_total,
+            "lost": self._lost_total,
+            "loss_counting": int(self._loss_counting),
+            "cursor_resets": self._cursor_resets,
+        }
+
+    # -- scanning ----------------------------------------------------------------------------------------------
+    def scan(self) -> list[Event]:
+        """Scan /proc now and return the differences with the previous scan (read_events does it on the timer)."""
+        begin = time.monotonic_ns()
+        samples = self._sample()
+        last_pid = self._read_last_pid()
+        events = _ScanDiff(self, begin).run(samples, last_pid)
+        end = time.monotonic_ns()
+        spent = end - begin
+        self._next_scan_ns = end + int(spent * (1 / MAX_DUTY - 1))
+        self._scans += 1
+        self._scan_ns_last = spent
+        self._scan_ns_total += spent
+        self._scan_ns_max = max(self._scan_ns_max, spent)
+        self._events_total += len(events)
+        return events
+
+    def _sample(self) -> dict[int, _Sample]:
+        """pid -> stat and thread ids of every visible process."""
+        pids = _list_ids(PROC) or []
+        procs = self._procs
+        samples: dict[int, _Sample] = {}
+        for pid in pids:
+            data = _read_small(f"{PROC}/{pid}/stat")
+            rec = None if data is None else parse_stat(data)
+            if rec is None:
+                continue  # gone since the listing, or hidden from us
+            known = procs.get(pid)
+            if rec.num_threads > 1 or (known is not None and len(known.tids) > 1):
+                listed = _list_ids(f"{PROC}/{pid}/task")
+                if listed is None:
+                    continue
+                tids = frozenset(listed)
+            else:
+                tids = frozenset((pid,))
+            samples[pid] = _Sample(rec, tids)
+        return samples
+
+    def _read_last_pid(self) -> int:
+        data = _read_small(f"{PROC}/loadavg")
+        if data is None:
+            raise ProctapError("proc backend: /proc/loadavg became unreadable; is /proc still mounted?")
+        return parse_last_pid(data)
+
+    @staticmethod
+    def _read_pid_max() -> int:
+        data = _read_small(f"{PROC}/sys/kernel/pid_max")
+        return int(data) if data else 4_194_304
+
+
+class _ScanDiff:
+    """Turns one scan into events, updating the backend's state."""
+
+    def __init__(self, backend: ProcScanBackend, now_ns: int) -> None:
+        self.b = backend
+        self.now = now_ns
+        self.wall = backend._clock.wall_time(now_ns)
+        self.boot_now = backend._clock.since_boot(now_ns)
+        self.gone: list[Event] = []  # exits of vanished tasks
+        self.changes: list[Event] = []  # exec/comm/exit of continuing processes
+        self.births: list[tuple[int, list[Event]]] = []  # (allocation order, events) of new tasks
+
+    def run(self, samples: dict[int, _Sample], last_pid: int) -> list[Event]:
+        b = self.b
+        lost_events = self._lost_events(samples)
+        prev_last = b._last_pid
+        for pid, proc in list(b._procs.items()):
+            sample = samples.get(pid)
+            if sample is None or sample.rec.start_ticks != proc.start_ticks:
+                self._vanished(pid, proc)
+                del b._procs[pid]
+        for pid, sample in samples.items():
+            known = b._procs.get(pid)
+            if known is None:
+                b._procs[pid] = self._born(pid, sample, samples, prev_last)
+            else:
+                self._continued(pid, known, sample, prev_last)
+        live_now: set[int] = set()
+        for sample in samples.values():
+            live_now |= sample.tids
+        self._count_missed(prev_last, last_pid, live_now)
+        b._live_tids = live_now
+        b._last_pid = last_pid
+        self.births.sort(key=lambda item: item[0])
+        events = lost_events + self.gone + self.changes
+        for _order, born in self.births:
+            events.extend(born)
+        return events
+
+    # -- loss accounting ---------------------------------------------------------------------------------------
+    def _lost_events(self, samples: dict[int, _Sample]) -> list[Event]:
+        """Report the ids of the previous scan's allocations that never showed up (not even late, in this scan)."""
+        b = self.b
+        if not b._pending_lost:
+            return []
+        late: set[int] = set()
+        for pid, sample in samples.items():
+            proc = b._procs.get(pid)
+            known_tids = proc.tids if proc is not None and proc.start_ticks == sample.rec.start_ticks else frozenset()
+            late |= sample.tids - known_tids
+        missed = b._pending_lost - count_in_ranges(late, b._pending_ranges)
+        b._pending_lost = 0
+        if missed <= 0:
+            return []
+        b._lost_total += missed
+        return [
+            Lost(
+                source="proc",
+                timestamp_ns=self.now,
+                wall_time=self.wall,
+                pid=0,
+                tid=0,
+                count=missed,
+                reason=LOST_REASON,
+            )
+        ]
+
+    def _count_missed(self, prev_last: int, last_pid: int, live_now: set[int]) -> None:
+        b = self.b
+        if not b._loss_counting:
+            return
+        if last_pid < prev_last:
+            b._pid_max = b._read_pid_max()
+        ranges = allocated_ranges(prev_last, last_pid, b._pid_max)
+        allocated = sum(len(r) for r in ranges)
+        if last_pid < prev_last and allocated > b._pid_max // 2:
+            # Not a plausible wrap but the cursor set back (a write to ns_last_pid, clone3 set_tid): uncountable.
+            b._cursor_resets += 1
+            b._pending_lost = 0
+            return
+        # Ids in use at either scan were skipped by the allocator or are tasks we saw.
+        seen = count_in_ranges(live_now | b._live_tids, ranges)
+        b._pending_lost = max(0, allocated - seen)
+        b._pending_ranges = ranges
+
+    # -- per task ----------------------------------------------------------------------------------------------
+    def _order(self, tid: int, prev_last: int) -> int:
+        """Allocation order of an id handed out after ``prev_last`` (parents before children, across a wrap)."""
+        return (tid - prev_last - 1) % self.b._pid_max
+
+    def _fork(self, pid: int, tid: int, start_ticks: int, parent_pid: int, comm: str | None = None) -> Fork:
+        return Fork(
+            source="proc",
+            timestamp_ns=self.now,
+            wall_time=self.wall,
+            pid=pid,
+            tid=tid,
+            start_ns=_ticks_ns(start_ticks),
+            parent_pid=parent_pid,
+            is_thread=tid != pid,
+            comm=comm,
+        )
+
+    def _vanished(self, pid: int, proc: _Proc) -> None:
+        """A known process is gone (or its pid now belongs to another process)."""
+        if proc.exit_reported:
+            return
+        self._thread_exits(pid, proc, proc.tids - {pid})
+        self.gone.append(self._exit(pid, proc, status=None))
+
+    def _thread_exits(self, pid: int, proc: _Proc, tids: frozenset[int]) -> None:
+        if not self.b._threads or not tids:
+            return
+        start_ns = _ticks_ns(proc.start_ticks)
+        for tid in sorted(tids):
+            self.gone.append(
+                Exit(
+                    source="proc",
+                    timestamp_ns=self.now,
+                    wall_time=self.wall,
+                    pid=pid,
+                    tid=tid,
+                    start_ns=start_ns,
+                    is_thread=True,
+                    parent_pid=proc.ppid,
+                )
+            )
+
+    def _exit(self, pid: int, proc: _Proc, status: int | None) -> Exit:
+        start_ns = _ticks_ns(proc.start_ticks)
+        exit_code = signal = None
+        core_dumped = False
+        if status is not None:
+            exit_code, signal, core_dumped = decode_wait_status(status)
+        return Exit(
+            source="proc",
+            timestamp_ns=self.now,
+            wall_time=self.wall,
+            pid=pid,
+            tid=pid,
+            start_ns=start_ns,
+            status=status,
+            exit_code=exit_code,
+            signal=signal,
+            core_dumped=core_dumped,
+            lifetime_ns=max(0, self.boot_now - start_ns),
+            parent_pid=proc.ppid,
+            comm=proc.comm,
+        )
+
+    def _zombie_status(self, proc: _Proc, rec: StatRecord) -> int | None:
+        """The wait status of a zombie, when stat shows the real one (fs/proc/array.c prints 0 unless permitted)."""
+        if proc.leader_died_early:
+            return None
+        if self.b._privileged or proc.permitted or rec.exit_code != 0:
+            return rec.exit_code
+        return None
+
+    def _born(self, pid: int, sample: _Sample, samples: dict[int, _Sample], prev_last: int) -> _Proc:
+        rec = sample.rec
+        proc = _Proc(rec, sample.tids)
+        parent = samples.get(rec.ppid)
+        if not rec.is_settled and parent is not None:
+            # Caught inside execve: take it for the parent's copy, the next scan sees the exec done.
+            proc.image, proc.comm = parent.rec.image, parent.rec.comm
+        exec_seen = parent is not None and rec.is_settled and not rec.is_dead and self._exec_after_fork(rec, parent.rec)
+        # Fork.comm is the name at the fork: the child's current one only if it did not exec since.
+        fork_comm = None if exec_seen or rec.is_kthread or not rec.is_settled else rec.comm
+        events: list[Event] = [self._fork(pid, pid, rec.start_ticks, rec.ppid, fork_comm)]
+        if exec_seen:
+            events.append(self._exec(pid, rec))
+        self.births.append((self._order(pid, prev_last), events))
+        self._thread_births(pid, proc, sample.tids - {pid}, prev_last)
+        if rec.is_dead:
+            if rec.num_threads > 1:
+                proc.leader_died_early = True
+            else:
+                proc.exit_reported = True
+                events.append(self._exit(pid, proc, self._zombie_status(proc, rec)))
+        return proc
+
+    @staticmethod
+    def _exec_after_fork(child: StatRecord, parent: StatRecord) -> bool:
+        """A new process whose image differs from its parent's has exec'd (fork copies the parent's mm and comm)."""
+        if child.is_kthread:
+            return False
+        if child.image is not None and parent.image is not None:
+            return child.image != parent.image
+        return child.comm != parent.comm
+
+    def _thread_births(self, pid: int, proc: _Proc, tids: frozenset[int], prev_last: int) -> None:
+        if not self.b._threads:
+            return
+        for tid in tids:
+            self.births.append((self._order(tid, prev_last), [self._fork(pid, tid, proc.start_ticks, pid)]))
+
+    def _continued(self, pid: int, proc: _Proc, sample: _Sample, prev_last: int) -> None:
+        rec = sample.rec
+        self._thread_births(pid, proc, sample.tids - proc.tids, prev_last)
+        self._thread_exits(pid, proc, proc.tids - sample.tids - {pid})
+        proc.tids = sample.tids
+        proc.ppid = rec.ppid
+        if rec.is_dead:
+            if rec.num_threads > 1:
+                proc.leader_died_early = True
+            elif not proc.exit_reported:
+                proc.exit_reported = True
+                self.changes.append(self._exit(pid, proc, self._zombie_status(proc, rec)))
+            return
+        if rec.is_kthread or not rec.is_settled:
+            return  # kworker names change with their work: neither exec nor rename; mid-exec: next scan
+        image = rec.image
+        same_image = image is not None and image == proc.image
+        changed_image = image is not None and proc.image is not None and image != proc.image
+        if changed_image or (rec.comm != proc.comm and not same_image):
+            self.changes.append(self._exec(pid, rec))
+        elif rec.comm != proc.comm and EventKind.COMM in self.b._want:
+            self.changes.append(
+                Comm(
+                    source="proc",
+                    timestamp_ns=self.now,
+                    wall_time=self.wall,
+                    pid=pid,
+                    tid=pid,
+                    start_ns=_ticks_ns(rec.start_ticks),
+                    comm=rec.comm,
+                )
+            )
+        proc.comm = rec.comm
+        proc.permitted = image is not None  # as of now: an exec of a setuid program may take it away
+        if image is not None:
+            proc.image = image
+
+    def _exec(self, pid: int, rec: StatRecord) -> Exec:
+        filename = argv = None
+        if self.b._read_proc and EventKind.EXEC in self.b._want:
+            filename = procfs.read_exe(pid)
+            argv = procfs.read_argv(pid)
+        return Exec(
+            source="proc",
+            timestamp_ns=self.now,
+            wall_time=self.wall,
+            pid=pid,
+            tid=pid,
+            start_ns=_ticks_ns(rec.start_ticks),
+            filename=filename,
+            argv=argv,
+            argc=None if argv is None else len(argv),
+            comm=rec.comm,
+            parent_pid=rec.ppid,
+            filename_from=None if filename is None else Origin.PROC,
+            argv_from=None if argv is None else Origin.PROC,
+            comm_from=Origin.PROC,
+        )
+
+
+def _ticks_ns(ticks: int) -> int:
+    """/proc/PID/stat starttime (clock ticks since boot) in nanoseconds since boot."""
+    return ticks * 1_000_000_000 // CLOCK_TICKS
