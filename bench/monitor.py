@@ -77,14 +77,12 @@ def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
     lost: list[tuple[int | None, str, int | None]] = []
     read = watcher.read
     drain_deadline = None
+    last_activity = 0.0
     while True:
         draining = _stop  # only a read started after the stop request may end the drain
         batch = read(drain_s if draining else 0.1)
-        if draining:
-            # unfiltered, the rest of the machine never lets the stream go quiet: cap the drain
-            drain_deadline = drain_deadline or time.monotonic() + MAX_DRAIN_S
-            if not batch or time.monotonic() > drain_deadline:
-                break
+        if not draining or not all(type(ev) is Lost for ev in batch):
+            last_activity = time.monotonic()
         for ev in batch:
             t = type(ev)
             if t is Fork:
@@ -107,6 +105,14 @@ def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
                 e_ppid(-1 if ppid is None else ppid)
             elif t is Lost:
                 lost.append((ev.count, ev.reason, ev.cpu))
+        if draining:
+            # Lost events alone are quiet too (a polling backend reports the rest of the machine's missed tasks on
+            # every scan, one scan late: keep reading them for drain_s).  Unfiltered, the rest of the machine never
+            # lets the stream go quiet: cap the drain.
+            now = time.monotonic()
+            drain_deadline = drain_deadline or now + MAX_DRAIN_S
+            if now - last_activity >= drain_s or now > drain_deadline:
+                break
     out: dict[str, Any] = {name: col.tolist() for name, col in cols.items()}
     out["lost"] = lost
     return out

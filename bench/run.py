@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 MODES = ("fork", "exec", "thread")
 LARGE = 50_000  # sizes from here on use --repeat-large
-VERDICT_ORDER = ("complete", "accounted", "overrun", "SILENT")  # worst last
+VERDICT_ORDER = ("complete", "accounted", "accounted*", "overrun", "SILENT")  # worst last
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -548,7 +548,8 @@ code%:   exit statuses right, among the exits seen ("-": the monitor reports no 
 lost:    events the monitor reported dropped (sum of Lost.count)
 ovr:     overruns the monitor reported without a count
 drops:   the kernel's drop counter of the monitor's proc-connector socket (/proc/net/netlink)
-verdict: worst run: complete | accounted (lost >= missing) | overrun (dropped, count unknown) | SILENT
+verdict: worst run: complete | accounted (lost >= missing events) | accounted* (lost >= tasks missing an event:
+         backends that count lost tasks) | overrun (dropped, count unknown) | SILENT (missing, not reported)
 wall/cpu: the storm's wall time and CPU (loadgen + children), median; x = ratio to the unwatched baseline
 mcpu/1k: monitor CPU seconds per 1000 tasks; rss MB: monitor peak RSS (VmHWM)"""
 

@@ -103,6 +103,7 @@ def score(truth: Truth, cols: dict[str, Any]) -> dict[str, Any]:
     lost_unknown = sum(1 for count, _, _ in cols["lost"] if count is None)
     expected_total = sum(expected.values())
     missing = expected_total - sum(seen.values())
+    missing_tasks = max(expected[k] - seen[k] for k in KINDS)  # at least this many tasks lack an event
     return {
         "expected": expected,
         "seen": seen,
@@ -112,20 +113,24 @@ def score(truth: Truth, cols: dict[str, Any]) -> dict[str, Any]:
         # None when the monitor gives no status at all (shown as "-"), else right among all exits seen
         "exit_codes_right_pct": 100.0 * codes_right / seen["exit"] if codes_known else None,
         "missing": missing,
+        "missing_tasks_at_least": missing_tasks,
         "lost": lost,
         "lost_unknown": lost_unknown,
-        "verdict": verdict(missing, lost, lost_unknown),
+        "verdict": verdict(missing, missing_tasks, lost, lost_unknown),
     }
 
 
-def verdict(missing: int, lost: int, lost_unknown: int) -> str:
-    """complete: everything seen; accounted: the reported losses cover what is missing (they count every event
-    the kernel dropped, not only the storm's, hence >=); overrun: the monitor said it dropped events but not how
-    many (or too few); SILENT: missing and nothing reported."""
+def verdict(missing: int, missing_tasks: int, lost: int, lost_unknown: int) -> str:
+    """complete: everything seen; accounted: the reported losses cover the missing events (they count every event
+    the kernel dropped, not only the storm's, hence >=); accounted*: they cover the tasks that lack an event but
+    not every missing event (backends whose Lost counts tasks, e.g. proc); overrun: the monitor said it dropped
+    events but not how many (or too few); SILENT: missing and nothing (or too little) reported."""
     if missing <= 0:
         return "complete"
     if lost >= missing:
         return "accounted"
+    if lost >= missing_tasks:
+        return "accounted*"
     if lost_unknown:
         return "overrun"
     return "SILENT"
