@@ -113,7 +113,7 @@ def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
             drain_deadline = drain_deadline or now + MAX_DRAIN_S
             if now - last_activity >= drain_s or now > drain_deadline:
                 break
-    out: dict[str, Any] = {name: col.tolist() for name, col in cols.items()}
+    out: dict[str, Any] = dict(cols)  # still arrays: lists of ints would cost ~10x the memory (converted later)
     out["lost"] = lost
     return out
 
@@ -162,7 +162,7 @@ def main() -> int:
         "rss_peak_kb": rss_peak_kb,
         "stats": stats,
         "netlink_socket": sockets,
-        **events,
+        **{name: col.tolist() if isinstance(col, array) else col for name, col in events.items()},
     }
     Path(args.out).write_text(json.dumps(result))
     return 0
