@@ -48,6 +48,10 @@ mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
 mount -t tracefs tracefs /newroot/sys/kernel/tracing || fail "cannot mount tracefs"
 mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
+repo="$(cat /repo_path)"
+mkdir -p "/newroot$repo" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 repo "/newroot$repo" \
+    || fail "cannot mount the repository over 9p (mount_tag repo) at $repo"
 cp /vmtest.sh /newroot/tmp/vmtest.sh
 
 echo "PROCTAP_VM_BOOTED kernel $(uname -r)"
