@@ -327,15 +327,18 @@ class EventBuilder:
 def _with_end(leader: Exit, last_thread: Exit, clock: Clock) -> Exit:
     """The process Exit held back at its leader's exit, released by the exit of its last thread.
 
-    The status is the last thread's: a leader that ends first did so by pthread_exit (code 0) unless the whole group
-    was exiting, and wait() reports the group exit code when a later exit_group() set one (kernel/exit.c,
-    wait_task_zombie), which is the code every remaining thread exits with.
+    wait() reports the group exit code when the process exited as a group, else the leader's own code
+    (kernel/exit.c, wait_task_zombie).  A leader that ended with a status other than 0 ended in the group exit (or by
+    its own raw exit(n)): its status stands, whatever a thread that was already exiting on its own reports later.
+    A leader that ended with 0 may have called pthread_exit; a later exit_group(n) of another thread then gives the
+    process status n, which is what every thread it killed exits with: take the last thread's.
     """
     ts = last_thread.timestamp_ns
     lifetime = None if leader.start_ns is None else clock.since_boot(ts) - leader.start_ns
+    status = leader if leader.status else last_thread
     return replace(
-        leader, timestamp_ns=ts, wall_time=clock.wall_time(ts), lifetime_ns=lifetime, status=last_thread.status,
-        exit_code=last_thread.exit_code, signal=last_thread.signal, core_dumped=last_thread.core_dumped,
+        leader, timestamp_ns=ts, wall_time=clock.wall_time(ts), lifetime_ns=lifetime, status=status.status,
+        exit_code=status.exit_code, signal=status.signal, core_dumped=status.core_dumped,
     )  # fmt: skip
 
 
