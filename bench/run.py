@@ -141,6 +141,15 @@ def wait_rusage(pid: int, timeout: float) -> tuple[int, Any] | None:
         time.sleep(0.02)
 
 
+def lost_reasons(lost: list) -> dict[str, int | None]:
+    """Reported losses summed by reason (None: some were of unknown size), to say what overflowed."""
+    out: dict[str, int | None] = {}
+    for count, reason, _cpu in lost:
+        known = out.get(reason, 0)
+        out[reason] = None if count is None or known is None else known + count
+    return out
+
+
 def cpu_of(usage: Any) -> float:
     return float(usage.ru_utime + usage.ru_stime)
 
@@ -421,6 +430,7 @@ def run_once(exe: Path, tool: str, mode: str, n: int, args: argparse.Namespace, 
                 truth = score.read_truth(truth_path)
                 result["score"] = score.score(truth, data)
                 result["monitor"] = {k: v for k, v in data.items() if not k.startswith(("f_", "e_", "x_", "lost"))}
+                result["lost_reasons"] = lost_reasons(data.get("lost") or [])
         except RuntimeError as exc:
             result["error"] = str(exc)
         finally:
