@@ -24,15 +24,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
-import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import FrameType
-from typing import Any
 
-from .. import kprobes
+from .. import kprobes, sigterm
 from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
@@ -137,48 +133,6 @@ def _cleanup(reader: TraceReader, probes: KprobeSet) -> None:
     probes.remove()
 
 
-# -- SIGTERM: close the live kprobe backends (instance first, then probes), then what was there before ----------------
-_live: weakref.WeakSet[KprobeBackend] = weakref.WeakSet()
-_previous_sigterm: Any = None
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    for backend in list(_live):
-        with contextlib.suppress(Exception):
-            backend.close()
-    previous = _previous_sigterm
-    if callable(previous):
-        previous(signum, frame)
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _track(backend: KprobeBackend) -> None:
-    """Install the SIGTERM handler unless the program has its own (a program with a handler closes its watchers)."""
-    global _previous_sigterm
-    _live.add(backend)
-    if _previous_sigterm is not None:
-        return
-    if threading.current_thread() is not threading.main_thread():
-        return
-    current = signal.getsignal(signal.SIGTERM)
-    module = getattr(current, "__module__", "")
-    if current == signal.SIG_DFL or module == "proctap.tracefs.instance":
-        _previous_sigterm = current
-        signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _untrack(backend: KprobeBackend) -> None:
-    global _previous_sigterm
-    _live.discard(backend)
-    if _live or _previous_sigterm is None:
-        return
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
-        signal.signal(signal.SIGTERM, _previous_sigterm)
-        _previous_sigterm = None
-
-
 _sequence = iter(range(1 << 62))
 
 
@@ -250,7 +204,7 @@ class KprobeBackend(Backend):
         except BaseException:
             self.close()
             raise
-        _track(self)
+        sigterm.close_on_sigterm(self, self.close)
 
     @staticmethod
     def _maxactive(config: BackendConfig) -> int:
@@ -351,7 +305,7 @@ class KprobeBackend(Backend):
         return out
 
     def close(self) -> None:
-        _untrack(self)
+        sigterm.forget(self)
         self._finalizer()
 
     def stats(self) -> dict[str, int]:

@@ -13,10 +13,9 @@ import itertools
 import os
 import re
 import select
-import signal
-import threading
 from collections.abc import Iterable
 
+from .. import sigterm
 from ..errors import BackendUnavailable, ProctapError
 from .format import EventFormat, EventHeaderLayout, PageLayout, parse_format, parse_header_event, parse_header_page
 
@@ -122,7 +121,7 @@ class Instance:
             raise BackendUnavailable(f"cannot create a tracefs instance in {root}: run as root") from None
         except OSError as exc:
             raise BackendUnavailable(f"cannot create tracefs instance {self.path}: {exc.strerror}") from None
-        track(self)
+        sigterm.close_on_sigterm(self, self.remove)
 
     # -- files ---------------------------------------------------------------------------------------------
     def write(self, relpath: str, value: str) -> None:
@@ -199,7 +198,7 @@ class Instance:
         if self._removed:
             return
         self._removed = True
-        untrack(self)
+        sigterm.forget(self)
         self.close_pipes()
         with contextlib.suppress(OSError):
             self.write("tracing_on", "0")
@@ -213,46 +212,3 @@ class Instance:
     @property
     def removed(self) -> bool:
         return self._removed
-
-
-# -- cleanup on SIGTERM and at interpreter exit ---------------------------------------------------------------
-_live: set[Instance] = set()
-_sigterm_installed = False
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    """Remove our instances, then die of SIGTERM as the default action would have."""
-    for inst in list(_live):
-        with contextlib.suppress(Exception):
-            inst.remove()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def track(inst: Instance) -> None:
-    """Remove ``inst`` on SIGTERM: we install a handler only if the program has none of its own (and only from the
-    main thread); a program with its own SIGTERM handler must close its watchers there.  Interpreter exit and
-    garbage collection are covered by the owners' ``weakref.finalize``."""
-    global _sigterm_installed
-    _live.add(inst)
-    if (
-        not _sigterm_installed
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    ):
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        _sigterm_installed = True
-
-
-def untrack(inst: Instance) -> None:
-    """The instance was removed: forget it, and restore the default SIGTERM action when none is left."""
-    global _sigterm_installed
-    _live.discard(inst)
-    if (
-        not _live
-        and _sigterm_installed
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) is _on_sigterm
-    ):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _sigterm_installed = False
