@@ -323,6 +323,49 @@ def test_ringbuf_empty_and_closes() -> None:
         RingBuffer(-1, 1000)
 
 
+@needs_bpf
+def test_consumer_position_is_never_seen_half_written() -> None:
+    """Producers read the consumer position at any moment (kernel/bpf/ringbuf.c __bpf_ringbuf_reserve): a write that
+    passes through 0 makes the ring look full to them.  Another process maps the same page and watches it while this
+    one moves the position."""
+    size = 4096 * 4
+    fd = create_map(MapType.RINGBUF, 0, 0, size, "proctap_test")
+    ring = RingBuffer(fd, size)
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import mmap, os, sys, time
+            page = mmap.mmap(int(sys.argv[1]), mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+            pos = memoryview(page).cast("B")[:8].cast("Q")
+            sys.stdout.write("ready\\n"); sys.stdout.flush()
+            zeros = reads = 0
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                for _ in range(1000):
+                    zeros += pos[0] == 0
+                reads += 1000
+            print(zeros, reads)
+        """), str(fd)],
+        pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ring._next_pos = 8
+        ring.release()
+        assert watcher.stdout is not None and watcher.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 1.0
+        step = 0
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                step += 1
+                ring._next_pos = 8 + 8 * (step & 0xFF)
+                ring.release()
+        zeros, reads = map(int, watcher.communicate(timeout=10)[0].split())
+    finally:
+        watcher.kill()
+        ring.close()
+        os.close(fd)
+    assert reads > 0 and zeros == 0
+
+
 # -- syscall layer ------------------------------------------------------------------------------------------------
 
 

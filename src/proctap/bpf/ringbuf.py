@@ -17,8 +17,7 @@ __all__ = ["RingBuffer"]
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
-_POS = struct.Struct("<Q")
-_LEN = struct.Struct("<I")
+_LEN = struct.Struct("I")
 
 
 class RingBuffer:
@@ -46,11 +45,17 @@ class RingBuffer:
         for mapping in (self._consumer, self.data):
             with contextlib.suppress(OSError, AttributeError):
                 mapping.madvise(mmap.MADV_DONTFORK)
-        self._cons_pos = _POS.unpack_from(self._consumer, 0)[0]
+        # The positions are read and written through memoryviews: one aligned 8-byte memcpy each, which the kernel
+        # sees whole.  Not struct.pack_into: it zero-fills the target before packing, and a producer that read the
+        # consumer position as 0 in between found the ring "full" and dropped its record (kernel/bpf/ringbuf.c
+        # __bpf_ringbuf_reserve compares the new producer position with consumer_pos).
+        self._consumer_pos = memoryview(self._consumer).cast("B")[:8].cast("Q")
+        self._producer_pos = memoryview(self.data).cast("B")[:8].cast("Q")
+        self._cons_pos = self._consumer_pos[0]
         self._next_pos = self._cons_pos
 
     def producer_pos(self) -> int:
-        return int(_POS.unpack_from(self.data, 0)[0])
+        return int(self._producer_pos[0])
 
     def available(self) -> int:
         """Bytes between the consumer and the producer (committed or not)."""
@@ -85,8 +90,10 @@ class RingBuffer:
         """Give the space of the records returned by :meth:`pending` back to the producers."""
         if self._next_pos != self._cons_pos:
             self._cons_pos = self._next_pos
-            _POS.pack_into(self._consumer, 0, self._cons_pos)
+            self._consumer_pos[0] = self._cons_pos
 
     def close(self) -> None:
+        self._consumer_pos.release()
+        self._producer_pos.release()
         self.data.close()
         self._consumer.close()
