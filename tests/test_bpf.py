@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import platform
 import resource
 import signal
 import struct
@@ -21,9 +23,11 @@ from hypothesis import strategies as st
 
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend, _verifier_summary
+from proctap.bpf import cache
 from proctap.bpf import records as rec
 from proctap.bpf.btf import ENUM, FUNC_PROTO, STRUCT, TYPEDEF, vmlinux
 from proctap.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
+from proctap.bpf.programs import Layout
 from proctap.bpf.ringbuf import RingBuffer
 from proctap.bpf.syscall import BpfError, MapType, ProgType, create_map, load_program, obj_info, prog_fd_by_id, prog_ids
 from proctap.errors import DecodeError
@@ -172,6 +176,35 @@ def test_uapi_constants_agree_with_kernel_btf() -> None:
 
 
 # -- BTF ----------------------------------------------------------------------------------------------------------
+
+
+@needs_bpf
+def test_layout_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCTAP_CACHE_DIR", str(tmp_path))
+    parsed = Layout.from_btf(vmlinux(), platform.machine())
+    assert cache.kernel_layout.__wrapped__() == parsed  # computed, then stored
+    assert len(list(tmp_path.glob("btf-layout-*.json"))) == 1
+    assert cache.kernel_layout.__wrapped__() == parsed  # read back
+    assert Layout.from_json(parsed.to_json()) == parsed
+    assert parsed.tracepoints.keys() >= {"task_newtask", "sched_process_exec", "sched_process_exit"}
+
+
+@needs_bpf
+def test_layout_cache_ignores_a_damaged_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCTAP_CACHE_DIR", str(tmp_path))
+    good = cache.kernel_layout.__wrapped__()
+    (stored,) = tmp_path.glob("btf-layout-*.json")
+    for damage in ("{not json", json.dumps({"schema": cache.SCHEMA, "layout": {"task_tgid": "0"}}),
+                   json.dumps({"schema": cache.SCHEMA - 1, "layout": good.to_json()})):  # fmt: skip
+        stored.write_text(damage)
+        assert cache.kernel_layout.__wrapped__() == good
+        assert json.loads(stored.read_text())["layout"] == good.to_json()  # rewritten
+
+
+def test_layout_cache_key_follows_the_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCTAP_CACHE_DIR", str(tmp_path))
+    names = {cache._cache_file(blob).name for blob in (b"one kernel", b"another kernel", b"another kernel!")}
+    assert len(names) == 3 and all(n.startswith(f"btf-layout-{platform.machine()}-") for n in names)
 
 
 def test_btf_task_struct_known_facts() -> None:
@@ -578,6 +611,30 @@ def test_failed_forks() -> None:
     for e in failed:
         assert e.errno == errno.EAGAIN and e.errno_name == "EAGAIN" and e.syscall in ("clone", "clone3", "fork")
     assert not [e for e in events if isinstance(e, (Fork, Exec))]  # only the kinds asked for
+
+
+OTHER_FAILING_SYSCALLS_CHILD = textwrap.dedent(
+    """
+    import os, errno
+    for call in (lambda: os.open("/nonexistent/proctap", os.O_RDONLY), lambda: os.setpgid(2**22 + 1, 0),
+                 lambda: os.kill(2**22 + 1, 0), lambda: os.waitpid(-1, os.WNOHANG)):
+        try:
+            call()
+        except OSError:
+            pass
+    """
+)
+
+
+@needs_bpf
+def test_only_fork_syscalls_give_fork_failed() -> None:
+    """The program sits on every syscall's exit: other failing syscalls (ENOENT, ESRCH, ECHILD) are not forks."""
+    with backend(events=frozenset({EventKind.FORK_FAILED, EventKind.EXIT})) as b:
+        child = subprocess.Popen([sys.executable, "-c", OTHER_FAILING_SYSCALLS_CHILD])
+        child.wait()
+        events = collect(b, lambda evs: any(isinstance(e, Exit) and e.pid == child.pid for e in evs))
+    assert any(isinstance(e, Exit) and e.pid == child.pid for e in events)
+    assert not [e for e in events if isinstance(e, ForkFailed) and e.pid == child.pid]
 
 
 @needs_bpf

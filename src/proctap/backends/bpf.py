@@ -12,13 +12,15 @@ import contextlib
 import errno
 import mmap
 import os
+import platform
 import struct
 import time
 from typing import ClassVar
 
 from ..bpf import programs as progs
 from ..bpf import records as rec
-from ..bpf.btf import TYPEDEF, VMLINUX, vmlinux
+from ..bpf.btf import VMLINUX
+from ..bpf.cache import kernel_layout
 from ..bpf.insn import R0, Asm
 from ..bpf.ringbuf import RingBuffer
 from ..bpf.syscall import (
@@ -31,7 +33,6 @@ from ..bpf.syscall import (
     map_lookup,
     map_update,
     obj_info,
-    perf_event_open_tracepoint,
     raw_tracepoint_open,
 )
 from ..clock import Clock
@@ -44,8 +45,7 @@ __all__ = ["BpfBackend"]
 
 DEFAULT_RING_BYTES = 8 << 20
 TRACKED_MAX = 1 << 16
-FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")
-TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # ForkFailed.syscall by the index the program writes
 MISSES_INTERVAL_S = 1.0
 _U64 = struct.Struct("=Q")
 HEADER_SIZE = rec.HEADER_SIZE
@@ -97,31 +97,6 @@ def _int_option(config: BackendConfig, name: str) -> int | None:
         raise ProctapError(f"bpf option {name}={value!r} is not a number: give an integer") from None
 
 
-def _tracepoint_format(group: str, name: str) -> tuple[int, dict[str, int]] | None:
-    """(id, field offsets) of a classic tracepoint from tracefs, or None when tracefs is not mounted."""
-    for root in TRACEFS_ROOTS:
-        base = f"{root}/events/{group}/{name}"
-        try:
-            with open(f"{base}/id") as f:
-                tp_id = int(f.read())
-            with open(f"{base}/format") as f:
-                text = f.read()
-        except OSError:
-            continue
-        offsets = {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line.startswith("field:"):
-                continue
-            parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
-            if "offset" not in parts:
-                continue
-            field_name = parts["field"].split()[-1].split("[")[0]
-            offsets[field_name] = int(parts["offset"])
-        return tp_id, offsets
-    return None
-
-
 def _unavailable_reason(exc: BpfError) -> str:
     if exc.errno in (errno.EPERM, errno.EACCES):
         return "needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run as root"
@@ -160,7 +135,7 @@ class BpfBackend(Backend):
             a = Asm()
             a.mov(R0, 0)
             a.exit()
-            tp = vmlinux().find("btf_trace_sched_process_exec", TYPEDEF)
+            tp = kernel_layout().tracepoints["sched_process_exec"]
             fds.append(load_program(ProgType.TRACING, a.assemble(), "proctap_probe",
                                     expected_attach_type=BPF_TRACE_RAW_TP, attach_btf_id=tp))  # fmt: skip
         except BpfError as exc:
@@ -209,7 +184,7 @@ class BpfBackend(Backend):
     def _open(self) -> None:
         cfg = self.config
         try:
-            layout = progs.Layout.from_btf(vmlinux())
+            layout = kernel_layout()
         except (OSError, KeyError, DecodeError) as exc:
             raise BackendUnavailable(f"bpf: cannot read the kernel BTF ({exc}): use another backend") from None
         ring_size = _ring_size(cfg.buffer_bytes)
@@ -254,8 +229,8 @@ class BpfBackend(Backend):
             with contextlib.suppress(BpfError):  # a full map: the watcher still filters exactly in user space
                 map_update(tracked_fd, struct.pack("=I", pid), _U64.pack(1))
 
-    def _attach_tp_btf(self, tracepoint: str, prog_name: str, code: bytes) -> None:
-        type_id = vmlinux().find(f"btf_trace_{tracepoint}", TYPEDEF)
+    def _attach_tp_btf(self, layout: progs.Layout, tracepoint: str, prog_name: str, code: bytes) -> None:
+        type_id = layout.tracepoints[tracepoint]
         fd = self._own(load_program(ProgType.TRACING, code, prog_name, expected_attach_type=BPF_TRACE_RAW_TP,
                                     attach_btf_id=type_id))  # fmt: skip
         self._prog_fds.append(fd)
@@ -264,34 +239,28 @@ class BpfBackend(Backend):
     def _attach_all(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters, argv_limit: int) -> None:
         kinds = self.config.events
         if EventKind.FORK in kinds or filters.tracked:
-            self._attach_tp_btf("task_newtask", "proctap_fork", progs.fork_program(layout, maps, filters))
+            self._attach_tp_btf(layout, "task_newtask", "proctap_fork", progs.fork_program(layout, maps, filters))
         if EventKind.EXEC in kinds:
-            self._attach_tp_btf("sched_process_exec", "proctap_exec",
+            self._attach_tp_btf(layout, "sched_process_exec", "proctap_exec",
                                 progs.exec_program(layout, maps, filters, argv_limit))  # fmt: skip
         if EventKind.EXIT in kinds or filters.tracked:
-            self._attach_tp_btf("sched_process_exit", "proctap_exit", progs.exit_program(layout, maps, filters))
+            self._attach_tp_btf(layout, "sched_process_exit", "proctap_exit", progs.exit_program(layout, maps, filters))
         if EventKind.FORK_FAILED in kinds:
-            self._attach_fork_failed(maps, filters)
+            self._attach_fork_failed(layout, maps, filters)
 
-    def _attach_fork_failed(self, maps: progs.MapFds, filters: progs.Filters) -> None:
-        for index, syscall in enumerate(FORK_SYSCALLS):
-            fmt = _tracepoint_format("syscalls", f"sys_exit_{syscall}")
-            if fmt is None:
-                continue
-            tp_id, offsets = fmt
-            if "ret" not in offsets:
-                continue
-            code = progs.fork_failed_program(maps, filters, index, offsets["ret"])
-            fd = self._own(load_program(ProgType.TRACEPOINT, code, f"proctap_ff_{syscall}"))
-            self._prog_fds.append(fd)
-            try:
-                self._own(perf_event_open_tracepoint(tp_id, fd))
-            except BpfError as exc:  # not fatal: everything but ForkFailed still works
-                self._notes.append(f"fork_failed on {syscall} unavailable: {exc}")
-                continue
-            self._fork_syscalls.append(syscall)
-        if not self._fork_syscalls:
-            self._notes.append("fork_failed unavailable: tracefs (syscalls/sys_exit_clone) not mounted")
+    def _attach_fork_failed(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters) -> None:
+        if not layout.fork_syscalls or "sys_exit" not in layout.tracepoints:
+            self._notes.append(f"fork_failed unavailable: no fork syscall table for {platform.machine()} "
+                               "or no sys_exit tracepoint")  # fmt: skip
+            return
+        syscalls = {nr: FORK_SYSCALLS.index(name) for name, nr in layout.fork_syscalls.items()}
+        try:
+            self._attach_tp_btf(layout, "sys_exit", "proctap_ffail", progs.fork_failed_program(layout, maps, filters,
+                                                                                              syscalls))
+        except BpfError as exc:  # not fatal: everything but ForkFailed still works
+            self._notes.append(f"fork_failed unavailable: {exc}")
+            return
+        self._fork_syscalls = sorted(layout.fork_syscalls)
 
     # -- the Backend interface ---------------------------------------------------------------------------------
     def fileno(self) -> int:
@@ -443,9 +412,8 @@ class BpfBackend(Backend):
 
     def _recursion_misses(self) -> int:
         """Runs the kernel skipped because the program was already running on that CPU (bpf_prog_info)."""
-        try:
-            offset = vmlinux().member("bpf_prog_info", "recursion_misses").offset
-        except (KeyError, DecodeError):
+        offset = kernel_layout().prog_info_recursion_misses
+        if offset < 0:
             return 0
         total = 0
         for fd in self._prog_fds:

@@ -6,7 +6,9 @@
   filename from bprm->filename, argc from bprm->argc, argv from the new mm's arg_start..arg_end.
 * ``proctap_exit``: tp_btf ``sched_process_exit(task[, group_dead])`` (kernel/exit.c do_exit), after
   task->exit_code is set; group_dead from the argument (6.18+) or signal->live == 0.
-* ``proctap_ffail``: classic tracepoints ``syscalls/sys_exit_{clone,clone3,fork,vfork}`` with ret < 0.
+* ``proctap_ffail``: tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint the syscalls/sys_exit_* events hang on) for
+  a fork syscall (clone, clone3, fork, vfork) with ret < 0.  One link: per-CPU perf events on the syscalls
+  tracepoints took 60-80 ms each to close (the kernel waits for a grace period per tracepoint).
 
 All write :mod:`records` into one ring buffer through a per-CPU scratch slot, with NO_WAKEUP unless the ring was
 empty (the first record after a drain wakes the reader) or more than half full.  A failed output increments a per-CPU
@@ -15,14 +17,16 @@ loss counter.  Filters (pid subtree, uid, cgroup, threads) run before anything i
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 from . import records as rec
-from .btf import Btf
+from .btf import TYPEDEF, Btf
 from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, Helper, Reg, W
 
-__all__ = ["FNAME_MAX", "Filters", "Layout", "MapFds", "exec_program", "exit_program", "fork_failed_program",
-           "fork_program", "scratch_size"]  # fmt: skip
+__all__ = ["FNAME_MAX", "SYSCALL_ABI", "Filters", "Layout", "MapFds", "SyscallAbi", "exec_program", "exit_program",
+           "fork_failed_program", "fork_program", "scratch_size"]  # fmt: skip
 
 FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
@@ -39,8 +43,30 @@ SLOT_FLAGS = -32  # u64 wakeup flags of the output
 
 
 @dataclass(frozen=True)
+class SyscallAbi:
+    """Where this architecture keeps the syscall number and which numbers create tasks."""
+
+    regs_nr: str  # the member of struct pt_regs holding the syscall number at sys_exit
+    fork_syscalls: dict[str, int]  # name -> number
+    compat_word: str  # task_struct path of the word that marks a compat (32-bit) task
+    compat_mask: int
+
+
+SYSCALL_ABI = {
+    # arch/x86/entry/syscalls/syscall_64.tbl; TS_COMPAT in arch/x86/include/asm/thread_info.h
+    "x86_64": SyscallAbi("orig_ax", {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}, "thread_info.status", 0x2),
+    # include/uapi/asm-generic/unistd.h; TIF_32BIT in arch/arm64/include/asm/thread_info.h
+    "aarch64": SyscallAbi("syscallno", {"clone": 220, "clone3": 435}, "thread_info.flags", 1 << 22),
+}
+TRACEPOINTS = ("task_newtask", "sched_process_exec", "sched_process_exit", "sys_exit")
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Kernel struct offsets this build of the programs relies on, all read from BTF."""
+    """Everything about the running kernel the programs rely on, all read from BTF (and cached: :mod:`.cache`).
+
+    Offsets are bytes from the start of the struct; -1 marks what this kernel or architecture lacks.
+    """
 
     task_tgid: int
     task_pid: int
@@ -59,12 +85,31 @@ class Layout:
     bprm_argc: int
     bprm_filename: int
     exit_has_group_dead: bool
+    tracepoints: dict[str, int]  # btf_trace_<name> typedef ids, for attaching tp_btf programs
+    prog_info_recursion_misses: int  # in struct bpf_prog_info
+    fork_syscalls: dict[str, int]  # this architecture's fork syscall numbers (empty: unknown architecture)
+    regs_syscall_nr: int
+    regs_syscall_nr_size: int
+    compat_flags: int
+    compat_mask: int
 
     @classmethod
-    def from_btf(cls, btf: Btf) -> Layout:
+    def from_btf(cls, btf: Btf, machine: str) -> Layout:
         def off(struct_name: str, member: str) -> int:
             return btf.member(struct_name, member).offset
 
+        def off_or_missing(struct_name: str, member: str) -> int:
+            try:
+                return off(struct_name, member)
+            except KeyError:
+                return -1
+
+        tracepoints = {}
+        for name in TRACEPOINTS:
+            with contextlib.suppress(KeyError):
+                tracepoints[name] = btf.find(f"btf_trace_{name}", TYPEDEF)
+        abi = SYSCALL_ABI.get(machine)
+        regs_nr = None if abi is None else btf.member("pt_regs", abi.regs_nr)
         exit_params = btf.func_params("btf_trace_sched_process_exit")  # (void *__data, task[, group_dead])
         return cls(
             task_tgid=off("task_struct", "tgid"),
@@ -84,7 +129,34 @@ class Layout:
             bprm_argc=off("linux_binprm", "argc"),
             bprm_filename=off("linux_binprm", "filename"),
             exit_has_group_dead=len(exit_params) >= 3,
+            tracepoints=tracepoints,
+            prog_info_recursion_misses=off_or_missing("bpf_prog_info", "recursion_misses"),
+            fork_syscalls={} if abi is None or regs_nr is None else dict(abi.fork_syscalls),
+            regs_syscall_nr=-1 if regs_nr is None else regs_nr.offset,
+            regs_syscall_nr_size=0 if regs_nr is None else regs_nr.size,
+            compat_flags=-1 if abi is None else off_or_missing("task_struct", abi.compat_word),
+            compat_mask=0 if abi is None else abi.compat_mask,
         )
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Layout:
+        """The inverse of :meth:`to_json`; raises ValueError unless every field is there with its type."""
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            value = data.get(f.name)
+            if f.type == "bool":
+                ok = isinstance(value, bool)
+            elif f.type == "int":
+                ok = type(value) is int
+            else:
+                ok = isinstance(value, dict) and all(isinstance(k, str) and type(v) is int for k, v in value.items())
+            if not ok:
+                raise ValueError(f"bad or missing {f.name}")
+            values[f.name] = value
+        return cls(**values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -395,13 +467,26 @@ def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
     return a.assemble()
 
 
-def fork_failed_program(maps: MapFds, filters: Filters, syscall_index: int, ret_offset: int) -> bytes:
-    """For a sys_exit_<fork syscall> tracepoint; ``ret_offset`` from its format file, ``syscall_index`` is
-    written to aux32 to tell the syscalls apart."""
+def fork_failed_program(lay: Layout, maps: MapFds, filters: Filters, syscalls: dict[int, int]) -> bytes:
+    """tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint under every syscalls:sys_exit_*): a fork syscall that
+    returned < 0.  ``syscalls`` maps this architecture's syscall numbers to the index written to aux32."""
     a = Asm()
-    a.mov(R6, R1)
-    a.ldx(DW, R7, R6, ret_offset)
+    a.ldx(DW, R7, R1, 8)  # ret
     a.jsge(R7, 0, "out")
+    a.ldx(DW, R2, R1, 0)  # regs
+    a.ldx(DW if lay.regs_syscall_nr_size == 8 else W, R6, R2, lay.regs_syscall_nr)
+    for nr, index in sorted(syscalls.items()):
+        a.jne(R6, nr, f"not_{nr}")
+        a.mov(R6, index)
+        a.ja("fork_syscall")
+        a.label(f"not_{nr}")
+    a.ja("out")
+    a.label("fork_syscall")
+    if lay.compat_flags >= 0:
+        # a compat (32-bit) task numbers its syscalls differently: ia32's 57 is setpgid, not fork
+        a.call(Helper.get_current_task_btf)
+        a.ldx(W, R1, R0, lay.compat_flags)
+        a.jset(R1, lay.compat_mask, "out")
     a.call(Helper.get_current_pid_tgid)
     a.mov(R8, R0)
     if filters.tracked:
@@ -416,7 +501,7 @@ def fork_failed_program(maps: MapFds, filters: Filters, syscall_index: int, ret_
     for off in (rec.OFF_START, rec.OFF_TASK_START):
         a.st(DW, R9, off, 0)
     a.st(W, R9, rec.OFF_PPID, 0)
-    a.st(W, R9, rec.OFF_AUX32, syscall_index)
+    a.stx(W, R9, rec.OFF_AUX32, R6)
     a.stx(DW, R9, rec.OFF_AUX64, R7)
     _creds_cgroup_comm(a, filters)
     _output(a, maps, filters, None)

@@ -1,0 +1,83 @@
+"""The BTF facts proctap's programs need, cached on disk so starting does not parse BTF every time.
+
+Parsing /sys/kernel/btf/vmlinux in Python takes ~0.35 s (126k types); reading it and checksumming it takes ~10 ms.
+The cache file is keyed by that checksum and the blob's size, so another kernel (or a rebuilt one) never reuses an
+entry.  Where: ``$PROCTAP_CACHE_DIR``, else /var/cache/proctap for root, else ``$XDG_CACHE_HOME/proctap`` (or
+~/.cache/proctap).  A cache that cannot be read or written is ignored: the facts are then computed each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import tempfile
+import zlib
+from functools import lru_cache
+from pathlib import Path
+
+from .btf import VMLINUX, Btf, vmlinux
+from .programs import Layout
+
+__all__ = ["cache_dir", "kernel_layout"]
+
+SCHEMA = 2  # bump when Layout changes meaning
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("PROCTAP_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/var/cache/proctap")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "proctap"
+
+
+def _cache_file(blob: bytes) -> Path:
+    return cache_dir() / f"btf-layout-{platform.machine()}-{len(blob)}-{zlib.crc32(blob):08x}.json"
+
+
+def _load(path: Path) -> Layout | None:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema") != SCHEMA:
+            return None
+        return Layout.from_json(data["layout"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _store(path: Path, layout: Layout) -> None:
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"schema": SCHEMA, "layout": layout.to_json()}, f)
+            os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def kernel_layout() -> Layout:
+    """The running kernel's :class:`Layout`: from the cache, or parsed from BTF (and then cached).
+
+    Raises OSError when the BTF cannot be read, KeyError or DecodeError when it lacks what proctap needs.
+    """
+    with open(VMLINUX, "rb") as f:
+        blob = f.read()
+    path = _cache_file(blob)
+    layout = _load(path)
+    if layout is None:
+        layout = Layout.from_btf(_parse(blob), platform.machine())
+        _store(path, layout)
+    return layout
+
+
+def _parse(blob: bytes) -> Btf:
+    # the same parse vmlinux() would do; reuse it when another part of this process already parsed BTF
+    return vmlinux() if vmlinux.cache_info().currsize else Btf(blob)
