@@ -43,4 +43,7 @@ python_env() {
         return 1
     fi
     rm -f "$log"
+    # an editable install has no bytecode yet: compile it now so no start-up compiles sources (and none has to
+    # when PYTHONDONTWRITEBYTECODE is set)
+    "$PY" -m compileall -q src/proctap >/dev/null
 }

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import mmap
 import os
-import platform
 import struct
 import time
 from typing import ClassVar
@@ -250,7 +249,7 @@ class BpfBackend(Backend):
 
     def _attach_fork_failed(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters) -> None:
         if not layout.fork_syscalls or "sys_exit" not in layout.tracepoints:
-            self._notes.append(f"fork_failed unavailable: no fork syscall table for {platform.machine()} "
+            self._notes.append(f"fork_failed unavailable: no fork syscall table for {os.uname().machine} "
                                "or no sys_exit tracepoint")  # fmt: skip
             return
         syscalls = {nr: FORK_SYSCALLS.index(name) for name, nr in layout.fork_syscalls.items()}

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import tempfile
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +34,7 @@ def cache_dir() -> Path:
 
 
 def _cache_file(blob: bytes) -> Path:
-    return cache_dir() / f"btf-layout-{platform.machine()}-{len(blob)}-{zlib.crc32(blob):08x}.json"
+    return cache_dir() / f"btf-layout-{os.uname().machine}-{len(blob)}-{zlib.crc32(blob):08x}.json"
 
 
 def _load(path: Path) -> Layout | None:
@@ -52,9 +50,9 @@ def _load(path: Path) -> Layout | None:
 def _store(path: Path, layout: Layout) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
         try:
-            with os.fdopen(fd, "w") as f:
+            with open(tmp, "w") as f:
                 json.dump({"schema": SCHEMA, "layout": layout.to_json()}, f)
             os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
         except OSError:
@@ -73,7 +71,7 @@ def kernel_layout() -> Layout:
     path = _cache_file(blob)
     layout = _load(path)
     if layout is None:
-        layout = Layout.from_btf(_parse(blob), platform.machine())
+        layout = Layout.from_btf(_parse(blob), os.uname().machine)
         _store(path, layout)
     return layout
 
