@@ -1,11 +1,14 @@
 """Overhead of ``proctap run`` on a build-like workload, compared with ``strace -f`` on the same workload.
 
-Workloads: ``make`` (make -j2 of N tiny independent steps, each one exec of /bin/true) or ``spawn`` (a shell loop
-starting N short processes).  Modes: the workload alone, under ``proctap run -q`` (netlink + taskstats, the tree
-built and summarised), under ``strace -f -qq -e trace=process -o /dev/null``.  Runs alternate between modes; the
-median wall time of each mode is printed with its overhead over the baseline.
+Workloads: ``compile`` (make -j2 of N tiny compile steps, ``cc -c`` of a one-function C file each: the build the
+issue describes), ``make`` (make -j2 of N steps that each exec /bin/true: no work at all, so proctap's fixed start-up
+and teardown weigh the most) or ``spawn`` (a shell loop starting N short processes).  Modes: the workload alone,
+under ``proctap run -q`` (the automatic backend plus taskstats, the tree built and summarised), under
+``strace -f -qq -e trace=process -o /dev/null``.  Runs alternate between modes; the median wall time of each mode is
+printed with its overhead over the baseline.
 
-    python3 bench/run_overhead.py                 # make -j2, 2000 steps, 5 rounds
+    python3 bench/run_overhead.py                 # compile: make -j2, 2000 tiny compile steps, 5 rounds
+    python3 bench/run_overhead.py --workload make
     python3 bench/run_overhead.py --workload spawn --steps 20000 --rounds 5
 
 Run as root (taskstats needs CAP_NET_ADMIN).  The figures depend on the machine's load: other busy processes make
@@ -30,6 +33,15 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
 def workload(kind: str, steps: int, workdir: Path) -> list[str]:
+    if kind == "compile":
+        objs = []
+        for i in range(steps):
+            (workdir / f"u{i}.c").write_text(f"int unit{i}(int x) {{ return x * {i} + 1; }}\n")
+            objs.append(f"u{i}.o")
+        body = [f"all: {' '.join(objs)}", "%.o: %.c\n\t@cc -O1 -c $< -o $@", "clean:\n\t@rm -f *.o"]
+        (workdir / "Makefile").write_text("\n".join(body) + "\n")
+        # always-make: every run compiles everything again (no up-to-date objects from the previous run)
+        return ["make", "-s", "-B", "-j2", "-C", str(workdir)]
     if kind == "make":
         targets = [f"t{i}" for i in range(steps)]
         body = [f".PHONY: all {' '.join(targets)}", f"all: {' '.join(targets)}"]
@@ -65,11 +77,14 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=("make", "spawn"), default="make")
+    parser.add_argument("--workload", choices=("compile", "make", "spawn"), default="compile")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-setup", action="store_true", help="do not install missing packages (make, gcc, strace)")
     args = parser.parse_args()
-    if shutil.which("make") is None and args.workload == "make":
+    if not args.no_setup:
+        subprocess.run([str(Path(__file__).resolve().parent / "setup"), "--no-forkstat"], check=True)
+    if shutil.which("make") is None and args.workload != "spawn":
         raise SystemExit("make is not installed (apt-get install make)")
     strace = shutil.which("strace") is not None
     if not strace:
