@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from proctap.backends import Feature
 from proctap.proctree import Outcome, ProcessNode
 from proctap.runreport import format_report, run_document
-from proctap.runtree import RunOptions, RunResult, run
+from proctap.runtree import KERNEL_ARGV_LATENCY_S, WATCH_LATENCY_S, RunOptions, RunResult, run, run_latency
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 PY = sys.executable
@@ -311,3 +312,9 @@ def test_a_busy_daemon_does_not_keep_proctap_waiting() -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(daemon.pid, signal.SIGKILL)
+
+
+def test_latency_is_longer_only_where_argv_is_captured_in_the_kernel() -> None:
+    assert run_latency(frozenset({Feature.EXEC, Feature.ARGV_KERNEL})) == KERNEL_ARGV_LATENCY_S
+    assert run_latency(frozenset({Feature.EXEC})) == WATCH_LATENCY_S  # argv read from /proc: drain promptly
+    assert KERNEL_ARGV_LATENCY_S > WATCH_LATENCY_S

@@ -64,9 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latency",
         type=_seconds,
-        default=0.01,
+        default=None,
         metavar="SECONDS",
-        help="how long events may wait in the kernel while they keep coming (default: 0.01)",
+        help="how long events may wait in the kernel while they keep coming (default: 0.05 with a backend that "
+        "captures argv in the kernel, bpf; else 0.01)",
     )
     parser.add_argument(
         "-o",
