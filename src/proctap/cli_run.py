@@ -15,7 +15,6 @@ import sys
 from typing import TextIO
 
 from .cli import Subcommand, _backend_name, _option, _seconds, _size, _stderr
-from .html_timeline import render_html
 from .runreport import format_report, run_document, summary_line
 from .runtree import CommandFailed, RunOptions, RunResult, run
 
@@ -128,6 +127,8 @@ def run_command(args: argparse.Namespace) -> int:
         if args.json:
             _write(args.json, json.dumps(doc, indent=1) + "\n")
         if args.html:
+            from .html_timeline import render_html  # only here: it is not needed for any other output
+
             _write(args.html, render_html(doc))
     return result.exit_status
 

@@ -13,7 +13,6 @@ import json
 import os
 import zlib
 from functools import lru_cache
-from pathlib import Path
 
 from .btf import VMLINUX, Btf, vmlinux
 from .programs import Layout
@@ -23,23 +22,25 @@ __all__ = ["cache_dir", "kernel_layout"]
 SCHEMA = 2  # bump when Layout changes meaning
 
 
-def cache_dir() -> Path:
+# (os.path rather than pathlib: this module is on every bpf start-up, and pathlib costs 8 ms to import)
+def cache_dir() -> str:
     explicit = os.environ.get("PROCTAP_CACHE_DIR")
     if explicit:
-        return Path(explicit)
+        return explicit
     if os.geteuid() == 0:
-        return Path("/var/cache/proctap")
+        return "/var/cache/proctap"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "proctap"
+    return os.path.join(base, "proctap")
 
 
-def _cache_file(blob: bytes) -> Path:
-    return cache_dir() / f"btf-layout-{os.uname().machine}-{len(blob)}-{zlib.crc32(blob):08x}.json"
+def _cache_file(blob: bytes) -> str:
+    return os.path.join(cache_dir(), f"btf-layout-{os.uname().machine}-{len(blob)}-{zlib.crc32(blob):08x}.json")
 
 
-def _load(path: Path) -> Layout | None:
+def _load(path: str) -> Layout | None:
     try:
-        data = json.loads(path.read_text())
+        with open(path) as f:
+            data = json.load(f)
         if data.get("schema") != SCHEMA:
             return None
         return Layout.from_json(data["layout"])
@@ -47,10 +48,11 @@ def _load(path: Path) -> Layout | None:
         return None
 
 
-def _store(path: Path, layout: Layout) -> None:
+def _store(path: str, layout: Layout) -> None:
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
+        directory, name = os.path.split(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
         try:
             with open(tmp, "w") as f:
                 json.dump({"schema": SCHEMA, "layout": layout.to_json()}, f)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 from enum import IntEnum
 
@@ -32,7 +31,7 @@ __all__ = [
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
 _SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}
-SYS_BPF, SYS_PERF_EVENT_OPEN = _SYSCALLS.get(platform.machine(), (321, 298))
+SYS_BPF, SYS_PERF_EVENT_OPEN = _SYSCALLS.get(os.uname().machine, (321, 298))
 
 
 class Cmd(IntEnum):
