@@ -30,7 +30,7 @@ from proctap.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
 from proctap.bpf.programs import Layout
 from proctap.bpf.ringbuf import RingBuffer
 from proctap.bpf.syscall import BpfError, MapType, ProgType, create_map, load_program, obj_info, prog_fd_by_id, prog_ids
-from proctap.errors import DecodeError
+from proctap.errors import DecodeError, ProctapError
 from proctap.events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
 from proctap.watcher import Watcher
 
@@ -601,8 +601,11 @@ def pids_cgroup(limit: int) -> Iterator[Path]:
 
 
 @needs_bpf
-def test_failed_forks() -> None:
-    with pids_cgroup(3) as cg, backend(events=frozenset({EventKind.FORK_FAILED, EventKind.EXIT})) as b:
+@pytest.mark.parametrize("hook", ["syscalls", "raw"])
+def test_failed_forks(hook: str) -> None:
+    kinds = frozenset({EventKind.FORK_FAILED, EventKind.EXIT})
+    with pids_cgroup(3) as cg, backend(events=kinds, options=(("fork_failed_hook", hook),)) as b:
+        assert b.stats()["fork_failed_syscalls"] >= 2
         out = subprocess.run([sys.executable, "-c", FORK_BOMB_CHILD, str(cg)], capture_output=True, check=True)
         failures = int(out.stdout)
         events = collect(b, lambda evs: len([e for e in evs if isinstance(e, ForkFailed)]) >= failures)
@@ -612,6 +615,12 @@ def test_failed_forks() -> None:
     for e in failed:
         assert e.errno == errno.EAGAIN and e.errno_name == "EAGAIN" and e.syscall in ("clone", "clone3", "fork")
     assert not [e for e in events if isinstance(e, (Fork, Exec))]  # only the kinds asked for
+
+
+@needs_bpf
+def test_fork_failed_hook_option_is_checked() -> None:
+    with pytest.raises(ProctapError, match="fork_failed_hook='perf': choose syscalls or raw"):
+        BpfBackend(BackendConfig(events=frozenset({EventKind.EXIT}), options=(("fork_failed_hook", "perf"),)))
 
 
 OTHER_FAILING_SYSCALLS_CHILD = textwrap.dedent(
@@ -628,9 +637,11 @@ OTHER_FAILING_SYSCALLS_CHILD = textwrap.dedent(
 
 
 @needs_bpf
-def test_only_fork_syscalls_give_fork_failed() -> None:
-    """The program sits on every syscall's exit: other failing syscalls (ENOENT, ESRCH, ECHILD) are not forks."""
-    with backend(events=frozenset({EventKind.FORK_FAILED, EventKind.EXIT})) as b:
+@pytest.mark.parametrize("hook", ["syscalls", "raw"])
+def test_only_fork_syscalls_give_fork_failed(hook: str) -> None:
+    """The raw hook sees every syscall's exit: other failing syscalls (ENOENT, ESRCH, ECHILD) are not forks."""
+    kinds = frozenset({EventKind.FORK_FAILED, EventKind.EXIT})
+    with backend(events=kinds, options=(("fork_failed_hook", hook),)) as b:
         child = subprocess.Popen([sys.executable, "-c", OTHER_FAILING_SYSCALLS_CHILD])
         child.wait()
         events = collect(b, lambda evs: any(isinstance(e, Exit) and e.pid == child.pid for e in evs))

@@ -17,7 +17,15 @@ import pytest
 from proctap.backends import Feature
 from proctap.proctree import Outcome, ProcessNode
 from proctap.runreport import format_report, run_document
-from proctap.runtree import KERNEL_ARGV_LATENCY_S, WATCH_LATENCY_S, RunOptions, RunResult, run, run_latency
+from proctap.runtree import (
+    KERNEL_ARGV_LATENCY_S,
+    WATCH_LATENCY_S,
+    RunOptions,
+    RunResult,
+    run,
+    run_backend_options,
+    run_latency,
+)
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 PY = sys.executable
@@ -318,3 +326,9 @@ def test_latency_is_longer_only_where_argv_is_captured_in_the_kernel() -> None:
     assert run_latency(frozenset({Feature.EXEC, Feature.ARGV_KERNEL})) == KERNEL_ARGV_LATENCY_S
     assert run_latency(frozenset({Feature.EXEC})) == WATCH_LATENCY_S  # argv read from /proc: drain promptly
     assert KERNEL_ARGV_LATENCY_S > WATCH_LATENCY_S
+
+
+def test_run_asks_bpf_for_the_failed_fork_hook_that_detaches_at_once() -> None:
+    assert run_backend_options(()) == (("fork_failed_hook", "raw"),)
+    assert run_backend_options((("uid", "0"),)) == (("uid", "0"), ("fork_failed_hook", "raw"))
+    assert run_backend_options((("fork_failed_hook", "syscalls"),)) == (("fork_failed_hook", "syscalls"),)

@@ -6,9 +6,12 @@
   filename from bprm->filename, argc from bprm->argc, argv from the new mm's arg_start..arg_end.
 * ``proctap_exit``: tp_btf ``sched_process_exit(task[, group_dead])`` (kernel/exit.c do_exit), after
   task->exit_code is set; group_dead from the argument (6.18+) or signal->live == 0.
-* ``proctap_ffail``: tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint the syscalls/sys_exit_* events hang on) for
-  a fork syscall (clone, clone3, fork, vfork) with ret < 0.  One link: per-CPU perf events on the syscalls
-  tracepoints took 60-80 ms each to close (the kernel waits for a grace period per tracepoint).
+* ``proctap_ff_<syscall>``: classic tracepoints ``syscalls/sys_exit_{clone,clone3,fork,vfork}`` with ret < 0,
+  attached through perf events: nearly free for other syscalls (the kernel tests a bitmap before running anything),
+  but each takes 60-80 ms to close (a grace period per tracepoint).
+* ``proctap_ffail``: the alternative for short-lived watchers (``fork_failed_hook=raw``, used by ``proctap run``)
+  or without tracefs: tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint those events hang on), one link that
+  closes at once, but it runs for every syscall on the machine (+0.15 us each, measured with dd bs=1).
 
 All write :mod:`records` into one ring buffer through a per-CPU scratch slot, with NO_WAKEUP unless the ring was
 empty (the first record after a drain wakes the reader) or more than half full.  A failed output increments a per-CPU
@@ -26,7 +29,7 @@ from .btf import TYPEDEF, Btf
 from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, Helper, Reg, W
 
 __all__ = ["FNAME_MAX", "SYSCALL_ABI", "Filters", "Layout", "MapFds", "SyscallAbi", "exec_program", "exit_program",
-           "fork_failed_program", "fork_program", "scratch_size"]  # fmt: skip
+           "fork_failed_program", "fork_failed_raw_program", "fork_program", "scratch_size"]  # fmt: skip
 
 FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
@@ -467,7 +470,17 @@ def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
     return a.assemble()
 
 
-def fork_failed_program(lay: Layout, maps: MapFds, filters: Filters, syscalls: dict[int, int]) -> bytes:
+def fork_failed_program(maps: MapFds, filters: Filters, syscall_index: int, ret_offset: int) -> bytes:
+    """For a classic ``syscalls/sys_exit_<fork syscall>`` tracepoint; ``ret_offset`` from its format file,
+    ``syscall_index`` is written to aux32 to tell the syscalls apart."""
+    a = Asm()
+    a.ldx(DW, R7, R1, ret_offset)
+    a.jsge(R7, 0, "out")
+    _fork_failed_record(a, maps, filters, syscall_index)
+    return a.assemble()
+
+
+def fork_failed_raw_program(lay: Layout, maps: MapFds, filters: Filters, syscalls: dict[int, int]) -> bytes:
     """tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint under every syscalls:sys_exit_*): a fork syscall that
     returned < 0.  ``syscalls`` maps this architecture's syscall numbers to the index written to aux32."""
     a = Asm()
@@ -487,6 +500,13 @@ def fork_failed_program(lay: Layout, maps: MapFds, filters: Filters, syscalls: d
         a.call(Helper.get_current_task_btf)
         a.ldx(W, R1, R0, lay.compat_flags)
         a.jset(R1, lay.compat_mask, "out")
+    _fork_failed_record(a, maps, filters, R6)
+    return a.assemble()
+
+
+def _fork_failed_record(a: Asm, maps: MapFds, filters: Filters, syscall_index: int | Reg) -> None:
+    """The ForkFailed record of the current task, with the return value in r7 and the syscall's index (a constant
+    or a callee-saved register)."""
     a.call(Helper.get_current_pid_tgid)
     a.mov(R8, R0)
     if filters.tracked:
@@ -501,8 +521,10 @@ def fork_failed_program(lay: Layout, maps: MapFds, filters: Filters, syscalls: d
     for off in (rec.OFF_START, rec.OFF_TASK_START):
         a.st(DW, R9, off, 0)
     a.st(W, R9, rec.OFF_PPID, 0)
-    a.stx(W, R9, rec.OFF_AUX32, R6)
+    if isinstance(syscall_index, Reg):  # (first: a Reg is an int too)
+        a.stx(W, R9, rec.OFF_AUX32, syscall_index)
+    else:
+        a.st(W, R9, rec.OFF_AUX32, syscall_index)
     a.stx(DW, R9, rec.OFF_AUX64, R7)
     _creds_cgroup_comm(a, filters)
     _output(a, maps, filters, None)
-    return a.assemble()
