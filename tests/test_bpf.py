@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proctap.backends import bpf as bpf_backend
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend, _verifier_summary
 from proctap.bpf import cache
@@ -618,6 +619,14 @@ def test_failed_forks(hook: str) -> None:
 
 
 @needs_bpf
+def test_fork_failed_falls_back_to_the_raw_hook_without_tracefs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bpf_backend, "TRACEFS_ROOTS", ("/nonexistent/tracing",))  # as if tracefs were not mounted
+    with backend(events=frozenset({EventKind.FORK_FAILED})) as b:
+        assert b.stats()["fork_failed_syscalls"] >= 2
+        assert any("raw sys_exit" in note for note in b.notes)
+
+
+@needs_bpf
 def test_fork_failed_hook_option_is_checked() -> None:
     with pytest.raises(ProctapError, match="fork_failed_hook='perf': choose syscalls or raw"):
         BpfBackend(BackendConfig(events=frozenset({EventKind.EXIT}), options=(("fork_failed_hook", "perf"),)))
@@ -795,7 +804,8 @@ def test_bad_option_is_one_line_error() -> None:
 HOLDER = textwrap.dedent(
     """
     import struct, sys, time
-    from proctap.backends.base import BackendConfig
+    from proctap.backends import bpf as bpf_backend
+from proctap.backends.base import BackendConfig
     from proctap.backends.bpf import BpfBackend, _verifier_summary
     from proctap.bpf.syscall import obj_info
     b = BpfBackend(BackendConfig())
