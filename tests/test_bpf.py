@@ -804,8 +804,7 @@ def test_bad_option_is_one_line_error() -> None:
 HOLDER = textwrap.dedent(
     """
     import struct, sys, time
-    from proctap.backends import bpf as bpf_backend
-from proctap.backends.base import BackendConfig
+    from proctap.backends.base import BackendConfig
     from proctap.backends.bpf import BpfBackend, _verifier_summary
     from proctap.bpf.syscall import obj_info
     b = BpfBackend(BackendConfig())
