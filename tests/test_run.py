@@ -19,13 +19,13 @@ from proctap.proctree import Outcome, ProcessNode
 from proctap.runreport import format_report, run_document
 from proctap.runtree import (
     KERNEL_ARGV_LATENCY_S,
-    WATCH_LATENCY_S,
     RunOptions,
     RunResult,
     run,
     run_backend_options,
     run_latency,
 )
+from proctap.watcher import DEFAULT_LATENCY_S
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 PY = sys.executable
@@ -324,8 +324,8 @@ def test_a_busy_daemon_does_not_keep_proctap_waiting() -> None:
 
 def test_latency_is_longer_only_where_argv_is_captured_in_the_kernel() -> None:
     assert run_latency(frozenset({Feature.EXEC, Feature.ARGV_KERNEL})) == KERNEL_ARGV_LATENCY_S
-    assert run_latency(frozenset({Feature.EXEC})) == WATCH_LATENCY_S  # argv read from /proc: drain promptly
-    assert KERNEL_ARGV_LATENCY_S > WATCH_LATENCY_S
+    assert run_latency(frozenset({Feature.EXEC})) == DEFAULT_LATENCY_S  # argv read from /proc: drain promptly
+    assert KERNEL_ARGV_LATENCY_S > DEFAULT_LATENCY_S
 
 
 def test_run_asks_bpf_for_the_failed_fork_hook_that_detaches_at_once() -> None:

@@ -26,11 +26,10 @@ from .errors import BackendUnavailable, ProctapError
 from .events import Event, Exec, Exit, Origin
 from .proctree import ProcessTree
 from .taskstats import AccountingMerger, RawRecord, TaskstatsListener, TaskstatsMessage
-from .watcher import Watcher
+from .watcher import DEFAULT_LATENCY_S, Watcher
 
 __all__ = ["CommandFailed", "RunOptions", "RunResult", "run", "shell_exit_status"]
 
-WATCH_LATENCY_S = 0.01  # the Watcher's default
 KERNEL_ARGV_LATENCY_S = 0.05
 ROOT_EXIT_GRACE_S = 1.0  # after reaping the command, how long to wait for its Exit event
 FINAL_DRAIN_S = 0.5  # without --wait-all: how long to keep collecting events after the command ended
@@ -153,7 +152,7 @@ def run_latency(features: frozenset[Feature]) -> float:
     nothing by waiting longer, and draining 5x less often halved proctap's CPU on a make -j2 build (0.71 -> 0.31 s
     for 1201 processes).  Backends that read argv from /proc must read it before short processes are gone.
     """
-    return KERNEL_ARGV_LATENCY_S if Feature.ARGV_KERNEL in features else WATCH_LATENCY_S
+    return KERNEL_ARGV_LATENCY_S if Feature.ARGV_KERNEL in features else DEFAULT_LATENCY_S
 
 
 def run_backend_options(given: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -180,7 +179,6 @@ class _Session:
             read_proc=False,  # the backend would read /proc for every exec on the machine: we do it for ours
             threads=opts.threads,
             buffer_bytes=opts.buffer_bytes,
-            latency=WATCH_LATENCY_S if opts.latency is None else opts.latency,
             options=run_backend_options(opts.backend_options),
         )
         self.latency = run_latency(self.watcher.backend.features) if opts.latency is None else opts.latency

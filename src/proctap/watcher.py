@@ -26,6 +26,7 @@ from .table import ProcessInfo, ProcessTable
 __all__ = ["AsyncWatcher", "EventFilter", "WatchStats", "Watcher", "awatch", "parse_kinds", "watch"]
 
 KindSpec = EventKind | str | type[Event]
+DEFAULT_LATENCY_S = 0.01  # how long events may wait in the kernel between drains while they keep coming
 
 
 def parse_kinds(spec: Iterable[KindSpec] | str | None) -> frozenset[EventKind]:
@@ -156,7 +157,7 @@ class Watcher:
         buffer_bytes: int | None = None,
         read_proc: bool = True,
         argv_limit: int = 4096,
-        latency: float = 0.01,
+        latency: float = DEFAULT_LATENCY_S,
         track: bool = False,
         options: Iterable[tuple[str, str]] = (),
     ) -> None:

@@ -220,9 +220,9 @@ class BpfBackend(Backend):
 
     def _open(self) -> None:
         cfg = self.config
-        _fork_failed_hook(cfg)  # a bad option is an error even when ForkFailed is not wanted
+        self._fork_failed_hook = _fork_failed_hook(cfg)  # checked even when ForkFailed is not wanted
         try:
-            layout = kernel_layout()
+            layout = self._layout = kernel_layout()
         except (OSError, KeyError, DecodeError) as exc:
             raise BackendUnavailable(f"bpf: cannot read the kernel BTF ({exc}): use another backend") from None
         ring_size = _ring_size(cfg.buffer_bytes)
@@ -287,7 +287,7 @@ class BpfBackend(Backend):
             self._attach_fork_failed(layout, maps, filters)
 
     def _attach_fork_failed(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters) -> None:
-        if _fork_failed_hook(self.config) == "syscalls":
+        if self._fork_failed_hook == "syscalls":
             self._attach_fork_failed_syscalls(maps, filters)
             if self._fork_syscalls:
                 return
@@ -478,7 +478,7 @@ class BpfBackend(Backend):
 
     def _recursion_misses(self) -> int:
         """Runs the kernel skipped because the program was already running on that CPU (bpf_prog_info)."""
-        offset = kernel_layout().prog_info_recursion_misses
+        offset = self._layout.prog_info_recursion_misses
         if offset < 0:
             return 0
         total = 0
