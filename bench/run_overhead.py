@@ -52,11 +52,10 @@ def workload(kind: str, steps: int, workdir: Path) -> list[str]:
     return ["sh", "-c", script]
 
 
-def modes(cmd: list[str], strace: bool, report: Path) -> dict[str, list[str]]:
-    out = {
-        "baseline": cmd,
-        "proctap run": [sys.executable, "-m", "proctap", "run", "-q", "--json", str(report), "--", *cmd],
-    }
+def modes(cmd: list[str], strace: bool, report: Path, latency: str | None) -> dict[str, list[str]]:
+    run = [sys.executable, "-m", "proctap", "run", "-q", "--json", str(report)]
+    run += [] if latency is None else ["--latency", latency]
+    out = {"baseline": cmd, "proctap run": [*run, "--", *cmd]}
     if strace:
         out["strace -f"] = ["strace", "-f", "-qq", "-e", "trace=process", "-o", "/dev/null", *cmd]
     return out
@@ -80,6 +79,8 @@ def main() -> None:
     parser.add_argument("--workload", choices=("compile", "make", "spawn"), default="compile")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency", help="passed to proctap run (default: its own, 0.05 s with bpf)")
+    parser.add_argument("--no-strace", action="store_true", help="leave strace out (quicker)")
     parser.add_argument("--no-setup", action="store_true", help="do not install missing packages (make, gcc, strace)")
     args = parser.parse_args()
     if not args.no_setup:
@@ -95,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="proctap-bench-run-") as tmp:
         cmd = workload(args.workload, args.steps, Path(tmp))
         report = Path(tmp) / "run.json"
-        runs = modes(cmd, strace, report)
+        runs = modes(cmd, strace and not args.no_strace, report, args.latency)
         own_cpu: list[float] = []
         seen: list[int] = []
         names = list(runs)

@@ -5,7 +5,7 @@ Backend options (``--backend-option NAME=VALUE``): ``uid=N`` only tasks whose cu
 tasks in the cgroup v2 cgroup with that id (the inode number of its directory, ``stat -c %i``); ``wakeup_bytes=N``
 force a reader wakeup when more than N bytes are pending (default: half the ring); ``fork_failed_hook=syscalls``
 (the default: perf events on the syscalls/sys_exit_{clone,...} tracepoints, nearly free for other syscalls but slow
-to close, ~0.3 s) or ``raw`` (one program on the raw sys_exit tracepoint: closes at once but adds ~0.15 us to every
+to close, ~0.3 s) or ``raw`` (one program on the raw sys_exit tracepoint: closes at once but adds ~0.13 us to every
 syscall on the machine; what ``proctap run`` uses, and the fallback without tracefs).
 """
 

@@ -1,6 +1,6 @@
 """The BTF facts proctap's programs need, cached on disk so starting does not parse BTF every time.
 
-Parsing /sys/kernel/btf/vmlinux in Python takes ~0.35 s (126k types); reading it and checksumming it takes ~10 ms.
+Parsing /sys/kernel/btf/vmlinux in Python takes ~0.16 s (126k types); reading the cache ~4 ms (bench/startup_costs.py).
 The cache file is keyed by that checksum and the blob's size, so another kernel (or a rebuilt one) never reuses an
 entry.  Where: ``$PROCTAP_CACHE_DIR``, else /var/cache/proctap for root, else ``$XDG_CACHE_HOME/proctap`` (or
 ~/.cache/proctap).  A cache that cannot be read or written is ignored: the facts are then computed each time.

@@ -11,7 +11,7 @@
   but each takes 60-80 ms to close (a grace period per tracepoint).
 * ``proctap_ffail``: the alternative for short-lived watchers (``fork_failed_hook=raw``, used by ``proctap run``)
   or without tracefs: tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint those events hang on), one link that
-  closes at once, but it runs for every syscall on the machine (+0.15 us each, measured with dd bs=1).
+  closes at once, but it runs for every syscall on the machine (+0.13 us each; bench/startup_costs.py).
 
 All write :mod:`records` into one ring buffer through a per-CPU scratch slot, with NO_WAKEUP unless the ring was
 empty (the first record after a drain wakes the reader) or more than half full.  A failed output increments a per-CPU
