@@ -45,17 +45,33 @@ def read_comm(pid: int, tid: int | None = None) -> str | None:
         return None
 
 
-def read_ppid(pid: int) -> int | None:
-    """The parent's pid, from /proc/PID/stat (field 4)."""
+def _stat_field(pid: int, index: int) -> int | None:
+    """Field ``index`` of /proc/PID/stat counted from field 3 (the one after the parenthesised comm, which may hold
+    spaces and parentheses itself), as an int."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     try:
-        return int(data[data.rfind(b")") + 2 :].split()[1])
+        return int(data[data.rfind(b")") + 2 :].split()[index])
     except (IndexError, ValueError):
         return None
+
+
+def read_ppid(pid: int) -> int | None:
+    """The parent's pid, from /proc/PID/stat (field 4)."""
+    return _stat_field(pid, 1)
+
+
+def read_start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (/proc/PID/stat field 22, starttime)."""
+    return _stat_field(pid, 19)
+
+
+def process_alive(pid: int, start_ticks: int) -> bool:
+    """Whether ``pid`` still is the process that started at ``start_ticks`` (not gone, not a reused pid)."""
+    return read_start_ticks(pid) == start_ticks
 
 
 def descendants(pid: int) -> set[int]:

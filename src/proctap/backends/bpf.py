@@ -19,6 +19,7 @@ import struct
 import time
 from typing import ClassVar
 
+from .. import procfs
 from ..bpf import programs as progs
 from ..bpf import records as rec
 from ..bpf.btf import VMLINUX
@@ -41,7 +42,6 @@ from ..bpf.syscall import (
 from ..clock import Clock
 from ..errors import BackendUnavailable, DecodeError, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin, decode_wait_status
-from ..procfs import read_ppid
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
 __all__ = ["BpfBackend"]
@@ -67,24 +67,6 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         count += int(hi or lo) - int(lo) + 1
     return count
-
-
-def descendants(root: int) -> set[int]:
-    """Live descendants of ``root``, from one scan of /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            ppid = read_ppid(int(name))
-            if ppid is not None:
-                children.setdefault(ppid, []).append(int(name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _ring_size(requested: int | None) -> int:
@@ -263,7 +245,7 @@ class BpfBackend(Backend):
     @staticmethod
     def _track_subtree(tracked_fd: int, root: int) -> None:
         """Put the root and its live descendants into the tracked map (later ones are added by the fork program)."""
-        for pid in {root} | descendants(root):
+        for pid in {root} | procfs.descendants(root):
             with contextlib.suppress(BpfError):  # a full map: the watcher still filters exactly in user space
                 map_update(tracked_fd, struct.pack("=I", pid), _U64.pack(1))
 

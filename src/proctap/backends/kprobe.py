@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from .. import kprobes, sigterm
+from .. import kprobes, procfs, sigterm
 from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
@@ -48,19 +48,6 @@ PROFILE_INTERVAL_S = 0.25  # how often kprobe_profile is read for misses
 HOLD_RELEASE_NS = 2_000_000_000  # events of a child whose Fork never came (return probe missed) wait this long
 UNCONFIRMED_FORGET_NS = 60_000_000_000  # a child whose parent's return never came is forgotten after this
 UNAVAILABLE_NO_KPROBES = "this kernel has no kprobe events (CONFIG_KPROBE_EVENTS off): use tracefs or netlink"
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rfind(b")") + 2 :].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _owner_alive(owner: tuple[int, int]) -> bool:
-    return _start_ticks(owner[0]) == owner[1]
 
 
 def _append(path: str, line: str) -> None:
@@ -84,7 +71,7 @@ def remove_stale_probes(root: str) -> list[str]:
     except OSError:
         return []
     removed = []
-    for event in kprobes.stale_events(kprobes.parse_dynamic_events(text), _owner_alive):
+    for event in kprobes.stale_events(kprobes.parse_dynamic_events(text), lambda owner: procfs.process_alive(*owner)):
         with contextlib.suppress(OSError):  # disabled at the top level too, in case a tool enabled it there
             _append(os.path.join(root, "events", event.group, event.event, "enable"), "0")
         try:
@@ -181,7 +168,7 @@ class KprobeBackend(Backend):
         self._reader = TraceReader(self._buffer_kb(config))
         root = self._reader.instance.root
         self.stale_removed = remove_stale_probes(root)
-        names = kprobes.ProbeNames(os.getpid(), _start_ticks(os.getpid()) or 0, next(_sequence))
+        names = kprobes.ProbeNames(os.getpid(), procfs.read_start_ticks(os.getpid()) or 0, next(_sequence))
         self._probes = KprobeSet(root, names)
         self._finalizer = weakref.finalize(self, _cleanup, self._reader, self._probes)
         self._handlers: dict[int, Callable[[int, bytes, int, int], None]] = {}

@@ -15,7 +15,7 @@ import re
 import select
 from collections.abc import Iterable
 
-from .. import sigterm
+from .. import procfs, sigterm
 from ..errors import BackendUnavailable, ProctapError
 from .format import EventFormat, EventHeaderLayout, PageLayout, parse_format, parse_header_event, parse_header_page
 
@@ -44,25 +44,12 @@ def find_tracefs() -> str | None:
     return None
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rfind(b")") + 2 :].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def instance_owner(name: str, prefix: str = INSTANCE_PREFIX) -> tuple[int, int] | None:
     """``(pid, start ticks)`` of the process that made an instance named by :class:`Instance`, else None."""
     m = _NAME_RE.match(name)
     if m is None or m.group("prefix") != prefix:
         return None
     return int(m.group("pid")), int(m.group("start"))
-
-
-def _owner_alive(owner: tuple[int, int]) -> bool:
-    return _start_ticks(owner[0]) == owner[1]
 
 
 def list_instances(root: str, prefix: str = INSTANCE_PREFIX) -> list[str]:
@@ -78,7 +65,7 @@ def remove_stale_instances(root: str, prefix: str = INSTANCE_PREFIX) -> list[str
     removed = []
     for name in list_instances(root, prefix):
         owner = instance_owner(name, prefix)
-        if owner is None or _owner_alive(owner):
+        if owner is None or procfs.process_alive(*owner):
             continue
         with contextlib.suppress(FileNotFoundError):
             try:
@@ -110,7 +97,7 @@ class Instance:
     def __init__(self, root: str, prefix: str = INSTANCE_PREFIX) -> None:
         self.root = root
         pid = os.getpid()
-        start = _start_ticks(pid) or 0
+        start = procfs.read_start_ticks(pid) or 0
         self.name = f"{prefix}-{pid}-{start}-{next(_counter)}"
         self.path = os.path.join(root, "instances", self.name)
         self.pipes: dict[int, int] = {}
