@@ -30,10 +30,10 @@ sys.path.insert(0, str(SRC))
 
 from proctap.backends.base import BackendConfig  # noqa: E402
 from proctap.backends.bpf import BpfBackend  # noqa: E402
-from proctap.bpf import cache  # noqa: E402
-from proctap.bpf.btf import VMLINUX, Btf  # noqa: E402
-from proctap.bpf.programs import Layout  # noqa: E402
 from proctap.events import EventKind  # noqa: E402
+from proctap.linux.bpf import cache  # noqa: E402
+from proctap.linux.bpf.btf import VMLINUX, Btf  # noqa: E402
+from proctap.linux.bpf.programs import Layout  # noqa: E402
 
 
 def median_s(rounds: int, once: Callable[[], float]) -> float:

@@ -24,15 +24,24 @@ from hypothesis import strategies as st
 from proctap.backends import bpf as bpf_backend
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend, _verifier_summary
-from proctap.bpf import cache
-from proctap.bpf import records as rec
-from proctap.bpf.btf import ENUM, FUNC_PROTO, STRUCT, TYPEDEF, vmlinux
-from proctap.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
-from proctap.bpf.programs import Layout
-from proctap.bpf.ringbuf import RingBuffer
-from proctap.bpf.syscall import BpfError, MapType, ProgType, create_map, load_program, obj_info, prog_fd_by_id, prog_ids
 from proctap.errors import DecodeError, ProctapError
 from proctap.events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
+from proctap.linux.bpf import cache
+from proctap.linux.bpf import records as rec
+from proctap.linux.bpf.btf import ENUM, FUNC_PROTO, STRUCT, TYPEDEF, vmlinux
+from proctap.linux.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
+from proctap.linux.bpf.programs import Layout
+from proctap.linux.bpf.ringbuf import RingBuffer
+from proctap.linux.bpf.syscall import (
+    BpfError,
+    MapType,
+    ProgType,
+    create_map,
+    load_program,
+    obj_info,
+    prog_fd_by_id,
+    prog_ids,
+)
 from proctap.watcher import Watcher
 
 AVAILABLE = BpfBackend.probe()
@@ -154,7 +163,7 @@ def test_helper_ids_agree_with_kernel_btf() -> None:
 
 
 def test_uapi_constants_agree_with_kernel_btf() -> None:
-    from proctap.bpf import programs, syscall
+    from proctap.linux.bpf import programs, syscall
 
     btf = vmlinux()
     for name, value in [
@@ -251,7 +260,7 @@ def test_btf_bitfield_member() -> None:
 
 
 def test_btf_rejects_garbage() -> None:
-    from proctap.bpf.btf import Btf
+    from proctap.linux.bpf.btf import Btf
 
     with pytest.raises(DecodeError):
         Btf(b"\0" * 40)
@@ -806,7 +815,7 @@ HOLDER = textwrap.dedent(
     import struct, sys, time
     from proctap.backends.base import BackendConfig
     from proctap.backends.bpf import BpfBackend, _verifier_summary
-    from proctap.bpf.syscall import obj_info
+    from proctap.linux.bpf.syscall import obj_info
     b = BpfBackend(BackendConfig())
     print(" ".join(str(struct.unpack_from("=I", obj_info(fd, 8), 4)[0]) for fd in b._prog_fds), flush=True)
     time.sleep(60)

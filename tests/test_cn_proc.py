@@ -10,7 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proctap.backends.cn_proc import (
+from proctap.backends.netlink import EventBuilder
+from proctap.errors import DecodeError
+from proctap.events import Comm, Exec, Exit, Fork, Gid, Lost, Sid, Uid
+from proctap.linux.clock import Clock
+from proctap.linux.cn_proc import (
     CN_MSG,
     NLMSGHDR,
     McastOp,
@@ -19,10 +23,6 @@ from proctap.backends.cn_proc import (
     parse_datagram,
     parse_messages,
 )
-from proctap.backends.netlink import EventBuilder
-from proctap.clock import Clock
-from proctap.errors import DecodeError
-from proctap.events import Comm, Exec, Exit, Fork, Gid, Lost, Sid, Uid
 
 DATA = Path(__file__).parent / "data" / "netlink"
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from proctap.html_timeline import render_html
-from proctap.runreport import run_document
-from proctap.runtree import RunOptions, run
+from proctap.run.report import run_document
+from proctap.run.session import RunOptions, run
+from proctap.run.timeline import render_html
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_FLAGS = [

@@ -17,7 +17,7 @@ import pytest
 import proctap
 from proctap.backends import backend_class, choose_backend
 from proctap.backends.base import BackendConfig, Feature
-from proctap.backends.procscan import (
+from proctap.backends.proc import (
     ProcScanBackend,
     allocated_ranges,
     count_in_ranges,

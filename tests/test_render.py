@@ -11,6 +11,7 @@ import time
 import pytest
 
 from proctap.events import EVENT_CLASSES, Comm, Exec, Exit, Fork, ForkFailed, Lost, decode_wait_status
+from proctap.process_table import ProcessInfo
 from proctap.render import (
     JsonRenderer,
     TableRenderer,
@@ -20,7 +21,6 @@ from proctap.render import (
     format_lost,
     sanitize,
 )
-from proctap.table import ProcessInfo
 
 WALL = 1_700_000_000.25
 COMMON = {"source": "netlink", "timestamp_ns": 5_000_000_000, "wall_time": WALL}

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from proctap.backends import Feature
-from proctap.proctree import Outcome, ProcessNode
-from proctap.runreport import format_report, run_document
-from proctap.runtree import (
+from proctap.run.report import format_report, run_document
+from proctap.run.session import (
     KERNEL_ARGV_LATENCY_S,
     RunOptions,
     RunResult,
@@ -25,6 +24,7 @@ from proctap.runtree import (
     run_backend_options,
     run_latency,
 )
+from proctap.run.tree import Outcome, ProcessNode
 from proctap.watcher import DEFAULT_LATENCY_S
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")

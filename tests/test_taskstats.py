@@ -17,7 +17,7 @@ import pytest
 import proctap
 from proctap.errors import DecodeError
 from proctap.events import Exit
-from proctap.taskstats import (
+from proctap.linux.taskstats import (
     AccountingMerger,
     TaskstatsListener,
     TaskstatsMessage,
@@ -206,7 +206,7 @@ def test_watch_accounting_cli_adds_figures_to_exit_events() -> None:
 
 
 def test_fast_scan_agrees_with_the_generic_scan() -> None:
-    from proctap.taskstats import _scan_fast
+    from proctap.linux.taskstats import _scan_fast
 
     hits = 0
     for capture in CAPTURES:

@@ -14,15 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proctap.errors import DecodeError
-from proctap.tracefs.format import (
+from proctap.linux.tracefs.format import (
     EventFormat,
     RecordDecoder,
     parse_format,
     parse_header_event,
     parse_header_page,
 )
-from proctap.tracefs.instance import instance_owner, parse_stats
-from proctap.tracefs.ring import decode_page
+from proctap.linux.tracefs.instance import instance_owner, parse_stats
+from proctap.linux.tracefs.ring import decode_page
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "tracefs")
 

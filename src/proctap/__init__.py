@@ -29,7 +29,7 @@ from .events import (
     Uid,
     decode_wait_status,
 )
-from .table import ProcessInfo, ProcessTable
+from .process_table import ProcessInfo, ProcessTable
 from .watcher import AsyncWatcher, Watcher, WatchStats, awatch, watch
 
 __version__ = "0.1.0"

@@ -36,8 +36,8 @@ from .events import (
     errno_name,
     signal_name,
 )
-from .table import ProcessInfo
-from .taskstats import format_accounting
+from .linux.taskstats import format_accounting
+from .process_table import ProcessInfo
 
 __all__ = [
     "JsonRenderer",

@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import procfs
 from .backends import Backend, BackendConfig, choose_backend
 from .errors import ProctapError
 from .events import Event, EventKind, Exit, Fork, Lost
-from .table import ProcessInfo, ProcessTable
+from .linux import procfs
+from .process_table import ProcessInfo, ProcessTable
 
 __all__ = ["AsyncWatcher", "EventFilter", "WatchStats", "Watcher", "awatch", "parse_kinds", "watch"]
 

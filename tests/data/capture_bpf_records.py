@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend
-from proctap.bpf import records as rec
+from proctap.linux.bpf import records as rec
 
 
 def main() -> None:

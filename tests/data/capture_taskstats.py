@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
-from proctap.taskstats import TaskstatsListener, parse_messages
+from proctap.linux.taskstats import TaskstatsListener, parse_messages
 
 THREADS = """
 import threading

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from proctap import kprobes
 from proctap.backends.base import BackendConfig
 from proctap.backends.kprobe import UNAVAILABLE_NO_KPROBES, KprobeBackend
 from proctap.errors import BackendUnavailable, ProctapError
 from proctap.events import Event, Exec, Exit, Fork, ForkFailed, Lost
-from proctap.tracefs.instance import find_tracefs
+from proctap.linux.tracefs import kprobe_events as kprobes
+from proctap.linux.tracefs.instance import find_tracefs
 
 TRACING = find_tracefs()
 HAS_KPROBES = TRACING is not None and os.path.exists(os.path.join(TRACING, "kprobe_events"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proctap import kprobes
-from proctap.kprobes import ProbeNames
+from proctap.linux.tracefs import kprobe_events as kprobes
+from proctap.linux.tracefs.kprobe_events import ProbeNames
 
 DATA = Path(__file__).parent.parent / "data" / "kprobe-6.1"
 CAPTURE = ProbeNames(120, 2035)  # the capturing process in the VM: pid, start ticks

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 from proctap.backends.base import BackendConfig
-from proctap.backends.procscan import ProcScanBackend
+from proctap.backends.proc import ProcScanBackend
 from proctap.events import Fork, Lost
 
 

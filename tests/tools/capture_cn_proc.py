@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-from proctap.backends.cn_proc import CN_IDX_PROC, NETLINK_CONNECTOR, McastOp, build_subscribe
+from proctap.linux.cn_proc import CN_IDX_PROC, NETLINK_CONNECTOR, McastOp, build_subscribe
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "data", "netlink")
 

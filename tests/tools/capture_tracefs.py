@@ -17,7 +17,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-from proctap.tracefs.instance import Instance, find_tracefs
+from proctap.linux.tracefs.instance import Instance, find_tracefs
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "data", "tracefs")
 EVENTS = [

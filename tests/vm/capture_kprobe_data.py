@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from proctap import kprobes
+from proctap.linux.tracefs import kprobe_events as kprobes
 
 TRACING = "/sys/kernel/tracing"
 STALE_OWNER = 4_000_000  # far above the VM's pid_max: never alive

@@ -25,7 +25,7 @@ BACKENDS: dict[str, str] = {
     "netlink": "proctap.backends.netlink:NetlinkBackend",
     "tracefs": "proctap.backends.tracefs:TracefsBackend",
     "kprobe": "proctap.backends.kprobe:KprobeBackend",
-    "proc": "proctap.backends.procscan:ProcScanBackend",
+    "proc": "proctap.backends.proc:ProcScanBackend",
 }
 
 # The order in which backend="auto" tries them: richest first, the unprivileged /proc fallback last.

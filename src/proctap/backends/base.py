@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from ..clock import proc_start_ns
 from ..events import EventKind
+from ..linux.clock import proc_start_ns
 
 __all__ = ["Availability", "Backend", "BackendConfig", "Feature", "StartTimes"]
 

@@ -19,14 +19,16 @@ import struct
 import time
 from typing import ClassVar
 
-from .. import procfs
-from ..bpf import programs as progs
-from ..bpf import records as rec
-from ..bpf.btf import VMLINUX
-from ..bpf.cache import kernel_layout
-from ..bpf.insn import R0, Asm
-from ..bpf.ringbuf import RingBuffer
-from ..bpf.syscall import (
+from ..errors import BackendUnavailable, DecodeError, ProctapError
+from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin, decode_wait_status
+from ..linux import procfs
+from ..linux.bpf import programs as progs
+from ..linux.bpf import records as rec
+from ..linux.bpf.btf import VMLINUX
+from ..linux.bpf.cache import kernel_layout
+from ..linux.bpf.insn import R0, Asm
+from ..linux.bpf.ringbuf import RingBuffer
+from ..linux.bpf.syscall import (
     BPF_TRACE_RAW_TP,
     BpfError,
     MapType,
@@ -39,9 +41,7 @@ from ..bpf.syscall import (
     perf_event_open_tracepoint,
     raw_tracepoint_open,
 )
-from ..clock import Clock
-from ..errors import BackendUnavailable, DecodeError, ProctapError
-from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin, decode_wait_status
+from ..linux.clock import Clock
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
 __all__ = ["BpfBackend"]
@@ -376,7 +376,7 @@ class BpfBackend(Backend):
         return comm
 
     def _decode(self, data: mmap.mmap, offset: int, length: int, out: list[Event]) -> None:
-        """One ring record (layout: proctap.bpf.records) into 0-2 events appended to ``out``; the hot path, so it
+        """One ring record (layout: proctap.linux.bpf.records) into 0-2 events appended to ``out``; the hot path, so it
         unpacks the header once and builds the events directly."""
         if length < HEADER_SIZE:
             raise DecodeError(f"BPF record of {length} bytes is shorter than its header")

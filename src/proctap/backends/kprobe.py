@@ -1,7 +1,7 @@
 """The kprobe backend: kprobe/kretprobe dynamic events on the fork and exit paths, read from a private tracefs
 instance (the same reader as the tracefs backend).
 
-What it places (definitions in :mod:`proctap.kprobes`), in the group named after this process:
+What it places (definitions in :mod:`proctap.linux.tracefs.kprobe_events`), in the group named after this process:
 
 * an entry probe on ``kernel_clone`` (``_do_fork``/``do_fork`` on older kernels) keeping the clone flags, and a
   return probe on it (maxactive 20, backend option ``maxactive``) with ``$retval``: ``retval > 0`` -> Fork of that
@@ -28,16 +28,17 @@ import time
 import weakref
 from collections.abc import Callable
 
-from .. import kprobes, procfs, sigterm
-from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
-from ..procfs import read_argv, read_comm, read_ppid
-from ..tracefs.format import RecordDecoder
-from ..tracefs.instance import find_tracefs
-from ..tracefs.reader import TraceReader
+from ..linux import procfs, sigterm
+from ..linux.clock import Clock
+from ..linux.procfs import read_argv, read_comm, read_ppid
+from ..linux.tracefs import kprobe_events
+from ..linux.tracefs.format import RecordDecoder
+from ..linux.tracefs.instance import find_tracefs
+from ..linux.tracefs.reader import TraceReader
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
-from .tracefs import CLONE_PARENT, CLONE_THREAD, TaskGroups
+from .tracing_common import CLONE_PARENT, CLONE_THREAD, TaskGroups
 
 __all__ = ["KprobeBackend", "KprobeSet", "remove_stale_probes"]
 
@@ -71,11 +72,13 @@ def remove_stale_probes(root: str) -> list[str]:
     except OSError:
         return []
     removed = []
-    for event in kprobes.stale_events(kprobes.parse_dynamic_events(text), lambda owner: procfs.process_alive(*owner)):
+    defined = kprobe_events.parse_dynamic_events(text)
+    stale = kprobe_events.stale_events(defined, lambda owner: procfs.process_alive(*owner))
+    for event in stale:
         with contextlib.suppress(OSError):  # disabled at the top level too, in case a tool enabled it there
             _append(os.path.join(root, "events", event.group, event.event, "enable"), "0")
         try:
-            _append(path, kprobes.removal_command(event.group, event.event))
+            _append(path, kprobe_events.removal_command(event.group, event.event))
         except OSError as exc:
             if exc.errno not in (errno.EBUSY, errno.ENOENT):
                 raise
@@ -87,7 +90,7 @@ def remove_stale_probes(root: str) -> list[str]:
 class KprobeSet:
     """The probe events this process defined, removable in one call (idempotent)."""
 
-    def __init__(self, root: str, names: kprobes.ProbeNames) -> None:
+    def __init__(self, root: str, names: kprobe_events.ProbeNames) -> None:
         self.root = root
         self.names = names
         self.path = os.path.join(root, "kprobe_events")
@@ -104,7 +107,7 @@ class KprobeSet:
         busy = []
         for event in reversed(events):
             try:
-                _append(self.path, kprobes.removal_command(self.names.group, event))
+                _append(self.path, kprobe_events.removal_command(self.names.group, event))
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -150,7 +153,7 @@ class KprobeBackend(Backend):
         if not os.path.exists(os.path.join(root, "kprobe_events")):
             return Availability(False, UNAVAILABLE_NO_KPROBES)
         machine = os.uname().machine
-        if machine not in kprobes.ARCH_ARG_REGISTERS:
+        if machine not in kprobe_events.ARCH_ARG_REGISTERS:
             return Availability(False, f"no argument-register table for {machine}: use tracefs or netlink")
         if not os.access(os.path.join(root, "kprobe_events"), os.W_OK):
             return Availability(False, f"cannot define kprobe events in {root}: run as root")
@@ -168,7 +171,7 @@ class KprobeBackend(Backend):
         self._reader = TraceReader(self._buffer_kb(config))
         root = self._reader.instance.root
         self.stale_removed = remove_stale_probes(root)
-        names = kprobes.ProbeNames(os.getpid(), procfs.read_start_ticks(os.getpid()) or 0, next(_sequence))
+        names = kprobe_events.ProbeNames(os.getpid(), procfs.read_start_ticks(os.getpid()) or 0, next(_sequence))
         self._probes = KprobeSet(root, names)
         self._finalizer = weakref.finalize(self, _cleanup, self._reader, self._probes)
         self._handlers: dict[int, Callable[[int, bytes, int, int], None]] = {}
@@ -215,9 +218,9 @@ class KprobeBackend(Backend):
         probes, names = self._probes, self._probes.names
         machine, release = os.uname().machine, os.uname().release
         refused = []
-        for function in kprobes.FORK_FUNCTIONS:
+        for function in kprobe_events.FORK_FUNCTIONS:
             try:
-                probes.define(kprobes.fork_entry_probe(names, function, release, machine), names.fork_entry)
+                probes.define(kprobe_events.fork_entry_probe(names, function, release, machine), names.fork_entry)
             except OSError as exc:
                 refused.append(f"{function}: {exc.strerror}")
                 continue
@@ -225,11 +228,11 @@ class KprobeBackend(Backend):
             break
         else:
             raise BackendUnavailable(f"the kernel refused a kprobe on the fork path ({'; '.join(refused)})")
-        probes.define(kprobes.fork_return_probe(names, self.fork_function, self.maxactive), names.fork_return)
-        probes.define(kprobes.exit_probe(names, machine), names.exit)
-        for function in kprobes.EXIT_GROUP_FUNCTIONS:
+        probes.define(kprobe_events.fork_return_probe(names, self.fork_function, self.maxactive), names.fork_return)
+        probes.define(kprobe_events.exit_probe(names, machine), names.exit)
+        for function in kprobe_events.EXIT_GROUP_FUNCTIONS:
             with contextlib.suppress(OSError):
-                probes.define(kprobes.exit_group_probe(names, function, machine), names.exit_group)
+                probes.define(kprobe_events.exit_group_probe(names, function, machine), names.exit_group)
                 self.exit_group_function = function
                 break
 
@@ -317,7 +320,7 @@ class KprobeBackend(Backend):
         self._next_profile = time.monotonic() + PROFILE_INTERVAL_S
         try:
             with open(os.path.join(self._probes.root, "kprobe_profile")) as f:
-                profile = kprobes.parse_kprobe_profile(f.read())
+                profile = kprobe_events.parse_kprobe_profile(f.read())
         except OSError:
             return
         for event in self._probes.events:

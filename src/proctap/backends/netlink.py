@@ -22,13 +22,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import ClassVar, TypedDict
 
-from .. import procfs
-from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Comm, Coredump, Event, EventKind, Exec, Exit, Fork, Gid, Lost, Origin, Ptrace, Sid, Uid
 from ..events import decode_wait_status as _decode
-from .base import Availability, Backend, BackendConfig, Feature, StartTimes
-from .cn_proc import (
+from ..linux import procfs
+from ..linux.clock import Clock
+from ..linux.cn_proc import (
     ALL_EVENTS_MASK,
     CN_IDX_PROC,
     NETLINK_CONNECTOR,
@@ -38,6 +37,7 @@ from .cn_proc import (
     build_subscribe,
     parse_datagram,
 )
+from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
 __all__ = ["EventBuilder", "NetlinkBackend"]
 

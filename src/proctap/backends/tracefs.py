@@ -24,19 +24,18 @@ import signal
 import time
 from collections.abc import Callable
 
-from ..clock import Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
-from ..procfs import read_argv, read_comm, read_ppid
-from ..tracefs.format import RecordDecoder
-from ..tracefs.instance import TRACEFS_MOUNTS, find_tracefs
-from ..tracefs.reader import TraceReader
+from ..linux.clock import Clock
+from ..linux.procfs import read_argv, read_comm, read_ppid
+from ..linux.tracefs.format import RecordDecoder
+from ..linux.tracefs.instance import TRACEFS_MOUNTS, find_tracefs
+from ..linux.tracefs.reader import TraceReader
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
+from .tracing_common import CLONE_PARENT, CLONE_THREAD, TaskGroups
 
 __all__ = ["ExitTracker", "TracefsBackend"]
 
-CLONE_THREAD = 0x10000
-CLONE_PARENT = 0x8000
 
 # Signals whose default action is not to terminate (kernel/signal.c: SIG_KERNEL_IGNORE_MASK, SIG_KERNEL_STOP_MASK,
 # SIGCONT); every other signal kills a task that did not install a handler.
@@ -52,57 +51,6 @@ _REQUIRED_EVENTS = (
     "task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit", "syscalls/sys_enter_exit",
     "syscalls/sys_enter_exit_group", "syscalls/sys_exit_clone", "signal/signal_generate", "signal/signal_deliver",
 )  # fmt: skip
-
-
-def _tgid_from_proc(tid: int) -> int | None:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line[5:])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-class TaskGroups:
-    """tid -> tgid, learnt from task_newtask and execs, /proc as fallback (tasks that predate the watcher)."""
-
-    __slots__ = ("_tgid",)
-
-    def __init__(self) -> None:
-        self._tgid: dict[int, int] = {}
-
-    def tgid(self, tid: int) -> int:
-        tgid = self._tgid.get(tid)
-        if tgid is None:
-            tgid = _tgid_from_proc(tid) or tid
-            self._tgid[tid] = tgid
-        return tgid
-
-    def prime(self) -> None:
-        """Learn every existing thread from /proc/PID/task (call after tracing is on: later ones are traced).
-        Without it a thread that predates the watcher and is reaped before its exit record is drained could not
-        be placed in its process."""
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            try:
-                tids = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue
-            for tid in tids:
-                self._tgid.setdefault(int(tid), pid)
-
-    def items(self) -> list[tuple[int, int]]:
-        return list(self._tgid.items())
-
-    def new_task(self, tid: int, tgid: int) -> None:
-        self._tgid[tid] = tgid
-
-    def forget(self, tid: int) -> None:
-        self._tgid.pop(tid, None)
 
 
 class ExitTracker:

@@ -1,6 +1,6 @@
 """The records proctap's BPF programs write to the ring buffer, and their decoding (pure functions over bytes).
 
-Every record starts with the same 96-byte header (native endian, written by :mod:`proctap.bpf.programs`)::
+Every record starts with the same 96-byte header (native endian, written by :mod:`proctap.linux.bpf.programs`)::
 
      0 u32 type          4 u32 flags         8 u64 ktime_get_ns (CLOCK_MONOTONIC)
     16 u32 tgid         20 u32 tid          24 u64 process start (group_leader->start_boottime)
@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import DecodeError
+from ...errors import DecodeError
 
 __all__ = [
     "FLAG_ARGV_UNREADABLE",

@@ -25,10 +25,10 @@ import os
 import time
 from typing import NamedTuple
 
-from .. import procfs
-from ..clock import CLOCK_TICKS, Clock
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Comm, Event, EventKind, Exec, Exit, Fork, Lost, Origin, decode_wait_status
+from ..linux import procfs
+from ..linux.clock import CLOCK_TICKS, Clock
 from .base import Availability, Backend, BackendConfig, Feature
 
 __all__ = [

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from .events import Accounting
-from .proctree import LostRecord, Outcome, ProcessNode
-from .runtree import RunResult
+from ..events import Accounting
+from .session import RunResult
+from .tree import LostRecord, Outcome, ProcessNode
 
 __all__ = ["SCHEMA_VERSION", "format_argv", "format_report", "run_document", "summary_line"]
 

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import DecodeError
+from ...errors import DecodeError
 
 __all__ = [
     "EventFormat",

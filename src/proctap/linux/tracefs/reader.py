@@ -14,7 +14,7 @@ import time
 import weakref
 from operator import itemgetter
 
-from ..errors import ProctapError
+from ...errors import ProctapError
 from .format import PageLayout
 from .instance import Instance, find_tracefs, remove_stale_instances
 from .ring import decode_page
@@ -104,7 +104,7 @@ class TraceReader:
     def __init__(self, buffer_kb: int | None = None, prefix: str = "proctap") -> None:
         root = find_tracefs()
         if root is None:
-            from ..errors import BackendUnavailable
+            from ...errors import BackendUnavailable
 
             raise BackendUnavailable("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (needs root)")
         self.stale_removed = remove_stale_instances(root, prefix)

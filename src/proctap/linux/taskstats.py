@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from .errors import BackendUnavailable, DecodeError
-from .events import Accounting, Event, Exit
+from ..errors import BackendUnavailable, DecodeError
+from ..events import Accounting, Event, Exit
 
 __all__ = [
     "AccountingMerger",

@@ -15,8 +15,8 @@ import re
 import select
 from collections.abc import Iterable
 
+from ...errors import BackendUnavailable, ProctapError
 from .. import procfs, sigterm
-from ..errors import BackendUnavailable, ProctapError
 from .format import EventFormat, EventHeaderLayout, PageLayout, parse_format, parse_header_event, parse_header_page
 
 __all__ = [

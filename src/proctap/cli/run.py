@@ -14,9 +14,9 @@ import shutil
 import sys
 from typing import TextIO
 
-from .cli import Subcommand, _backend_name, _option, _seconds, _size, _stderr
-from .runreport import format_report, run_document, summary_line
-from .runtree import CommandFailed, RunOptions, RunResult, run
+from ..run.report import format_report, run_document, summary_line
+from ..run.session import CommandFailed, RunOptions, RunResult, run
+from .common import Subcommand, add_backend_arguments, count_arg, stderr
 
 __all__ = ["SUBCOMMAND", "add_arguments", "run_command"]
 
@@ -45,37 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tree-limit",
-        type=int,
+        type=count_arg,
         default=500,
         metavar="N",
         help="list at most N processes in the text tree, plus every one that failed, was killed, is still running "
         "or failed a fork (default 500; 0: all)",
     )
-    parser.add_argument(
-        "-b",
-        "--backend",
-        type=_backend_name,
-        default="auto",
-        metavar="NAME",
-        help="kernel interface to watch with (default: auto; see 'proctap backends')",
-    )
-    parser.add_argument("--buffer", type=_size, metavar="BYTES", help="kernel buffer size to ask for, e.g. 64M")
-    parser.add_argument(
-        "--latency",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="how long events may wait in the kernel while they keep coming (default: 0.05 with a backend that "
-        "captures argv in the kernel, bpf; else 0.01)",
-    )
-    parser.add_argument(
-        "-o",
-        "--backend-option",
-        action="append",
-        default=[],
-        type=_option,
-        metavar="NAME=VALUE",
-        help="a backend-specific option (repeatable)",
+    add_backend_arguments(
+        parser,
+        latency_default=None,
+        latency_help="how long events may wait in the kernel while they keep coming (default: 0.05 with a backend "
+        "that captures argv in the kernel, bpf; else 0.01)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
 
@@ -96,10 +76,10 @@ def _emit_report(result: RunResult, args: argparse.Namespace) -> None:
         lines = format_report(result, limit=args.tree_limit, width=width, notes=bool(args.report))
     if args.report:
         _write(args.report, "\n".join(lines) + "\n")
-        _stderr(lines[0])
+        stderr(lines[0])
     else:
         for line in lines:
-            _stderr(line)
+            stderr(line)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -117,9 +97,9 @@ def run_command(args: argparse.Namespace) -> int:
         backend_options=tuple(args.backend_option),
     )
     try:
-        result = run(opts, note=lambda msg: _stderr(f"proctap run: {msg}"))
+        result = run(opts, note=lambda msg: stderr(f"proctap run: {msg}"))
     except CommandFailed as exc:
-        _stderr(f"proctap run: {exc}")
+        stderr(f"proctap run: {exc}")
         return exc.exit_status
     _emit_report(result, args)
     if args.json or args.html:
@@ -128,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
             # compact: with indent, json uses its pure-Python encoder (0.35 s instead of 0.06 s for 5000 processes)
             _write(args.json, json.dumps(doc, separators=(",", ":")) + "\n")
         if args.html:
-            from .html_timeline import render_html  # only here: it is not needed for any other output
+            from ..run.timeline import render_html  # only here: it is not needed for any other output
 
             _write(args.html, render_html(doc))
     return result.exit_status

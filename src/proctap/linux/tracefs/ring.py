@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import DecodeError
+from ...errors import DecodeError
 from .format import EventHeaderLayout, PageLayout
 
 __all__ = ["COMMIT_MASK", "MISSED_EVENTS", "MISSED_STORED", "Page", "decode_page"]

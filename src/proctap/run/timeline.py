@@ -25,7 +25,7 @@ def _embed_json(doc: dict[str, Any]) -> str:
 
 
 def render_html(doc: dict[str, Any], title: str | None = None) -> str:
-    """The page for a document from :func:`proctap.runreport.run_document`."""
+    """The page for a document from :func:`proctap.run.report.run_document`."""
     if title is None:
         title = "proctap run: " + " ".join(doc.get("command") or [])
     return _TEMPLATE.replace("@@TITLE@@", html.escape(title[:200])).replace("@@DATA@@", _embed_json(doc))

@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import procfs
-from .backends import Feature
-from .clock import CLOCK_TICKS
-from .errors import BackendUnavailable, ProctapError
-from .events import Event, Exec, Exit, Origin
-from .proctree import ProcessTree
-from .taskstats import AccountingMerger, RawRecord, TaskstatsListener, TaskstatsMessage
-from .watcher import DEFAULT_LATENCY_S, Watcher
+from ..backends import Feature
+from ..errors import BackendUnavailable, ProctapError
+from ..events import Event, Exec, Exit, Origin
+from ..linux import procfs
+from ..linux.clock import CLOCK_TICKS
+from ..linux.taskstats import AccountingMerger, RawRecord, TaskstatsListener, TaskstatsMessage
+from ..watcher import DEFAULT_LATENCY_S, Watcher
+from .tree import ProcessTree
 
 __all__ = ["CommandFailed", "RunOptions", "RunResult", "run", "shell_exit_status"]
 

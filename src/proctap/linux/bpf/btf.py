@@ -12,7 +12,7 @@ from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..errors import DecodeError
+from ...errors import DecodeError
 
 __all__ = ["VMLINUX", "Btf", "Member", "vmlinux"]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import procfs
 from .events import Comm, Event, Exec, Exit, Fork
+from .linux import procfs
 
 __all__ = ["ProcessInfo", "ProcessTable"]
 

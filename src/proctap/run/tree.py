@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .events import (
+from ..events import (
     Accounting,
     Comm,
     Event,

@@ -1,0 +1,100 @@
+"""The command line: ``proctap watch``, ``proctap run``, ``proctap backends``, ``proctap --version``.
+
+Adding a subcommand: write ``cli/NAME.py`` defining ``SUBCOMMAND = Subcommand(name, help, add_arguments, run)``
+(``add_arguments(parser)`` declares its options, ``run(args) -> int`` does the work and returns the exit status),
+taking shared options and validators from :mod:`.common`, then list it in :data:`SUBCOMMANDS` below.  :func:`main`
+turns ProctapError, OSError, Ctrl-C, SIGTERM and a closed output pipe into one-line messages and exit statuses; a
+subcommand just raises.
+
+Exit statuses: 0 success; 2 error ("proctap: error: ..." on stderr, bad flags included); 1 internal error (a bug:
+one line too, PROCTAP_DEBUG=1 shows the traceback); 128+N when ended by signal N
+(130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) after printing the summary; 141 when the reader of stdout went away (as if
+killed by SIGPIPE, quietly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import TextIO
+
+from .. import __version__
+from ..errors import BackendUnavailable, ProctapError
+from . import backends, run, watch
+from .common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    PROG,
+    OutputClosed,
+    Parser,
+    Subcommand,
+    error,
+    os_error_message,
+    silence_stdout,
+    stderr,
+)
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (watch.SUBCOMMAND, run.SUBCOMMAND, backends.SUBCOMMAND)  # --help order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog=PROG, description="Know the moment a Linux task is created, exec'd or destroyed.")
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in SUBCOMMANDS:
+        child = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
+        command.add_arguments(child)
+        child.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``proctap`` console script; returns the exit status."""
+    warnings.showwarning = _show_warning
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        status: int = args._run(args)
+        sys.stdout.flush()
+        return status
+    except (BrokenPipeError, OutputClosed):
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except BackendUnavailable as exc:
+        error(f"{exc}; see 'proctap backends'" if "proctap backends" not in str(exc) else str(exc))
+    except ProctapError as exc:
+        error(str(exc))
+    except OSError as exc:
+        error(os_error_message(getattr(args, "backend", "auto"), exc))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("PROCTAP_DEBUG"):
+            raise
+        error(f"internal error: {type(exc).__name__}: {exc}; please report it (PROCTAP_DEBUG=1 shows the traceback)")
+        return EXIT_INTERNAL
+    return EXIT_ERROR
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Library warnings (e.g. a capped kernel buffer) as one line, without the source location."""
+    stderr(f"{PROG}: warning: {message}")
+
+

@@ -1,0 +1,285 @@
+"""``proctap watch``: show task events as they happen, as a table or NDJSON."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import sys
+import time
+from typing import TextIO
+
+from ..backends import Backend, Feature, choose_backend
+from ..errors import ProctapError
+from ..events import EventKind
+from ..linux.taskstats import ExitAccounting
+from ..render import JsonRenderer, Renderer, TableRenderer
+from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
+from . import common
+from .common import (
+    DEFAULT_EVENTS,
+    PROG,
+    OutputClosed,
+    StopSignals,
+    Subcommand,
+    duration_arg,
+    kinds_arg,
+    os_error_message,
+    pid_arg,
+    silence_stdout,
+    stderr,
+)
+
+__all__ = ["SUBCOMMAND", "add_watch_arguments", "make_renderer", "open_watcher", "print_summary", "pump"]
+
+# What each kind needs from a backend, to warn when the chosen backend cannot deliver a requested kind.
+_KIND_FEATURE = {
+    EventKind.FORK: Feature.FORK,
+    EventKind.FORK_FAILED: Feature.FORK_FAILED,
+    EventKind.EXEC: Feature.EXEC,
+    EventKind.EXIT: Feature.EXIT,
+    EventKind.COMM: Feature.COMM,
+    EventKind.UID: Feature.CREDENTIALS,
+    EventKind.GID: Feature.CREDENTIALS,
+    EventKind.SID: Feature.SID,
+    EventKind.PTRACE: Feature.PTRACE,
+    EventKind.COREDUMP: Feature.COREDUMP,
+}
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose events, backend and filters (shared with other event-showing subcommands)."""
+    kinds = ", ".join(k.value for k in EventKind)
+    parser.add_argument(
+        "-e",
+        "--events",
+        type=kinds_arg,
+        default=kinds_arg(DEFAULT_EVENTS),
+        metavar="LIST",
+        help=f"comma-separated event types, or 'all' (default: {DEFAULT_EVENTS}; lost events are always shown). "
+        f"Types: {kinds}",
+    )
+    parser.add_argument(
+        "--threads",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also show threads: thread creation as 'clone' and thread exits (default: processes only)",
+    )
+    parser.add_argument("-p", "--pid", type=pid_arg, help="only this process and its descendants (present and future)")
+    parser.add_argument("-c", "--comm", metavar="NAME", help="only processes whose name (comm or argv[0]) is NAME")
+    common.add_backend_arguments(
+        parser,
+        latency_default=DEFAULT_LATENCY_S,
+        latency_help=f"how long events may wait in the kernel buffer while they keep coming (default: "
+        f"{DEFAULT_LATENCY_S:g}); longer costs the watched tasks less in a fork storm",
+    )
+
+def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
+    add_watch_arguments(parser)
+    parser.add_argument("-j", "--json", action="store_true", help="NDJSON output: one JSON object per event")
+    parser.add_argument(
+        "-d", "--duration", type=duration_arg, metavar="SECONDS", help="stop after this long (default: until Ctrl-C)"
+    )
+    parser.add_argument("-w", "--wide", action="store_true", help="do not truncate table lines to the terminal width")
+    parser.add_argument("--no-header", action="store_true", help="table without its header line")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no start message and no summary on stderr")
+    parser.add_argument(
+        "--accounting",
+        action="store_true",
+        help="add CPU, peak RSS, I/O and context switches to exit events (taskstats; needs CAP_NET_ADMIN)",
+    )
+
+
+# -- watch -----------------------------------------------------------------------------------------------------
+
+
+def open_watcher(args: argparse.Namespace, *, track: bool) -> Watcher:
+    """A Watcher from the options of :func:`add_watch_arguments`; warns on stderr about kinds the backend lacks."""
+    if args.pid is not None and not os.path.exists(f"/proc/{args.pid}"):
+        raise ProctapError(f"no process with pid {args.pid}: give the pid of a running process")
+    backend = choose_backend(args.backend)
+    _warn_unsupported(backend, args.events, args)
+    try:
+        watcher = Watcher(
+            args.events,
+            backend.name,
+            pid=args.pid,
+            threads=args.threads,
+            comm=args.comm,
+            buffer_bytes=args.buffer,
+            latency=args.latency,
+            track=track,
+            options=args.backend_option,
+        )
+    except OSError as exc:
+        raise ProctapError(os_error_message(backend.name, exc)) from None
+    if track:
+        _learn_running_processes(watcher)
+    return watcher
+
+
+def _learn_running_processes(watcher: Watcher) -> None:
+    """Read the processes that exist now into the process table, so that the exit of one that started before us
+    still shows its parent and command line (at its exit, /proc no longer has them).  Once, at start."""
+    table = watcher.table
+    if table is None:
+        return
+    tracked = watcher.filter.tracked
+    pids = tracked if tracked is not None else (int(name) for name in os.listdir("/proc") if name.isdigit())
+    for pid in list(pids):
+        table.lookup(pid)
+
+
+def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args: argparse.Namespace) -> None:
+    """Say so when the user asked for something the backend cannot see (not for the default set)."""
+    if getattr(args, "quiet", False):
+        return
+    missing = [k.value for k in _ordered(kinds) if k in _KIND_FEATURE and _KIND_FEATURE[k] not in backend.features]
+    if kinds in (kinds_arg(DEFAULT_EVENTS), frozenset(EventKind)):  # defaults and "all" mean "what you can"
+        missing = []
+    if args.threads and Feature.THREADS not in backend.features:
+        missing.append("threads")
+    if missing:
+        stderr(f"{PROG}: warning: backend {backend.name} cannot report {', '.join(missing)} (see 'proctap backends')")
+
+
+def _ordered(kinds: frozenset[EventKind]) -> list[EventKind]:
+    return [k for k in EventKind if k in kinds]
+
+
+def make_renderer(args: argparse.Namespace, stream: TextIO) -> Renderer:
+    """JSON or table renderer for ``stream`` per ``--json`` / ``--wide``."""
+    if getattr(args, "json", False):
+        return JsonRenderer(stream)
+    tty = stream.isatty()
+    width = None if getattr(args, "wide", False) or not tty else shutil.get_terminal_size().columns
+    return TableRenderer(stream, width=width, color=tty and "NO_COLOR" not in os.environ)
+
+
+def pump(
+    watcher: Watcher,
+    renderer: Renderer,
+    *,
+    duration: float | None = None,
+    output: TextIO | None = None,
+    counts: dict[str, int] | None = None,
+    stop: StopSignals | None = None,
+    accounting: ExitAccounting | None = None,
+) -> None:
+    """Render events until ``duration`` elapses (None: forever) or ``stop`` caught a signal; raises OutputClosed when
+    ``output``'s reader goes away.
+
+    Each batch the watcher returns is written with one write call.  While events keep coming it sleeps
+    ``watcher.latency`` between drains (no wakeup per event); when idle it blocks in poll, which also notices a
+    closed output pipe at once (POLLERR on the write end) rather than at the next event.
+    """
+    deadline = None if duration is None else time.monotonic() + duration
+    poller = select.poll()
+    poller.register(watcher.fileno(), select.POLLIN)
+    napper = select.poll()  # the sleep between busy drains: only a signal cuts it short
+    if stop is not None:
+        poller.register(stop.fd, select.POLLIN)
+        napper.register(stop.fd, select.POLLIN)
+    out_fd = _pollable_fd(output)
+    if out_fd is not None:
+        poller.register(out_fd, 0)  # only POLLERR/POLLHUP: the reader went away
+    while stop is None or stop.signum is None:
+        pairs = watcher.read_with_info(0)
+        if accounting is not None:
+            pairs = accounting.attach_pairs(pairs)
+        if pairs:
+            renderer.render_batch(pairs)
+            if counts is not None:
+                for ev, _ in pairs:
+                    kind = ev.kind.value
+                    counts[kind] = counts.get(kind, 0) + 1
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        if pairs:
+            nap = watcher.latency if remaining is None else min(watcher.latency, remaining)
+            napper.poll(_milliseconds(nap))
+            continue
+        for fd, revents in poller.poll(None if remaining is None else _milliseconds(remaining)):
+            if fd == out_fd and revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                raise OutputClosed
+
+
+def _milliseconds(seconds: float) -> int:
+    """A poll() timeout: rounded up so we never wake just before a deadline, within a C int."""
+    return min(int(seconds * 1000) + 1, (1 << 31) - 1)
+
+
+def _pollable_fd(stream: TextIO | None) -> int | None:
+    if stream is None:
+        return None
+    try:
+        fd = stream.fileno()
+        os.fstat(fd)
+    except (OSError, ValueError):
+        return None
+    return fd
+
+
+def print_summary(stats: WatchStats, shown: dict[str, int], elapsed: float) -> None:
+    """One line on stderr: how long, which backend, what was shown by kind, and what the kernel lost."""
+    total = sum(shown.values())
+    by_kind = ", ".join(f"{k.value} {shown[k.value]}" for k in EventKind if k.value in shown)
+    if stats.lost or stats.lost_unknown:
+        parts = []
+        if stats.lost:
+            parts.append(f"{stats.lost} events")
+        if stats.lost_unknown:
+            parts.append(f"{stats.lost_unknown} overrun{'s' if stats.lost_unknown > 1 else ''} of unknown size")
+        lost = "LOST " + " + ".join(parts)
+    else:
+        lost = "nothing lost"
+    shown_text = f"{total} events shown" + (f" ({by_kind})" if by_kind else "")
+    stderr(f"{PROG}: {elapsed:.2f}s with backend {stats.backend_name}: {shown_text}; {lost}")
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    renderer = make_renderer(args, out)
+    shown: dict[str, int] = {}
+    with StopSignals() as stop:
+        watcher = open_watcher(args, track=not args.json)
+        accounting = ExitAccounting.open_or_warn(lambda msg: stderr(f"{PROG}: {msg}")) if args.accounting else None
+        started = time.monotonic()
+        try:
+            if not args.quiet:
+                stderr(_start_message(args, watcher.backend_name))
+            if not args.json and not args.no_header:
+                renderer.header()
+            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop, accounting=accounting)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # writing failed: a full disk, a vanished terminal...
+            silence_stdout()
+            raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
+        finally:
+            watcher.close()
+            if accounting is not None:
+                accounting.close()
+        if not args.quiet:
+            print_summary(watcher.stats(), shown, time.monotonic() - started)
+    return 0 if stop.signum is None else 128 + stop.signum
+
+
+def _start_message(args: argparse.Namespace, backend: str) -> str:
+    kinds = ",".join(k.value for k in _ordered(args.events))
+    scope = f" of pid {args.pid} and its descendants" if args.pid else ""
+    scope += f" named {args.comm}" if args.comm else ""
+    scope += " (threads included)" if args.threads else ""
+    until = f" for {args.duration:g}s" if args.duration is not None else " (Ctrl-C to stop)"
+    return f"{PROG}: watching {kinds}{scope} with backend {backend}{until}"
+
+
+SUBCOMMAND = Subcommand(
+    "watch",
+    "show task events as they happen (a table, or NDJSON with --json)",
+    _add_watch_only_arguments,
+    run_watch,
+    description="Show fork/exec/exit (and more) of every task as they happen. The summary goes to stderr.",
+)
