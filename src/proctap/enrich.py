@@ -1,0 +1,58 @@
+"""The one enrichment step: what the kernel did not say about an event, read from /proc right after it.
+
+Backends report what the kernel gives them and leave the rest ``None``; the watcher passes the events it delivers
+(and those its process table needs) through :func:`enrich_exec`.  Values read here carry ``Origin.PROC``: /proc
+describes the task as it is *now*, so a task that already exited (or exec'd again) gives ``None`` or a later state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import NamedTuple
+
+from .events import Exec, Origin
+from .linux import procfs
+
+__all__ = ["ProcessFacts", "enrich_exec", "read_process"]
+
+
+def enrich_exec(event: Exec) -> Exec:
+    """``event`` with argv, filename, comm and parent pid filled from /proc where the backend left them ``None``.
+
+    Returns ``event`` itself when there is nothing to fill (or /proc no longer has the task).
+    """
+    pid = event.pid
+    changes: dict[str, object] = {}
+    if event.argv is None:
+        argv = procfs.read_argv(pid)
+        if argv is not None:
+            changes.update(argv=argv, argc=len(argv), argv_from=Origin.PROC)
+    if event.filename is None:
+        filename = procfs.read_exe(pid)
+        if filename is not None:
+            changes.update(filename=filename, filename_from=Origin.PROC)
+    if event.comm is None:
+        comm = procfs.read_comm(pid)
+        if comm is not None:
+            changes.update(comm=comm, comm_from=Origin.PROC)
+    if event.parent_pid is None:
+        ppid = procfs.read_ppid(pid)
+        if ppid is not None:
+            changes["parent_pid"] = ppid
+    return replace(event, **changes) if changes else event  # type: ignore[arg-type]
+
+
+class ProcessFacts(NamedTuple):
+    """What /proc tells of a live process first seen after it started."""
+
+    parent_pid: int
+    comm: str | None
+    argv: tuple[str, ...] | None
+
+
+def read_process(pid: int) -> ProcessFacts | None:
+    """Parent, comm and argv of a live process, or ``None`` when /proc no longer has it."""
+    ppid = procfs.read_ppid(pid)
+    if ppid is None:
+        return None
+    return ProcessFacts(ppid, procfs.read_comm(pid), procfs.read_argv(pid))
