@@ -1,8 +1,8 @@
 """Workloads and event collection for the backend conformance suite.
 
 Self-contained: only the standard library and proctap; the C helper is compiled with gcc lazily, into a temporary
-directory, by the first test that needs it.  Bounded waits everywhere (``PROCTAP_TEST_TIMEOUT`` seconds, default
-10; raise it under slow emulation).
+directory, by the first test that needs it.  Events are collected with tests/eventlog.py, whose waits are bounded
+by ``PROCTAP_TEST_TIMEOUT`` seconds (default 30; raise it under slow emulation).
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import proctap
+from eventlog import TIMEOUT
+from eventlog import EventLog as Collector
 from proctap.backends import BACKENDS, Availability, Feature, backend_class
 from proctap.errors import BackendUnavailable
-from proctap.events import Event, Exec, Exit, Fork
 
-TIMEOUT = float(os.environ.get("PROCTAP_TEST_TIMEOUT", "10"))
+__all__ = ["TIMEOUT", "Collector"]  # re-exported for the suite
+
 PYTHON = os.path.realpath(sys.executable)
 
 
@@ -55,57 +57,9 @@ def backend_infos() -> list[BackendInfo]:
 
 
 # -- collecting events --------------------------------------------------------------------------------------------
-class Collector:
-    """Everything a watcher delivered during a test, with waits for what a test expects."""
-
-    def __init__(self, watcher: proctap.Watcher) -> None:
-        self.watcher = watcher
-        self.events: list[Event] = []
-
-    @property
-    def backend(self) -> str:
-        return self.watcher.backend_name
-
-    def pump(self, timeout: float = 0.05) -> None:
-        self.events.extend(self.watcher.read(timeout=timeout))
-
-    def wait_until(self, predicate: Callable[[], bool], what: str, pids: Iterable[int] = ()) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not predicate():
-            if time.monotonic() > deadline:
-                seen = "\n  ".join(repr(e) for e in self.about(pids)) or "(nothing about them)"
-                raise AssertionError(
-                    f"{self.backend}: timed out waiting for {what}; events about {list(pids)}:\n  {seen}"
-                )
-            self.pump()
-
-    def about(self, pids: Iterable[int], kind: type[Event] | None = None) -> list[Event]:
-        wanted = set(pids)
-        return [e for e in self.events if e.pid in wanted and (kind is None or isinstance(e, kind))]
-
-    def of(self, kind: type[Event]) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def process_exit(self, pid: int) -> Exit | None:
-        for e in self.events:
-            if isinstance(e, Exit) and e.pid == pid and not e.is_thread:
-                return e
-        return None
-
-    def wait_exit(self, *pids: int) -> list[Exit]:
-        self.wait_until(lambda: all(self.process_exit(p) is not None for p in pids), "process exits", pids)
-        return [self.process_exit(p) for p in pids]  # type: ignore[misc]
-
-    def wait_exec(self, pid: int) -> Exec:
-        self.wait_until(lambda: bool(self.about([pid], Exec)), f"the exec of {pid}", [pid])
-        return self.about([pid], Exec)[-1]  # type: ignore[return-value]
-
-    def forks_of(self, pid: int) -> list[Fork]:
-        return [e for e in self.events if isinstance(e, Fork) and e.pid == pid and not e.is_thread]
-
-
 @contextlib.contextmanager
 def collect(backend: str, **kwargs: object) -> Iterator[Collector]:
+    """A watcher on ``backend`` and the log of what it delivers (tests/eventlog.py: the tests' one collector)."""
     with proctap.watch(backend=backend, **kwargs) as w:
         yield Collector(w)
 
