@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventlog import collect
 from proctap.backends import bpf as bpf_backend
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend, _verifier_summary
@@ -59,18 +60,6 @@ def backend(**kwargs: object) -> Iterator[BpfBackend]:
         yield b
     finally:
         b.close()
-
-
-def collect(b: BpfBackend, done: Callable[[list[Event]], bool], timeout: float = 10.0) -> list[Event]:
-    """Read events until ``done(events)`` or the timeout."""
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events.extend(b.read_events())
-        if done(events):
-            break
-        time.sleep(0.01)
-    return events
 
 
 def of_pid(events: list[Event], pid: int) -> list[Event]:
@@ -732,7 +721,7 @@ def test_cgroup_filter_option() -> None:
         pytest.skip("no cgroup v2 hierarchy")
     with backend(options=(("cgroup_id", str(cgroup_id + 10_000_000)),)) as b:  # an id no cgroup has
         subprocess.run(["/bin/true"], check=True)
-        assert not [e for e in collect(b, lambda evs: False, 0.3) if not isinstance(e, Lost)]
+        assert not [e for e in collect(b, None, 0.3) if not isinstance(e, Lost)]
 
 
 @needs_bpf
@@ -753,11 +742,8 @@ def test_watcher_delivers_an_isolated_event() -> None:
         assert w.backend_name == "bpf"
         proc = subprocess.Popen(["/bin/true", "isolated"])
         proc.wait()
-        deadline = time.monotonic() + 10
-        seen = False
-        while not seen and time.monotonic() < deadline:
-            seen = any(isinstance(e, Exec) and e.pid == proc.pid for e in w.read(timeout=1))
-    assert seen
+        events = collect(w, lambda evs: any(isinstance(e, Exec) and e.pid == proc.pid for e in evs), what="the exec")
+    assert any(isinstance(e, Exec) and e.pid == proc.pid for e in events)
 
 
 def program_ids(b: BpfBackend) -> set[int]:
