@@ -17,14 +17,13 @@ import pytest
 import proctap
 from proctap.errors import DecodeError
 from proctap.events import Exit
+from proctap.accounting import sum_records
 from proctap.linux.taskstats import (
-    AccountingMerger,
     TaskstatsListener,
     TaskstatsMessage,
     decode_taskstats,
     parse_messages,
     scan_messages,
-    sum_records,
 )
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -155,23 +154,20 @@ def test_close_deregisters() -> None:
         assert pid_record(_read_until(again, proc.pid), proc.pid).record.comm == "true"
 
 
-def test_merger_adds_accounting_to_real_exit_events() -> None:
+def test_watcher_accounting_adds_figures_to_real_exit_events() -> None:
     script = textwrap.dedent(f"""
         import threading
         def spin():
             {BUSY.replace(chr(10), chr(10) + "            ")}
         t = threading.Thread(target=spin); t.start(); t.join()
     """)
-    merger = AccountingMerger()
-    with proctap.watch(events="exit", backend="netlink") as watcher, TaskstatsListener() as listener:
+    with proctap.watch(events="exit", backend="netlink", accounting=True) as watcher:
         proc = subprocess.Popen([sys.executable, "-c", script])
         proc.wait()
         exits: list[Exit] = []
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(e.pid == proc.pid and not e.is_thread for e in exits):
-            events = watcher.read(timeout=0.1)
-            merger.feed(listener.read())
-            exits.extend(e for e in merger.attach(events) if isinstance(e, Exit) and e.pid == proc.pid)
+            exits.extend(e for e in watcher.read(timeout=0.1) if isinstance(e, Exit) and e.pid == proc.pid)
     process_exit = next(e for e in exits if not e.is_thread)
     thread_exit = next(e for e in exits if e.is_thread)
     assert process_exit.accounting is not None and process_exit.accounting.per_process

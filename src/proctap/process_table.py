@@ -5,10 +5,11 @@ It only consumes events.  Processes that existed before the watcher started are 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .enrich import read_process
 from .events import Comm, Event, Exec, Exit, Fork
-from .linux import procfs
 
 __all__ = ["ProcessInfo", "ProcessTable"]
 
@@ -54,12 +55,18 @@ class ProcessTable:
         """The info for a live pid, learnt from /proc on first sight if allowed; None if unknown."""
         info = self._procs.get(pid)
         if info is None and self._read_proc and pid > 0:
-            ppid = procfs.read_ppid(pid)
-            if ppid is None:
+            facts = read_process(pid)
+            if facts is None:
                 return None
-            info = ProcessInfo(pid, parent_pid=ppid, comm=procfs.read_comm(pid), argv=procfs.read_argv(pid))
+            info = ProcessInfo(pid, parent_pid=facts.parent_pid, comm=facts.comm, argv=facts.argv)
             self._procs[pid] = info
         return info
+
+    def learn(self, pids: Iterable[int]) -> None:
+        """Read these live processes into the table now, so that the exit of one that started before the watcher
+        still shows its parent and command line (at its exit, /proc no longer has them)."""
+        for pid in pids:
+            self.lookup(pid)
 
     def update(self, event: Event) -> ProcessInfo | None:
         """Apply an event; returns the process it concerns (None for Lost and unknown pids)."""
@@ -102,6 +109,3 @@ class ProcessTable:
         elif isinstance(event, Exit) and not event.is_thread:
             self._procs.pop(event.pid, None)
         return info
-
-    def children(self, pid: int) -> list[int]:
-        return [p.pid for p in self._procs.values() if p.parent_pid == pid]

@@ -1,32 +1,51 @@
-"""The Python API: :func:`watch` (blocking iterator) and :func:`awatch` (asyncio).
+"""The Python API: :func:`watch` (blocking iterator, or ``read()`` after select) and :func:`awatch` (asyncio).
 
 Example::
 
     with proctap.watch(events={"exec", "exit"}) as w:
         for ev in w:
             print(ev)
+
+Every consumer (the iterator, :meth:`Watcher.read`, asyncio, ``proctap watch``, ``proctap run``) takes events
+through the same two steps: :meth:`Watcher.read` is the one drain loop (batching while events flow, blocking while
+idle), and ``Watcher._drain`` the one enrichment step (filters, /proc reads, the process table, accounting).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import select
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+import warnings
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from .accounting import ExitAccounting
 from .backends import Backend, BackendConfig, choose_backend
-from .errors import ProctapError
-from .events import Event, EventKind, Exit, Fork, Lost
+from .enrich import enrich_exec
+from .errors import BackendUnavailable, ProctapError
+from .events import Event, EventKind, Exec, Exit, Fork, Lost
 from .linux import procfs
 from .process_table import ProcessInfo, ProcessTable
 
-__all__ = ["AsyncWatcher", "EventFilter", "WatchStats", "Watcher", "awatch", "parse_kinds", "watch"]
+__all__ = [
+    "DEFAULT_LATENCY_S",
+    "AsyncWatcher",
+    "EventFilter",
+    "WatchStats",
+    "Watcher",
+    "awatch",
+    "parse_kinds",
+    "watch",
+]
 
 KindSpec = EventKind | str | type[Event]
+WakeFd = int | tuple[int, int]  # a descriptor (POLLIN) or (descriptor, poll event mask)
 DEFAULT_LATENCY_S = 0.01  # how long events may wait in the kernel between drains while they keep coming
+ACCOUNTING_DRAIN_S = 1.0  # with accounting, the longest idle wait: the taskstats socket hears every exit
 
 
 def parse_kinds(spec: Iterable[KindSpec] | str | None) -> frozenset[EventKind]:
@@ -79,7 +98,8 @@ class EventFilter:
         self.table = table
         self.tracked: set[int] | None = None if pid is None else {pid}
 
-    def accept(self, event: Event) -> bool:
+    def in_scope(self, event: Event) -> bool:
+        """Every filter but the comm one (which may need the event enriched first); follows the pid subtree."""
         if isinstance(event, Lost):
             return True
         tracked = self.tracked
@@ -90,11 +110,15 @@ class EventFilter:
                 return False
         if event.kind not in self.kinds:
             return False
-        if not self.threads and isinstance(event, (Fork, Exit)) and event.is_thread:
-            return False
-        return self.comm is None or self._comm_matches(event)
+        return self.threads or not (isinstance(event, (Fork, Exit)) and event.is_thread)
 
-    def _comm_matches(self, event: Event) -> bool:
+    def accept(self, event: Event) -> bool:
+        """Whether the user wants ``event`` (call once per event, in stream order: it follows the subtree)."""
+        return self.in_scope(event) and self.comm_matches(event)
+
+    def comm_matches(self, event: Event) -> bool:
+        if self.comm is None or isinstance(event, Lost):
+            return True
         comm = getattr(event, "comm", None)
         if comm is None and self.table is not None:
             info = self.table.lookup(event.pid)
@@ -103,6 +127,11 @@ class EventFilter:
                 if comm != self.comm and info.argv:
                     return info.argv[0].rsplit("/", 1)[-1] == self.comm
         return comm == self.comm
+
+    def follow(self, pid: int) -> None:
+        """Follow ``pid`` too (a process the caller started itself, whose Fork event may come late or be lost)."""
+        if self.tracked is not None:
+            self.tracked.add(pid)
 
     def forget(self, event: Event) -> None:
         """After delivery: stop tracking processes that ended."""
@@ -116,7 +145,8 @@ class WatchStats:
 
     ``received``: events from the backend by kind (before filters); ``delivered``: events handed to the user;
     ``lost``: events the kernel reported dropped (exact counts summed); ``lost_unknown``: overruns whose size the
-    kernel did not tell; ``backend``: the backend's own counters.
+    kernel did not tell; ``backend``: the backend's own counters; ``accounting_overruns``: taskstats socket overflows
+    (records dropped, count unknown; with ``accounting=True``).
     """
 
     backend_name: str
@@ -125,6 +155,7 @@ class WatchStats:
     lost: int = 0
     lost_unknown: int = 0
     backend: dict[str, int] = field(default_factory=dict)
+    accounting_overruns: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -134,22 +165,30 @@ class WatchStats:
             "lost": self.lost,
             "lost_unknown": self.lost_unknown,
             "backend_stats": dict(self.backend),
+            "accounting_overruns": self.accounting_overruns,
         }
 
 
 class Watcher:
     """Watches task events from one backend.  Iterate it, or call :meth:`read`; ``fileno()`` plugs into select.
 
-    ``latency`` (seconds) bounds how long events may wait in the kernel buffer while events keep coming: between
-    two non-empty drains the watcher sleeps instead of blocking in poll, so the forking tasks never have to wake it
-    (waking a reader per event is what makes monitors slow down a fork storm).  When idle it blocks in poll and wakes
-    on the first event.
+    ``backend``: a name (``"auto"`` picks the first that works here) or a backend class already chosen (then it is
+    not probed again).  ``latency`` (seconds) bounds how long events may wait in the kernel buffer while events keep
+    coming: between two drains that found events the watcher sleeps instead of blocking in poll, so the forking
+    tasks never have to wake it (waking a reader per event is what makes monitors slow down a fork storm).  When
+    idle it blocks in poll and wakes on the first event.
+
+    ``read_proc``: fill what the kernel did not say (exec'd argv, filename, comm, parent) from /proc right after the
+    event (``Origin.PROC``).  ``track``: keep a process table (:meth:`read_with_info`, :meth:`process_info`), learnt
+    from /proc for the processes that exist at the start.  ``accounting``: add taskstats figures (CPU, peak RSS, I/O,
+    context switches) to Exit events; needs CAP_NET_ADMIN: where taskstats is unavailable a RuntimeWarning says why
+    and Exit events carry no accounting (``accounting_note`` keeps the reason).
     """
 
     def __init__(
         self,
         events: Iterable[KindSpec] | str | None = None,
-        backend: str = "auto",
+        backend: str | type[Backend] = "auto",
         *,
         pid: int | None = None,
         threads: bool = True,
@@ -159,14 +198,15 @@ class Watcher:
         argv_limit: int = 4096,
         latency: float = DEFAULT_LATENCY_S,
         track: bool = False,
+        accounting: bool = False,
         options: Iterable[tuple[str, str]] = (),
     ) -> None:
         kinds = parse_kinds(events)
-        if pid is not None and pid <= 0:
-            raise ProctapError(f"invalid pid {pid}: give a positive process id")
+        _check_pid(pid)
         if latency < 0:
             raise ProctapError("latency must be >= 0 seconds")
-        cls = choose_backend(backend)
+        cls = choose_backend(backend) if isinstance(backend, str) else backend
+        self.read_proc = read_proc
         self.table: ProcessTable | None = ProcessTable(read_proc) if (track or comm is not None) else None
         # Following a subtree needs Fork events even when the user does not want to see them; keeping the process
         # table right needs every event that changes it.
@@ -178,25 +218,42 @@ class Watcher:
             root_pid=pid,
             threads=threads,
             buffer_bytes=buffer_bytes,
-            read_proc=read_proc,
             argv_limit=argv_limit,
             options=tuple(options),
         )
-        self.backend: Backend = cls(config)
         self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm, table=self.table)
+        self.latency = latency
+        self.accounting_note: str | None = None
+        self._accounting = self._open_accounting() if accounting else None
+        try:
+            self.backend: Backend = cls(config)
+        except BaseException:
+            if self._accounting is not None:
+                self._accounting.close()
+            raise
         if pid is not None and self.filter.tracked is not None:
             # Descendants that exist already: later ones are followed through Fork events (the backend is already
             # subscribed, so a task forked during this scan is seen either here or as an event).
             self.filter.tracked |= procfs.descendants(pid)
-        self.latency = latency
+        if track and self.table is not None:
+            tracked = self.filter.tracked
+            self.table.learn(list(tracked) if tracked is not None else procfs.list_pids())
         self._stats = WatchStats(cls.name)
         self._pending: collections.deque[Event] = collections.deque()
         self._busy = False  # the last drain returned events: sleep rather than poll
         self._closed = False
 
+    def _open_accounting(self) -> ExitAccounting | None:
+        try:
+            return ExitAccounting()
+        except BackendUnavailable as exc:
+            self.accounting_note = str(exc)
+            warnings.warn(f"{exc}; exit events will have no accounting", RuntimeWarning, stacklevel=3)
+            return None
+
     # -- the file-like part ------------------------------------------------------------------------------------
     def fileno(self) -> int:
-        """A descriptor that becomes readable when events may be ready (then call :meth:`read` with timeout 0)."""
+        """A descriptor that becomes readable when events may be ready (then call :meth:`read`)."""
         return self.backend.fileno()
 
     @property
@@ -204,11 +261,14 @@ class Watcher:
         return self._closed
 
     def close(self) -> None:
-        """Release every kernel resource (socket, tracefs instance, BPF objects).  Idempotent."""
+        """Release every kernel resource (socket, tracefs instance, BPF objects, taskstats listener).  Idempotent."""
         if not self._closed:
             self._closed = True
             self._stats.backend = self.backend.stats()
             self.backend.close()
+            if self._accounting is not None:
+                self._stats.accounting_overruns = self._accounting.overruns
+                self._accounting.close()
 
     def __enter__(self) -> Watcher:
         return self
@@ -223,94 +283,129 @@ class Watcher:
     # -- reading ----------------------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        """True while events are flowing (the last drain returned some)."""
+        """True while events are flowing (the last drain found some, delivered or not)."""
         return self._busy
 
     @property
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def accounting(self) -> bool:
+        """Whether Exit events get taskstats figures."""
+        return self._accounting is not None
+
     def stats(self) -> WatchStats:
         """A snapshot of the counters."""
         if not self._closed:
             self._stats.backend = self.backend.stats()
-        snap = WatchStats(**{**self._stats.__dict__, "received": dict(self._stats.received)})
-        return snap
+            if self._accounting is not None:
+                self._stats.accounting_overruns = self._accounting.overruns
+        return WatchStats(**{**self._stats.__dict__, "received": dict(self._stats.received)})
 
-    def read(self, timeout: float | None = None) -> list[Event]:
-        """Events ready now, waiting up to ``timeout`` seconds (None: until there is one) for the first.
+    def read(self, timeout: float | None = None, *, wake: Sequence[WakeFd] = ()) -> list[Event]:
+        """The events ready now, after waiting up to ``timeout`` seconds (None: no limit) for the kernel to have any.
 
+        This is the one drain loop.  While events flow it first sleeps ``latency`` (so they pile up in the kernel
+        buffer instead of waking us one by one), then drains; when idle it blocks in poll until the kernel has
+        something.  It returns after one drain that followed readiness, so the list may be empty (everything ready
+        was filtered out): the selectors idiom (select, then ``read()``) never blocks for long.  ``wake``: more
+        descriptors (or ``(fd, poll mask)``) whose readiness cuts any wait short, e.g. a signal pipe or a pidfd.
         Returns an empty list on timeout or after close.
         """
-        if self._pending:
-            out = list(self._pending)
-            self._pending.clear()
-            return out
-        return self._read(timeout)
+        return self._read(timeout, wake, None)
 
-    def _read(self, timeout: float | None, infos: list[ProcessInfo | None] | None = None) -> list[Event]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._closed:
-            if self._busy:
-                # Events flowed at the last drain: let the next ones pile up in the kernel buffer for a moment
-                # instead of blocking in poll, where each new event would have to wake us.
-                remaining = None if deadline is None else deadline - time.monotonic()
-                time.sleep(self.latency if remaining is None else max(0.0, min(self.latency, remaining)))
-            batch = self._drain(infos)
-            if batch:
-                return batch
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return []
-            if not self._busy:
-                self._poll(remaining)
-        return []
-
-    def read_with_info(self, timeout: float | None = None) -> list[tuple[Event, ProcessInfo | None]]:
+    def read_with_info(
+        self, timeout: float | None = None, *, wake: Sequence[WakeFd] = ()
+    ) -> list[tuple[Event, ProcessInfo | None]]:
         """Like :meth:`read`, each event paired with a snapshot of its process as of that event (``track=True``).
 
         The snapshot is taken before an Exit removes the process and is not changed by later events; it is None for
         Lost events and unknown processes (and always None without a process table).
         """
         if self._pending or self.table is None:
-            return [(ev, None) for ev in self.read(timeout)]
+            return [(ev, None) for ev in self._read(timeout, wake, None)]
         infos: list[ProcessInfo | None] = []
-        batch = self._read(timeout, infos)
+        batch = self._read(timeout, wake, infos)
         return list(zip(batch, infos, strict=True))
 
-    def _poll(self, remaining: float | None) -> None:
+    def _read(
+        self, timeout: float | None, wake: Sequence[WakeFd], infos: list[ProcessInfo | None] | None
+    ) -> list[Event]:
+        if self._pending:
+            out = list(self._pending)
+            self._pending.clear()
+            return out
+        if self._closed:
+            return []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._busy:
+            nap = self.latency if deadline is None else min(self.latency, deadline - time.monotonic())
+            if nap > 0:
+                self._wait(nap, wake, backend=False)
+        batch = self._drain(infos)
+        if batch or self._busy:
+            return batch
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return []
+        if self._accounting is not None:
+            remaining = ACCOUNTING_DRAIN_S if remaining is None else min(remaining, ACCOUNTING_DRAIN_S)
+        self._wait(remaining, wake, backend=True)
+        return self._drain(infos)
+
+    def _wait(self, seconds: float | None, wake: Sequence[WakeFd], *, backend: bool) -> None:
+        """Block until ``seconds`` pass (None: forever) or a ``wake`` fd (and, with ``backend``, the backend's
+        descriptor) is ready."""
         poller = select.poll()
-        poller.register(self.backend.fileno(), select.POLLIN)
-        poller.poll(None if remaining is None else max(0, int(remaining * 1000) + 1))
+        if backend:
+            poller.register(self.backend.fileno(), select.POLLIN)
+        for item in wake:
+            fd, mask = (item, select.POLLIN) if isinstance(item, int) else item
+            poller.register(fd, mask)
+        poller.poll(None if seconds is None else _milliseconds(seconds))
 
     def _drain(self, infos: list[ProcessInfo | None] | None = None) -> list[Event]:
+        """The one enrichment step: every backend event is counted and filtered; the delivered ones (and those the
+        process table needs) are enriched from /proc and given accounting."""
         events = self.backend.read_events()
         self._busy = bool(events)
+        accounting = self._accounting
         if not events:
+            if accounting is not None:
+                accounting.collect()  # keep the socket drained
             return []
         received = self._stats.received
-        accept = self.filter.accept
+        flt = self.filter
         table = self.table
-        out = []
+        enrich = self.read_proc
+        out: list[Event] = []
         for ev in events:
             kind = ev.kind.value
             received[kind] = received.get(kind, 0) + 1
-            if isinstance(ev, Lost):
+            if type(ev) is Lost:
                 if ev.count is None:
                     self._stats.lost_unknown += 1
                 else:
                     self._stats.lost += ev.count
+            in_scope = flt.in_scope(ev)
+            if enrich and type(ev) is Exec and (in_scope or table is not None):
+                ev = enrich_exec(ev)
             info = None
-            if table is not None and not isinstance(ev, Exit):
+            if table is not None and type(ev) is not Exit:
                 info = table.update(ev)
-            accepted = accept(ev)  # before an Exit leaves the table: the comm filter looks the process up
-            if table is not None and isinstance(ev, Exit):
+            accepted = in_scope and flt.comm_matches(ev)  # before an Exit leaves the table: comm is looked up
+            if table is not None and type(ev) is Exit:
                 info = table.update(ev)
             if accepted:
                 out.append(ev)
                 if infos is not None:
                     infos.append(None if info is None else info.snapshot())
-            self.filter.forget(ev)
+            elif accounting is not None and type(ev) is Exit and not ev.is_thread:
+                accounting.forget(ev.pid)
+            flt.forget(ev)
+        if accounting is not None:
+            out = accounting.attach(out)
         self._stats.delivered += len(out)
         return out
 
@@ -324,11 +419,30 @@ class Watcher:
             self._pending.extend(self.read())
         return self._pending.popleft()
 
-    def process_info(self, pid: int) -> object:
+    def follow(self, pid: int) -> None:
+        """Watching a subtree (``pid=``): follow ``pid`` too, e.g. a child the caller just started, even if its Fork
+        event comes late or is lost in a burst."""
+        self.filter.follow(pid)
+
+    def process_info(self, pid: int) -> ProcessInfo | None:
         """The live process table entry for ``pid`` (requires ``track=True``)."""
         if self.table is None:
             raise ProctapError("the process table is off: create the watcher with track=True")
         return self.table.lookup(pid)
+
+
+def _check_pid(pid: int | None) -> None:
+    if pid is None:
+        return
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise ProctapError(f"invalid pid {pid!r}: give a positive process id")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProctapError(f"no process with pid {pid}: give the pid of a running process")
+
+
+def _milliseconds(seconds: float) -> int:
+    """A poll() timeout: rounded up so we never wake just before a deadline, within a C int."""
+    return min(int(max(seconds, 0.0) * 1000) + 1, (1 << 31) - 1)
 
 
 def watch(events: Iterable[KindSpec] | str | None = None, backend: str = "auto", **kwargs: object) -> Watcher:
@@ -337,7 +451,8 @@ def watch(events: Iterable[KindSpec] | str | None = None, backend: str = "auto",
 
 
 class AsyncWatcher:
-    """asyncio flavour of :class:`Watcher`: ``async for ev in w``; wakes through the loop's reader callbacks."""
+    """asyncio flavour of :class:`Watcher`: ``async for ev in w``.  The same drain loop as :meth:`Watcher.read`
+    (sleep ``latency`` while events flow, wait for readiness while idle), with the waits done by the event loop."""
 
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
@@ -347,28 +462,26 @@ class AsyncWatcher:
         return self
 
     async def __anext__(self) -> Event:
-        while not self._pending:
-            if self.watcher.closed:
-                raise StopAsyncIteration
-            if self.watcher.busy:
-                import asyncio  # here, not at the top: importing asyncio costs the CLI ~0.15 s of start-up
+        import asyncio  # here, not at the top: importing asyncio costs the CLI ~0.15 s of start-up
 
-                await asyncio.sleep(self.watcher.latency)  # see Watcher.read: batch instead of a wakeup per event
-            batch = self.watcher.read(timeout=0)
-            if batch:
-                self._pending.extend(batch)
-                break
-            if not self.watcher.busy:
+        watcher = self.watcher
+        while not self._pending:
+            if watcher.closed:
+                raise StopAsyncIteration
+            if watcher.busy:
+                await asyncio.sleep(watcher.latency)
+            else:
                 await self._readable()
+            self._pending.extend(watcher.read(timeout=0))
         return self._pending.popleft()
 
     async def _readable(self) -> None:
+        """Until the backend's descriptor is readable (with accounting: at most ACCOUNTING_DRAIN_S)."""
         import asyncio
 
-        watcher = self.watcher
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        fd = watcher.fileno()
+        fd = self.watcher.fileno()
 
         def ready() -> None:
             if not fut.done():
@@ -376,7 +489,9 @@ class AsyncWatcher:
 
         loop.add_reader(fd, ready)
         try:
-            await fut
+            await asyncio.wait_for(fut, ACCOUNTING_DRAIN_S if self.watcher.accounting else None)
+        except asyncio.TimeoutError:
+            pass  # drain anyway: the taskstats socket must not fill up
         finally:
             loop.remove_reader(fd)
 

@@ -13,7 +13,6 @@ from typing import TextIO
 from ..backends import Backend, Feature, choose_backend
 from ..errors import ProctapError
 from ..events import EventKind
-from ..linux.taskstats import ExitAccounting
 from ..render import JsonRenderer, Renderer, TableRenderer
 from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
 from . import common
@@ -94,41 +93,25 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
 # -- watch -----------------------------------------------------------------------------------------------------
 
 
-def open_watcher(args: argparse.Namespace, *, track: bool) -> Watcher:
+def open_watcher(args: argparse.Namespace, *, track: bool, accounting: bool = False) -> Watcher:
     """A Watcher from the options of :func:`add_watch_arguments`; warns on stderr about kinds the backend lacks."""
-    if args.pid is not None and not os.path.exists(f"/proc/{args.pid}"):
-        raise ProctapError(f"no process with pid {args.pid}: give the pid of a running process")
     backend = choose_backend(args.backend)
     _warn_unsupported(backend, args.events, args)
     try:
-        watcher = Watcher(
+        return Watcher(
             args.events,
-            backend.name,
+            backend,
             pid=args.pid,
             threads=args.threads,
             comm=args.comm,
             buffer_bytes=args.buffer,
             latency=args.latency,
             track=track,
+            accounting=accounting,
             options=args.backend_option,
         )
     except OSError as exc:
         raise ProctapError(os_error_message(backend.name, exc)) from None
-    if track:
-        _learn_running_processes(watcher)
-    return watcher
-
-
-def _learn_running_processes(watcher: Watcher) -> None:
-    """Read the processes that exist now into the process table, so that the exit of one that started before us
-    still shows its parent and command line (at its exit, /proc no longer has them).  Once, at start."""
-    table = watcher.table
-    if table is None:
-        return
-    tracked = watcher.filter.tracked
-    pids = tracked if tracked is not None else (int(name) for name in os.listdir("/proc") if name.isdigit())
-    for pid in list(pids):
-        table.lookup(pid)
 
 
 def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args: argparse.Namespace) -> None:
@@ -165,50 +148,38 @@ def pump(
     output: TextIO | None = None,
     counts: dict[str, int] | None = None,
     stop: StopSignals | None = None,
-    accounting: ExitAccounting | None = None,
 ) -> None:
     """Render events until ``duration`` elapses (None: forever) or ``stop`` caught a signal; raises OutputClosed when
     ``output``'s reader goes away.
 
-    Each batch the watcher returns is written with one write call.  While events keep coming it sleeps
-    ``watcher.latency`` between drains (no wakeup per event); when idle it blocks in poll, which also notices a
-    closed output pipe at once (POLLERR on the write end) rather than at the next event.
+    Batches come from the watcher's drain loop (:meth:`Watcher.read`), each written with one write call; the signal
+    pipe and the output's error state (POLLERR on the write end of a closed pipe) cut its waits short, so a closed
+    pipe is noticed at once rather than at the next event.
     """
     deadline = None if duration is None else time.monotonic() + duration
-    poller = select.poll()
-    poller.register(watcher.fileno(), select.POLLIN)
-    napper = select.poll()  # the sleep between busy drains: only a signal cuts it short
-    if stop is not None:
-        poller.register(stop.fd, select.POLLIN)
-        napper.register(stop.fd, select.POLLIN)
+    wake: list[int | tuple[int, int]] = [] if stop is None else [stop.fd]
     out_fd = _pollable_fd(output)
     if out_fd is not None:
-        poller.register(out_fd, 0)  # only POLLERR/POLLHUP: the reader went away
+        wake.append((out_fd, 0))  # only POLLERR/POLLHUP: the reader went away
     while stop is None or stop.signum is None:
-        pairs = watcher.read_with_info(0)
-        if accounting is not None:
-            pairs = accounting.attach_pairs(pairs)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        pairs = watcher.read_with_info(remaining, wake=wake)
         if pairs:
             renderer.render_batch(pairs)
             if counts is not None:
                 for ev, _ in pairs:
                     kind = ev.kind.value
                     counts[kind] = counts.get(kind, 0) + 1
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return
-        if pairs:
-            nap = watcher.latency if remaining is None else min(watcher.latency, remaining)
-            napper.poll(_milliseconds(nap))
-            continue
-        for fd, revents in poller.poll(None if remaining is None else _milliseconds(remaining)):
-            if fd == out_fd and revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                raise OutputClosed
+        elif out_fd is not None and _output_gone(out_fd):
+            raise OutputClosed
 
 
-def _milliseconds(seconds: float) -> int:
-    """A poll() timeout: rounded up so we never wake just before a deadline, within a C int."""
-    return min(int(seconds * 1000) + 1, (1 << 31) - 1)
+def _output_gone(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, revents in poller.poll(0))
 
 
 def _pollable_fd(stream: TextIO | None) -> int | None:
@@ -244,15 +215,14 @@ def run_watch(args: argparse.Namespace) -> int:
     renderer = make_renderer(args, out)
     shown: dict[str, int] = {}
     with StopSignals() as stop:
-        watcher = open_watcher(args, track=not args.json)
-        accounting = ExitAccounting.open_or_warn(lambda msg: stderr(f"{PROG}: {msg}")) if args.accounting else None
+        watcher = open_watcher(args, track=not args.json, accounting=args.accounting)
         started = time.monotonic()
         try:
             if not args.quiet:
                 stderr(_start_message(args, watcher.backend_name))
             if not args.json and not args.no_header:
                 renderer.header()
-            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop, accounting=accounting)
+            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop)
         except BrokenPipeError:
             raise
         except OSError as exc:  # writing failed: a full disk, a vanished terminal...
@@ -260,8 +230,6 @@ def run_watch(args: argparse.Namespace) -> int:
             raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
         finally:
             watcher.close()
-            if accounting is not None:
-                accounting.close()
         if not args.quiet:
             print_summary(watcher.stats(), shown, time.monotonic() - started)
     return 0 if stop.signum is None else 128 + stop.signum

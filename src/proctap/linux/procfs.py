@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["descendants", "read_argv", "read_comm", "read_exe", "read_ppid"]
+__all__ = ["descendants", "list_pids", "read_argv", "read_comm", "read_exe", "read_ppid"]
 
 
 def read_argv(pid: int) -> tuple[str, ...] | None:
@@ -91,3 +91,8 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def list_pids() -> list[int]:
+    """The pids of every live process (the numeric entries of /proc)."""
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]

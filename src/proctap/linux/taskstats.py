@@ -14,23 +14,19 @@ Needs CAP_NET_ADMIN and the initial network namespace (in another netns registra
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from ..errors import BackendUnavailable, DecodeError
-from ..events import Accounting, Event, Exit
+from . import cpus
 
 __all__ = [
-    "AccountingMerger",
-    "ExitAccounting",
     "RawRecord",
     "TaskstatsListener",
     "TaskstatsMessage",
@@ -38,9 +34,7 @@ __all__ = [
     "decode_taskstats",
     "format_accounting",
     "parse_messages",
-    "record_accounting",
     "scan_messages",
-    "sum_records",
 ]
 
 T = TypeVar("T")
@@ -279,61 +273,12 @@ def parse_messages(data: bytes) -> list[TaskstatsMessage]:
     return [raw.decode() for raw in scan_messages(data)]
 
 
-def record_accounting(record: TaskstatsRecord, *, per_process: bool = False) -> Accounting:
-    """The event model's view of one record."""
-    return Accounting(
-        cpu_user_us=record.cpu_user_us,
-        cpu_system_us=record.cpu_system_us,
-        elapsed_us=record.elapsed_us,
-        peak_rss_kb=record.peak_rss_kb,
-        read_bytes=record.read_bytes,
-        write_bytes=record.write_bytes,
-        voluntary_switches=record.voluntary_switches,
-        involuntary_switches=record.involuntary_switches,
-        per_process=per_process,
-    )
-
-
-def _sum_opt(values: Iterable[int | None]) -> int | None:
-    total: int | None = None
-    for v in values:
-        if v is not None:
-            total = v if total is None else total + v
-    return total
-
-
-def sum_records(records: list[TaskstatsRecord], leader_tid: int | None = None) -> Accounting:
-    """Per-process totals from the per-thread records of its threads: CPU, I/O and switches add up, peak RSS is the
-    largest (threads share the mm), elapsed time is the leader's (or the longest when the leader is unknown).
-
-    Summing is needed because the kernel's AGGR_TGID exit record only carries delay-accounting totals
-    (kernel/taskstats.c fill_tgid_exit), not CPU times.
-    """
-    if len(records) == 1:
-        return record_accounting(records[0], per_process=True)
-    leader = next((r for r in records if r.tid == leader_tid), None)
-    elapsed = leader.elapsed_us if leader is not None else max(r.elapsed_us for r in records)
-    rss = [r.peak_rss_kb for r in records if r.peak_rss_kb is not None]
-    return Accounting(
-        cpu_user_us=sum(r.cpu_user_us for r in records),
-        cpu_system_us=sum(r.cpu_system_us for r in records),
-        elapsed_us=elapsed,
-        peak_rss_kb=max(rss) if rss else None,
-        read_bytes=_sum_opt(r.read_bytes for r in records),
-        write_bytes=_sum_opt(r.write_bytes for r in records),
-        voluntary_switches=_sum_opt(r.voluntary_switches for r in records),
-        involuntary_switches=_sum_opt(r.involuntary_switches for r in records),
-        per_process=True,
-    )
-
-
-def _possible_cpus() -> str:
+def _cpumask() -> str:
+    """The registration cpumask: every possible CPU (exit records go to the listeners of the CPU a task exits on)."""
     try:
-        with open("/sys/devices/system/cpu/possible") as f:
-            return f.read().strip()
+        return cpus.read_possible()
     except OSError:
-        count = os.cpu_count() or 1
-        return f"0-{count - 1}"
+        return f"0-{(os.cpu_count() or 1) - 1}"
 
 
 class TaskstatsListener:
@@ -346,7 +291,7 @@ class TaskstatsListener:
     def __init__(self, buffer_bytes: int = 32 << 20) -> None:
         self.lost = 0
         self.records = 0
-        self._cpus = _possible_cpus()
+        self._cpus = _cpumask()
         self._seq = 0
         self._early: list[RawRecord] = []
         try:
@@ -479,109 +424,6 @@ class TaskstatsListener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class AccountingMerger:
-    """Attaches taskstats figures to Exit events by task id.
-
-    Feed it records (:meth:`feed`) and pass events through :meth:`attach`.  A thread's Exit gets that thread's
-    record; a process's Exit gets the sum over every thread record seen for the process (``per_process=True``).
-    Records wait (bounded by ``max_pending`` tasks, oldest dropped first) for an Exit that may come later.
-    """
-
-    def __init__(self, max_pending: int = 65536) -> None:
-        self.max_pending = max_pending
-        self._by_tgid: collections.OrderedDict[int, list[TaskstatsRecord]] = collections.OrderedDict()
-        self._by_tid: dict[int, TaskstatsRecord] = {}
-
-    def feed(self, messages: Iterable[TaskstatsMessage]) -> None:
-        by_tgid = self._by_tgid
-        for msg in messages:
-            if msg.aggregate != "pid":
-                continue  # AGGR_TGID exit records hold only delay-accounting totals: we sum threads instead
-            rec = msg.record
-            tgid = rec.tgid if rec.tgid is not None else rec.tid
-            self._by_tid[rec.tid] = rec
-            group = by_tgid.get(tgid)
-            if group is None:
-                by_tgid[tgid] = [rec]
-                if len(by_tgid) > self.max_pending:
-                    _old, dropped = by_tgid.popitem(last=False)
-                    for r in dropped:
-                        self._by_tid.pop(r.tid, None)
-            else:
-                group.append(rec)
-
-    def take_process(self, pid: int) -> Accounting | None:
-        """Totals for a process that ended (and forget its records)."""
-        group = self._by_tgid.pop(pid, None)
-        if not group:
-            return None
-        for r in group:
-            if self._by_tid.get(r.tid) is r:
-                del self._by_tid[r.tid]
-        return sum_records(group, leader_tid=pid)
-
-    def thread(self, tid: int) -> Accounting | None:
-        """The record of one thread (kept for its process's totals)."""
-        rec = self._by_tid.get(tid)
-        return None if rec is None else record_accounting(rec)
-
-    def attach(self, events: list[Event]) -> list[Event]:
-        """``events`` with accounting added to the Exit events whose records are known."""
-        out = events
-        for i, ev in enumerate(events):
-            if not isinstance(ev, Exit) or ev.accounting is not None:
-                continue
-            acct = self.thread(ev.tid) if ev.is_thread else self.take_process(ev.pid)
-            if acct is not None:
-                if out is events:
-                    out = list(events)
-                out[i] = dataclasses.replace(ev, accounting=acct)
-        return out
-
-    def __len__(self) -> int:
-        return len(self._by_tid)
-
-
-class ExitAccounting:
-    """taskstats figures added to a watcher's Exit events (``proctap watch --accounting``).
-
-    Call :meth:`attach` with every batch the watcher returns, *after* reading it (records are sent before the exit
-    events, so they are already queued), and also when a batch is empty (to keep the socket drained).
-    """
-
-    def __init__(self, listener: TaskstatsListener | None = None) -> None:
-        self.listener = listener if listener is not None else TaskstatsListener()
-        self.merger = AccountingMerger(max_pending=16384)
-
-    @classmethod
-    def open_or_warn(cls, warn: Callable[[str], None]) -> ExitAccounting | None:
-        """An ExitAccounting, or None after telling ``warn`` (once, one line) why taskstats is unavailable."""
-        try:
-            return cls()
-        except BackendUnavailable as exc:
-            warn(f"{exc}; exit events will have no accounting")
-            return None
-
-    def attach(self, events: list[Event]) -> list[Event]:
-        self.merger.feed(self.listener.read())
-        return self.merger.attach(events) if events else events
-
-    def attach_pairs(self, pairs: list[tuple[Event, T]]) -> list[tuple[Event, T]]:
-        """The same for (event, extra) pairs (the CLI's events with their process-table snapshots)."""
-        self.merger.feed(self.listener.read())
-        if not pairs or not any(isinstance(ev, Exit) for ev, _ in pairs):
-            return pairs
-        events = self.merger.attach([ev for ev, _ in pairs])
-        return [(ev, extra) for ev, (_, extra) in zip(events, pairs, strict=True)]
-
-    @property
-    def overruns(self) -> int:
-        return self.listener.lost
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def format_accounting(acct: Accounting) -> str:

@@ -8,23 +8,18 @@ therefore seen, with the kernel's timestamps.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno as _errno
 import os
 import resource
-import select
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from ..backends import Feature
-from ..errors import BackendUnavailable, ProctapError
-from ..events import Event, Exec, Exit, Origin
-from ..linux import procfs
+from ..backends import Feature, choose_backend
+from ..errors import ProctapError
 from ..linux.clock import CLOCK_TICKS
-from ..linux.taskstats import AccountingMerger, RawRecord, TaskstatsListener, TaskstatsMessage
 from ..watcher import DEFAULT_LATENCY_S, Watcher
 from .tree import ProcessTree
 
@@ -34,8 +29,6 @@ KERNEL_ARGV_LATENCY_S = 0.05
 ROOT_EXIT_GRACE_S = 1.0  # after reaping the command, how long to wait for its Exit event
 FINAL_DRAIN_S = 0.5  # without --wait-all: how long to keep collecting events after the command ended
 LIVENESS_CHECK_S = 1.0  # --wait-all: how often to look in /proc for processes whose Exit never came
-PARKED_MAX_AGE_S = 5.0  # how long a taskstats record may wait for its process's events
-PARKED_MAX = 65536  # processes with parked records, at most
 _START_SLACK_NS = 50_000_000  # /proc start times have clock-tick precision (10 ms)
 
 
@@ -165,37 +158,30 @@ def run_backend_options(given: tuple[tuple[str, str], ...]) -> tuple[tuple[str, 
 
 
 class _Session:
-    """The event loop of one run: watcher + taskstats listener + the command's pidfd."""
+    """One run: the watcher (with accounting) and the command's pidfd."""
 
-    def __init__(self, opts: RunOptions, note: Callable[[str], None]) -> None:
+    def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
         self.pid = 0
         self.tree = ProcessTree(0, 0)
+        backend = choose_backend(opts.backend)
+        self.latency = run_latency(backend.features) if opts.latency is None else opts.latency
         # Watch our own subtree: the command's fork, exec and everything after are seen (no race), and the
         # kernel's timestamp of that fork is the root's start.
         self.watcher = Watcher(
             None,
-            opts.backend,
+            backend,
             pid=os.getpid(),
-            read_proc=False,  # the backend would read /proc for every exec on the machine: we do it for ours
             threads=opts.threads,
             buffer_bytes=opts.buffer_bytes,
+            latency=self.latency,
+            accounting=opts.accounting,
             options=run_backend_options(opts.backend_options),
         )
-        self.latency = run_latency(self.watcher.backend.features) if opts.latency is None else opts.latency
-        self.watcher.latency = self.latency
-        self.listener: TaskstatsListener | None = None
-        self.accounting_note: str | None = None
-        self.merger = AccountingMerger(max_pending=16384)
-        self._parked: dict[int, tuple[float, list[RawRecord]]] = {}
-        if opts.accounting:
-            try:
-                self.listener = TaskstatsListener()
-            except BackendUnavailable as exc:
-                self.accounting_note = str(exc)
-                note(f"{exc}; carrying on without CPU/memory/IO figures")
+        if not opts.accounting:
+            self.accounting_note: str | None = "accounting disabled (--no-accounting)"
         else:
-            self.accounting_note = "accounting disabled (--no-accounting)"
+            self.accounting_note = self.watcher.accounting_note
         self.pidfd: int | None = None
         self.status: int | None = None
         self.reaped_ns: int | None = None
@@ -204,16 +190,12 @@ class _Session:
         """Fork the command; returns the fd of the exec-error pipe."""
         start_ns = time.monotonic_ns()
         self.pid, err_fd = _spawn(argv)
-        tracked = self.watcher.filter.tracked
-        if tracked is not None:
-            tracked.add(self.pid)  # follow the command even if its Fork event is lost in a burst
+        self.watcher.follow(self.pid)  # even if its Fork event is lost in a burst
         self.tree = ProcessTree(self.pid, start_ns, tuple(argv), creator=os.getpid())
         return err_fd
 
     def close(self) -> None:
         self.watcher.close()
-        if self.listener is not None:
-            self.listener.close()
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -224,153 +206,22 @@ class _Session:
         except (OSError, AttributeError):
             self.pidfd = None  # old kernel: waitpid is polled every latency period instead
 
-    def step(self, timeout: float, batch: bool = True) -> bool:
-        """Drain what is ready and feed the tree; wait up to ``timeout`` first when nothing was.  True if events.
+    def step(self, timeout: float) -> bool:
+        """One turn of the watcher's drain loop, fed to the tree; True if events came.
 
-        ``batch``: after a non-empty drain, sleep ``latency`` so the forking tasks run without waking us per event
-        (off once the command has ended: then the queue is only being emptied).
+        While the command runs, its pidfd cuts the waits short (the loop then reaps it at once); without a pidfd,
+        waits are bounded by ``latency`` so that waitpid is polled.
         """
-        events = self._drain()
-        if not events:
-            self._wait(timeout)
-            events = self._drain()
-        elif batch:
-            self._pause()
-        return bool(events)
-
-    def _pause(self) -> None:
-        """Sleep ``latency``, but not past the command's exit (its pidfd turns readable): not the watcher's fd,
-        whose every new event would wake us."""
-        if self.pidfd is None or self.status is not None:
-            time.sleep(self.latency)
-            return
-        poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
-        poller.poll(int(self.latency * 1000))
-
-    def _drain(self) -> list[Event]:
-        events = self.watcher.read(timeout=0)
-        if events:
-            events = self._complete_execs(events)
-        if self.listener is not None:
-            # Records are sent before the exit events we just read (kernel/exit.c do_exit: taskstats_exit comes
-            # first), so draining now finds the figures for every Exit in ``events``.
-            messages = self._take_records(events)
-            if events:
-                self.tree.feed(events)
-                self._assign_accounting(events)
-            if messages:
-                ended = {ev.pid for ev in events if isinstance(ev, Exit) and not ev.is_thread}
-                self._learn_comms(messages, ended)
-        elif events:
-            self.tree.feed(events)
-        return events
-
-    def _complete_execs(self, events: list[Event]) -> list[Event]:
-        """Exec events without argv (the backend does not capture it in the kernel): read /proc now, for our
-        processes only, and only if /proc still shows the same process (its start time matches: no PID reuse)."""
-        out = events
-        for i, ev in enumerate(events):
-            if not isinstance(ev, Exec) or ev.argv is not None:
-                continue
-            if ev.start_ns is not None and self.gone(ev.pid, ev.start_ns):
-                continue
-            argv = procfs.read_argv(ev.pid)
-            filename = ev.filename or procfs.read_exe(ev.pid)
-            if argv is None and filename is None:
-                continue
-            if out is events:
-                out = list(events)
-            out[i] = dataclasses.replace(
-                ev,
-                argv=argv,
-                argc=None if argv is None else len(argv),
-                filename=filename,
-                argv_from=None if argv is None else Origin.PROC,
-                filename_from=ev.filename_from or (None if filename is None else Origin.PROC),
-            )
-        return out
-
-    def _take_records(self, events: list[Event]) -> list[TaskstatsMessage]:
-        """Hand the merger the records of our processes, decoded; return them.
-
-        The listener gets every exit on the machine.  A record may be read before the Fork of its process (it
-        forked and exited while we were busy, or its events wait in the backend's backlog): records of processes
-        not known yet are parked, undecoded, by process id, and taken when the process's events show up; parked
-        records older than PARKED_MAX_AGE_S (or past PARKED_MAX) are dropped: they were not ours.
-        """
-        assert self.listener is not None
-        known = self.tree.latest
-        batch = {ev.pid for ev in events}
-        parked = self._parked
-        mine: list[RawRecord] = []
-        now = time.monotonic()
-        for raw in self.listener.read_raw():
-            if raw.tgid in known or raw.tgid in batch:
-                mine.append(raw)
+        wake: list[int] = []
+        if self.status is None:
+            if self.pidfd is not None:
+                wake.append(self.pidfd)
             else:
-                entry = parked.get(raw.tgid)
-                if entry is None:
-                    parked[raw.tgid] = (now, [raw])
-                else:
-                    entry[1].append(raw)
-        for pid in batch:
-            entry = parked.pop(pid, None)
-            if entry is not None:
-                mine.extend(entry[1])
-        while parked:  # oldest first (insertion order)
-            tgid, (since, _) = next(iter(parked.items()))
-            if now - since <= PARKED_MAX_AGE_S and len(parked) <= PARKED_MAX:
-                break
-            del parked[tgid]
-        messages = [raw.decode() for raw in mine]
-        if messages:
-            self.merger.feed(messages)
-        return messages
-
-    def _assign_accounting(self, events: list[Event]) -> None:
-        """Figures for the processes (and threads) whose Exit is in this batch, set on their tree nodes."""
-        latest = self.tree.latest
-        merger = self.merger
-        for ev in events:
-            if not isinstance(ev, Exit):
-                continue
-            node = latest.get(ev.pid)
-            if node is None:
-                continue
-            if not ev.is_thread:
-                acct = merger.take_process(ev.pid)
-                if acct is not None and node.end_ns == ev.timestamp_ns:
-                    node.accounting = acct
-                continue
-            acct = merger.thread(ev.tid)
-            for thread in node.threads:
-                if thread.tid == ev.tid and thread.end_ns == ev.timestamp_ns:
-                    thread.accounting = acct
-
-    def _learn_comms(self, messages: list[TaskstatsMessage], ended_now: set[int]) -> None:
-        """A process too short-lived for /proc to tell its argv is at least named by its record's ac_comm.
-
-        Only for processes alive until this batch: a later record with the same pid is another process's.
-        """
-        live = self.tree.live
-        latest = self.tree.latest
-        for msg in messages:
-            rec = msg.record
-            if msg.aggregate != "pid" or rec.tid != (rec.tgid or rec.tid) or not rec.comm:
-                continue
-            node = live.get(rec.tid) or (latest.get(rec.tid) if rec.tid in ended_now else None)
-            if node is not None and node.argv is None:
-                node.comm = rec.comm
-
-    def _wait(self, timeout: float) -> None:
-        poller = select.poll()
-        poller.register(self.watcher.fileno(), select.POLLIN)
-        if self.pidfd is not None and self.status is None:
-            poller.register(self.pidfd, select.POLLIN)
-        elif self.status is None:
-            timeout = min(timeout, self.latency)
-        poller.poll(max(0, int(timeout * 1000)))
+                timeout = min(timeout, self.latency)
+        events = self.watcher.read(timeout, wake=wake)
+        if events:
+            self.tree.feed(events)
+        return bool(events)
 
     def try_reap(self) -> bool:
         if self.status is not None:
@@ -404,15 +255,15 @@ class _Session:
         if not suspects:
             return
         time.sleep(0.05)
-        self._drain()
+        self.step(0)
         for pid in suspects:
             node = self.tree.live.get(pid)
             if node is not None and self.gone(pid, node.boot_start_ns):
                 self.tree.mark_gone(pid)
 
 
-def run(opts: RunOptions, note: Callable[[str], None] = lambda _msg: None) -> RunResult:
-    """Run the command, follow its tree, return everything learnt.  ``note`` receives one-line notices.
+def run(opts: RunOptions) -> RunResult:
+    """Run the command, follow its tree, return everything learnt.  Notices (e.g. no accounting here) are warnings.
 
     Raises CommandFailed when the command cannot be executed, ProctapError/BackendUnavailable when watching cannot
     start (then the command is not started).
@@ -420,7 +271,7 @@ def run(opts: RunOptions, note: Callable[[str], None] = lambda _msg: None) -> Ru
     if not opts.argv:
         raise ProctapError("no command given: proctap run [options] -- CMD [ARGS...]")
     cpu_before = _self_cpu()
-    session = _Session(opts, note)
+    session = _Session(opts)
     try:
         started_wall = time.time()
         err_fd = session.start(opts.argv)
@@ -449,9 +300,9 @@ def run(opts: RunOptions, note: Callable[[str], None] = lambda _msg: None) -> Ru
         started_wall=started_wall,
         finished_ns=time.monotonic_ns(),
         backend=session.watcher.backend_name,
-        accounting_source="taskstats" if session.listener is not None else None,
+        accounting_source="taskstats" if session.watcher.accounting else None,
         accounting_note=session.accounting_note,
-        accounting_lost=session.listener.lost if session.listener is not None else 0,
+        accounting_lost=session.watcher.stats().accounting_overruns,
         watch_stats=stats,
         monitor_cpu_s=_self_cpu() - cpu_before,
     )
@@ -471,7 +322,7 @@ def _follow(session: _Session) -> None:
     assert session.status is not None and session.reaped_ns is not None
     deadline = time.monotonic() + ROOT_EXIT_GRACE_S
     while not tree.root.ended and time.monotonic() < deadline:
-        session.step(0.05, batch=False)
+        session.step(0.05)
     tree.end_root(session.status, session.reaped_ns)
     if session.opts.wait_all:
         last_check = time.monotonic()
@@ -483,7 +334,7 @@ def _follow(session: _Session) -> None:
     else:
         # Collect what is still queued; bounded, since processes that outlive the command may keep forking.
         deadline = time.monotonic() + FINAL_DRAIN_S
-        while session.step(0.02, batch=False) and time.monotonic() < deadline:
+        while session.step(0.02) and time.monotonic() < deadline:
             pass
         session.sweep_gone()
     tree.mark_outliving()

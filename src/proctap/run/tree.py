@@ -239,8 +239,8 @@ class ProcessTree:
         node.set_status(ev.status, ev.exit_code, ev.signal, ev.core_dumped)
         if ev.accounting is not None:
             node.accounting = ev.accounting
-        if ev.comm is not None and node.comm is None:
-            node.comm = ev.comm
+        if ev.comm is not None and (node.comm is None or node.argv is None):
+            node.comm = ev.comm  # a process too short-lived for /proc to tell its argv is at least named
         if node is self.root:
             self.root_ended_ns = ev.timestamp_ns
             for other in self.live.values():
