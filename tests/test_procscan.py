@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import proctap
+from eventlog import collect
 from proctap.backends import backend_class, choose_backend
 from proctap.backends.base import BackendConfig, Feature
 from proctap.backends.proc import (
@@ -23,10 +24,10 @@ from proctap.backends.proc import (
     count_in_ranges,
     parse_interval,
     parse_last_pid,
-    parse_stat,
 )
 from proctap.errors import ProctapError
 from proctap.events import Comm, Event, Exec, Exit, Fork, Lost
+from proctap.linux.procfs import parse_stat
 
 PY = sys.executable
 PY_COMM = os.path.basename(PY)[:15]  # exec names the task after the path it was given (a venv: "python")
@@ -44,16 +45,6 @@ def backend() -> Iterator[ProcScanBackend]:
         yield b
     finally:
         b.close()
-
-
-def collect(b: ProcScanBackend, done: Callable[[Events], bool], timeout: float = 10.0) -> Events:
-    """Events from the backend's timer-driven scans until ``done(events)`` or the timeout."""
-    events: Events = []
-    deadline = time.monotonic() + timeout
-    while not done(events) and time.monotonic() < deadline:
-        select.select([b], [], [], 0.5)
-        events.extend(b.read_events())
-    return events
 
 
 def of(events: Events, pid: int, kind: type[Event] = Event) -> Events:
@@ -417,10 +408,7 @@ def test_watcher_integration() -> None:
     with proctap.watch("fork,exec,exit", backend="proc", options=[("interval", "20ms")]) as w:
         assert w.backend_name == "proc"
         child = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 5"])
-        events: Events = []
-        deadline = time.monotonic() + 10
-        while not exited(child.pid)(events) and time.monotonic() < deadline:
-            events.extend(w.read(timeout=0.5))
+        events = collect(w, exited(child.pid))
         child.wait()
         stats = w.stats()
     assert open_fds() == before
@@ -438,10 +426,7 @@ def test_watcher_pid_filter_follows_the_subtree() -> None:
     )
     root = subprocess.Popen([PY, "-c", code])  # reaps its child late: the zombie is there for scans to see
     with proctap.watch("fork,exit", backend="proc", pid=root.pid, options=[("interval", "20ms")]) as w:
-        events: Events = []
-        deadline = time.monotonic() + 10
-        while not exited(root.pid)(events) and time.monotonic() < deadline:
-            events.extend(w.read(timeout=0.5))
+        events = collect(w, exited(root.pid))
     root.wait()
     shells = [e for e in events if isinstance(e, Fork) and e.parent_pid == root.pid]
     assert len(shells) == 1

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import proctap
+from eventlog import EventLog, collect
 from proctap.backends.tracefs import ExitTracker, TracefsBackend
 from proctap.events import EventKind
 
@@ -71,10 +72,7 @@ def test_kernel_filters_and_only_the_events_needed() -> None:
         if pid == 0:
             os.execv("/bin/true", ["true"])
         os.waitpid(pid, 0)
-        seen: list[proctap.Event] = []
-        deadline = time.monotonic() + 10
-        while not any(e.pid == pid for e in seen) and time.monotonic() < deadline:
-            seen.extend(w.read(timeout=0.1))
+        seen = collect(w, lambda evs: any(e.pid == pid for e in evs), what=f"the exec of {pid}")
         assert {e.kind for e in seen} <= {EventKind.EXEC, EventKind.LOST}
         assert [e.kind for e in seen if e.pid == pid] == [EventKind.EXEC]
     with proctap.watch(events="fork_failed,exit", backend="tracefs") as w:
@@ -162,7 +160,7 @@ def test_exit_tracker_leader_code_without_group_exit() -> None:
 # -- the path of kernels without sched_process_exit.group_dead (6.1), forced on this kernel ---------------------------
 def test_thread_counting_path_of_older_kernels() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "conformance"))
-    from conformance_helpers import Collector, c_helper, run_python
+    from conformance_helpers import c_helper, run_python
 
     script = (
         "import os, threading, time\n"
@@ -175,7 +173,7 @@ def test_thread_counting_path_of_older_kernels() -> None:
     )
     with proctap.watch(backend="tracefs", options=[("count_threads", "1")]) as w:
         assert w.backend._count_threads  # type: ignore[attr-defined]
-        log = Collector(w)
+        log = EventLog(w)
         p = run_python(script)
         leader_first = subprocess.Popen([c_helper(), "leader-first", "6"])
         (ex,) = log.wait_exit(p.pid)
