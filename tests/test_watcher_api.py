@@ -1,0 +1,134 @@
+"""The Watcher as the one path from backend to consumer: one drain loop (read() after select returns, waits are cut
+short by wake descriptors), one check of the pid, one probe of the chosen backend, accounting as an option."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+import proctap
+from proctap.backends import backend_class, choose_backend
+from proctap.cli.watch import open_watcher
+from proctap.errors import ProctapError
+
+
+@contextlib.contextmanager
+def alarm(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: a call that should return promptly raises after ``seconds``."""
+
+    def expired(_signum: int, _frame: FrameType | None) -> None:
+        raise AssertionError(f"still blocked after {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def forking_load() -> Iterator[None]:
+    """Other processes forking all the time (none of them in the watched subtree)."""
+    load = subprocess.Popen(["sh", "-c", "while :; do /bin/true; done"])
+    try:
+        yield
+    finally:
+        load.kill()
+        load.wait()
+
+
+def test_read_after_select_returns_when_everything_ready_is_filtered_out() -> None:
+    idle = subprocess.Popen(["sleep", "60"])
+    try:
+        with proctap.watch(backend="netlink", pid=idle.pid) as w, forking_load():
+            for _ in range(5):
+                readable, _, _ = select.select([w], [], [], 10)
+                assert readable, "the load's events never made the watcher readable"
+                with alarm(10):
+                    batch = w.read()
+                assert all(ev.pid == idle.pid or isinstance(ev, proctap.Lost) for ev in batch)
+    finally:
+        idle.kill()
+        idle.wait()
+
+
+def test_a_wake_descriptor_cuts_the_idle_wait_short() -> None:
+    r, wfd = os.pipe()
+    try:
+        with proctap.watch("exec", backend="netlink", pid=os.getpid()) as w:
+            os.write(wfd, b"x")
+            with alarm(10):
+                assert w.read(wake=[r]) == []
+    finally:
+        os.close(r)
+        os.close(wfd)
+
+
+def test_the_api_rejects_a_pid_that_does_not_exist_as_the_cli_does() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: its pid names no process now (unless reused within this instant)
+    with pytest.raises(ProctapError, match="no process with pid"):
+        proctap.watch(backend="netlink", pid=proc.pid)
+    with pytest.raises(ProctapError, match="invalid pid"):
+        proctap.watch(backend="netlink", pid=0)
+
+
+def _count_probes(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    cls = backend_class(name)
+    calls: list[int] = []
+    original = cls.probe.__func__  # type: ignore[attr-defined]
+
+    def counting(klass: type) -> object:
+        calls.append(1)
+        return original(klass)
+
+    monkeypatch.setattr(cls, "probe", classmethod(counting))
+    return calls
+
+
+def test_the_chosen_backend_is_probed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_probes(monkeypatch, "netlink")
+    with proctap.watch("exec", backend="netlink"):
+        pass
+    assert len(calls) == 1
+    cls = choose_backend("netlink")
+    assert len(calls) == 2
+    with proctap.watch("exec", backend=cls):  # type: ignore[arg-type]
+        pass
+    assert len(calls) == 2  # a class is taken as chosen
+
+
+def test_the_cli_probes_its_backend_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_probes(monkeypatch, "netlink")
+    args = argparse.Namespace(
+        events=frozenset(proctap.EventKind), backend="netlink", pid=None, threads=False, comm=None, buffer=None,
+        latency=0.01, backend_option=[], quiet=True,
+    )  # fmt: skip
+    open_watcher(args, track=False).close()
+    assert len(calls) == 1
+
+
+def test_accounting_is_a_watcher_option() -> None:
+    with proctap.watch("exit", backend="netlink", accounting=True) as w:
+        assert w.accounting
+        proc = subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"])
+        proc.wait()
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline:
+            found = next((e for e in w.read(timeout=0.5) if e.pid == proc.pid and not e.is_thread), None)
+    assert isinstance(found, proctap.Exit)
+    assert found.accounting is not None and found.accounting.per_process
+    assert found.accounting.cpu_user_us + found.accounting.cpu_system_us > 0
+    assert "accounting_overruns" in w.stats().as_dict()
