@@ -12,6 +12,8 @@ import os
 import struct
 from enum import IntEnum
 
+from .. import libc
+
 __all__ = [
     "BpfError",
     "MapType",
@@ -19,7 +21,6 @@ __all__ = [
     "bpf",
     "create_map",
     "load_program",
-    "map_delete",
     "map_lookup",
     "map_update",
     "obj_info",
@@ -66,28 +67,26 @@ PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 PERF_FLAG_FD_CLOEXEC = 8
 ATTR_SIZE = 128  # bigger than every attr we fill; the kernel checks the tail is zero
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.ioctl.restype = ctypes.c_int
+# syscall(2) is variadic: ctypes passes Python ints as C ints, so wider arguments are wrapped by the callers.
+_syscall = libc.function("syscall", None, ctypes.c_long)
+_ioctl = libc.function("ioctl", (ctypes.c_int, ctypes.c_ulong, ctypes.c_int))
 
 
 class BpfError(OSError):
     """A bpf(2) call failed; ``log`` holds the verifier's explanation for a refused program."""
 
-    def __init__(self, err: int, what: str, log: str = "") -> None:
-        super().__init__(err, f"{what}: {os.strerror(err)}")
+    def __init__(self, err: int | None, what: str, log: str = "") -> None:
+        super().__init__(err, f"{what}: {os.strerror(err) if err else 'unknown error'}")
         self.log = log
 
 
 def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
-    """Call bpf(cmd, attr, sizeof attr); BpfError on failure."""
-    while True:
-        ret = _libc.syscall(SYS_BPF, ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
-        if ret >= 0:
-            return int(ret)
-        err = ctypes.get_errno()
-        if err != errno.EINTR and err != errno.EAGAIN:
-            raise BpfError(err, what)
+    """Call bpf(cmd, attr, sizeof attr); BpfError on failure.  EAGAIN is retried: PROG_LOAD returns it when the
+    verifier was interrupted by a signal (kernel/bpf/verifier.c)."""
+    try:
+        return libc.call(_syscall, SYS_BPF, ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)), retry=(errno.EAGAIN,))
+    except OSError as exc:
+        raise BpfError(exc.errno, what) from None
 
 
 def _attr(*fields: tuple[str, int, int | bytes]) -> ctypes.Array[ctypes.c_char]:
@@ -137,11 +136,6 @@ def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
     kbuf = ctypes.create_string_buffer(key, len(key))
     vbuf = ctypes.create_string_buffer(value, len(value))
     bpf(Cmd.MAP_UPDATE_ELEM, _elem_attr(fd, kbuf, vbuf, flags), "writing a BPF map")
-
-
-def map_delete(fd: int, key: bytes) -> None:
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    bpf(Cmd.MAP_DELETE_ELEM, _elem_attr(fd, kbuf, None, 0), "deleting from a BPF map")
 
 
 def load_program(
@@ -194,16 +188,17 @@ def perf_event_open_tracepoint(tracepoint_id: int, prog_fd: int) -> int:
     # struct perf_event_attr: type u32, size u32, config u64, sample_period u64, sample_type u64, read_format u64,
     # flags u64 (bit 0 disabled), wakeup_events u32
     struct.pack_into("<IIQQQQQI", attr, 0, PERF_TYPE_TRACEPOINT, ATTR_SIZE, tracepoint_id, 1, 0, 0, 1, 1)
-    fd = _libc.syscall(SYS_PERF_EVENT_OPEN, attr, -1, 0, -1, ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise BpfError(err, f"opening perf event for tracepoint {tracepoint_id}")
+    try:
+        fd = libc.call(_syscall, SYS_PERF_EVENT_OPEN, attr, -1, 0, -1, ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+    except OSError as exc:
+        raise BpfError(exc.errno, f"opening perf event for tracepoint {tracepoint_id}") from None
     for request, arg, what in ((PERF_EVENT_IOC_SET_BPF, prog_fd, "attaching"), (PERF_EVENT_IOC_ENABLE, 0, "enabling")):
-        if _libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_int(arg)) < 0:
-            err = ctypes.get_errno()
+        try:
+            libc.call(_ioctl, fd, request, arg)
+        except OSError as exc:
             os.close(fd)
-            raise BpfError(err, f"{what} BPF program on tracepoint {tracepoint_id}")
-    return int(fd)
+            raise BpfError(exc.errno, f"{what} BPF program on tracepoint {tracepoint_id}") from None
+    return fd
 
 
 def prog_ids() -> list[int]:

@@ -6,7 +6,6 @@ I/O lives here; decoding is :func:`.ring.decode_page` and :class:`.format.Record
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import struct
@@ -15,6 +14,7 @@ import weakref
 from operator import itemgetter
 
 from ...errors import ProctapError
+from ..timerfd import TimerFd
 from .format import PageLayout
 from .instance import Instance, find_tracefs, remove_stale_instances
 from .ring import decode_page
@@ -33,7 +33,7 @@ DEFAULT_BUFFER_KB = 2048  # per CPU
 _timestamp = itemgetter(0)
 
 
-def _close_all(instance: Instance, epoll: select.epoll | None, timer: _Timer | None = None) -> None:
+def _close_all(instance: Instance, epoll: select.epoll | None, timer: TimerFd | None = None) -> None:
     if epoll is not None:
         with contextlib.suppress(OSError):
             epoll.close()
@@ -45,51 +45,6 @@ def _close_all(instance: Instance, epoll: select.epoll | None, timer: _Timer | N
 HOLD_NS = 2_000_000
 """How long after its timestamp a record may still be uncommitted: the ring buffer writes between reserve (which
 stamps) and commit with preemption off, so only interrupts (or a preempted vCPU) stretch it."""
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
-
-
-class _Timer:
-    """A CLOCK_MONOTONIC timerfd (libc through ctypes: os.timerfd_* needs Python 3.13), armed at an absolute time."""
-
-    _CLOCK_MONOTONIC = 1
-    _TFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
-    _TFD_TIMER_ABSTIME = 1
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._settime = libc.timerfd_settime
-        self._settime.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p)
-        fd = libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise ProctapError(f"timerfd_create failed: {os.strerror(err)}")
-        self.fd: int = fd
-        self._armed_at: int | None = None
-
-    def arm(self, when_ns: int | None) -> None:
-        """Fire at ``when_ns`` (CLOCK_MONOTONIC), or disarm with None; clears an expiry already pending."""
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.fd, 8)
-        if when_ns is None and self._armed_at is None:
-            return
-        spec = _Itimerspec()
-        if when_ns is not None:
-            spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(max(when_ns, 1), 1_000_000_000)
-        if self._settime(self.fd, self._TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            raise ProctapError(f"timerfd_settime failed: {os.strerror(ctypes.get_errno())}")
-        self._armed_at = when_ns
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        self.fd = -1
 
 
 class TraceReader:
@@ -110,7 +65,7 @@ class TraceReader:
         self.stale_removed = remove_stale_instances(root, prefix)
         self.instance = Instance(root, prefix)
         self._epoll: select.epoll | None = None
-        self._timer: _Timer | None = None
+        self._timer: TimerFd | None = None
         self._held: list[Record] = []
         self._finalizer = weakref.finalize(self, _close_all, self.instance, None)
         try:
@@ -139,8 +94,11 @@ class TraceReader:
         inst.open_pipes(self.cpus)
         self._epoll = inst.epoll()
         if len(self.cpus) > 1:
-            self._timer = _Timer()
-            self._epoll.register(self._timer.fd, select.EPOLLIN)
+            try:
+                self._timer = TimerFd()
+            except OSError as exc:
+                raise ProctapError(f"timerfd_create failed: {exc.strerror}") from None
+            self._epoll.register(self._timer.fileno(), select.EPOLLIN)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_all, inst, self._epoll, self._timer)
         inst.write("tracing_on", "1")
@@ -189,7 +147,10 @@ class TraceReader:
         while cut and records[cut - 1][0] >= watermark:
             cut -= 1
         self._held = records[cut:]
-        self._timer.arm(self._held[0][0] + HOLD_NS + 1 if self._held else None)
+        try:
+            self._timer.arm_at(self._held[0][0] + HOLD_NS + 1 if self._held else None)
+        except OSError as exc:
+            raise ProctapError(f"timerfd_settime failed: {exc.strerror}") from None
         ready = records[:cut]
         self.records_read += len(ready)
         return ready, losses
