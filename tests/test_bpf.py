@@ -22,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventlog import collect
-from proctap.backends import bpf as bpf_backend
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend, _verifier_summary
 from proctap.errors import DecodeError, ProctapError
@@ -43,6 +42,7 @@ from proctap.linux.bpf.syscall import (
     prog_fd_by_id,
     prog_ids,
 )
+from proctap.linux.tracefs import instance as tracefs_instance
 from proctap.watcher import Watcher
 
 AVAILABLE = BpfBackend.probe()
@@ -618,7 +618,7 @@ def test_failed_forks(hook: str) -> None:
 
 @needs_bpf
 def test_fork_failed_falls_back_to_the_raw_hook_without_tracefs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bpf_backend, "TRACEFS_ROOTS", ("/nonexistent/tracing",))  # as if tracefs were not mounted
+    monkeypatch.setattr(tracefs_instance, "TRACEFS_MOUNTS", ("/nonexistent/tracing",))  # as if tracefs were not mounted
     with backend(events=frozenset({EventKind.FORK_FAILED})) as b:
         assert b.stats()["fork_failed_syscalls"] >= 2
         assert any("raw sys_exit" in note for note in b.notes)

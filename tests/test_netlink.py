@@ -378,8 +378,8 @@ def test_unprivileged_user_can_watch_with_a_smaller_buffer() -> None:
 
 
 def test_unavailable_backend_names_the_ones_that_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    from proctap.backends import netlink
+    from proctap.linux import procfs
 
-    monkeypatch.setattr(netlink, "_in_child_pid_namespace", lambda: True)
+    monkeypatch.setattr(procfs, "in_child_pid_namespace", lambda: True)
     with pytest.raises(BackendUnavailable, match="child PID/user namespace"):
         proctap.watch(backend="netlink")

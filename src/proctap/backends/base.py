@@ -12,7 +12,7 @@ from enum import Enum
 from typing import ClassVar
 
 from ..events import EventKind
-from ..linux.clock import proc_start_ns
+from ..linux.procfs import proc_start_ns
 
 __all__ = ["Availability", "Backend", "BackendConfig", "Feature", "StartTimes"]
 

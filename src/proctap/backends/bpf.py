@@ -42,6 +42,8 @@ from ..linux.bpf.syscall import (
     raw_tracepoint_open,
 )
 from ..linux.clock import Clock
+from ..linux.cpus import possible_cpu_count
+from ..linux.tracefs.instance import tracepoint_format
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
 __all__ = ["BpfBackend"]
@@ -50,23 +52,11 @@ DEFAULT_RING_BYTES = 8 << 20
 TRACKED_MAX = 1 << 16
 FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # ForkFailed.syscall by the index the program writes
 FORK_FAILED_HOOKS = ("syscalls", "raw")
-TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MISSES_INTERVAL_S = 1.0
 _U64 = struct.Struct("=Q")
 HEADER_SIZE = rec.HEADER_SIZE
 EXIT_SIZE = rec.EXIT_RECORD_SIZE
 _unpack_header = rec.HEADER.unpack_from
-
-
-def possible_cpus() -> int:
-    """Number of possible CPUs (per-CPU map values come in that many 8-byte slots)."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        text = f.read().strip()
-    count = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
 
 
 def _ring_size(requested: int | None) -> int:
@@ -82,31 +72,6 @@ def _int_option(config: BackendConfig, name: str) -> int | None:
         return int(value, 0)
     except ValueError:
         raise ProctapError(f"bpf option {name}={value!r} is not a number: give an integer") from None
-
-
-def _tracepoint_format(group: str, name: str) -> tuple[int, dict[str, int]] | None:
-    """(id, field offsets) of a classic tracepoint from tracefs, or None when tracefs is not mounted."""
-    for root in TRACEFS_ROOTS:
-        base = f"{root}/events/{group}/{name}"
-        try:
-            with open(f"{base}/id") as f:
-                tp_id = int(f.read())
-            with open(f"{base}/format") as f:
-                text = f.read()
-        except OSError:
-            continue
-        offsets = {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line.startswith("field:"):
-                continue
-            parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
-            if "offset" not in parts:
-                continue
-            field_name = parts["field"].split()[-1].split("[")[0]
-            offsets[field_name] = int(parts["offset"])
-        return tp_id, offsets
-    return None
 
 
 def _fork_failed_hook(config: BackendConfig) -> str:
@@ -181,7 +146,7 @@ class BpfBackend(Backend):
         self._boot_offset_ns = self._clock.boot_offset_ns
         self._comms: dict[bytes, str] = {}
         self._starts = StartTimes()
-        self._ncpus = possible_cpus()
+        self._ncpus = possible_cpu_count()  # per-CPU map values come in that many 8-byte slots
         self._lost_seen = [0] * self._ncpus
         self._misses_seen = 0
         self._misses_checked = 0.0
@@ -281,15 +246,15 @@ class BpfBackend(Backend):
         """One program per syscalls/sys_exit_<fork syscall> tracepoint, through perf events: the kernel runs
         nothing for other syscalls, but each event takes 60-80 ms to close."""
         for index, syscall in enumerate(FORK_SYSCALLS):
-            fmt = _tracepoint_format("syscalls", f"sys_exit_{syscall}")
-            if fmt is None or "ret" not in fmt[1]:
+            fmt = tracepoint_format("syscalls", f"sys_exit_{syscall}")
+            ret = None if fmt is None else fmt.field("ret")
+            if fmt is None or ret is None:
                 continue
-            tp_id, offsets = fmt
-            code = progs.fork_failed_program(maps, filters, index, offsets["ret"])
+            code = progs.fork_failed_program(maps, filters, index, ret.offset)
             fd = self._own(load_program(ProgType.TRACEPOINT, code, f"proctap_ff_{syscall}"))
             self._prog_fds.append(fd)
             try:
-                self._own(perf_event_open_tracepoint(tp_id, fd))
+                self._own(perf_event_open_tracepoint(fmt.id, fd))
             except BpfError as exc:  # not fatal: everything but ForkFailed still works
                 self._notes.append(f"fork_failed on {syscall} unavailable: {exc}")
                 continue

@@ -12,7 +12,6 @@ wanted) makes gaps meaningless: then a socket overrun (ENOBUFS) is reported as a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -37,6 +36,7 @@ from ..linux.cn_proc import (
     build_subscribe,
     parse_datagram,
 )
+from ..linux.netlink_socket import BatchReceiver
 from .base import Availability, Backend, BackendConfig, Feature, StartTimes
 
 __all__ = ["EventBuilder", "NetlinkBackend"]
@@ -62,67 +62,6 @@ _KIND_MASKS = {
     EventKind.COREDUMP: What.COREDUMP,
 }
 _CORE_KINDS = frozenset({EventKind.FORK, EventKind.EXEC, EventKind.EXIT})
-
-
-# -- recvmmsg through libc: one syscall drains up to BATCH datagrams ------------------------------------------------
-class _IoVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_IoVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
-
-
-def _load_recvmmsg() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    try:
-        # CDLL(None) is the already-loaded libc: find_library("c") would run ldconfig in a child process.
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.recvmmsg
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-    func.restype = ctypes.c_int
-    return func
-
-
-class _BatchReceiver:
-    """Receives up to BATCH datagrams per syscall into one preallocated buffer (recv() as a fallback)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._recvmmsg = _load_recvmmsg()
-        self.buffer = ctypes.create_string_buffer(SLOT_SIZE * BATCH)
-        self.view = memoryview(self.buffer).cast("B")
-        base = ctypes.addressof(self.buffer)
-        self._iovecs = (_IoVec * BATCH)(*[_IoVec(base + i * SLOT_SIZE, SLOT_SIZE) for i in range(BATCH)])
-        self._msgs = (_MMsgHdr * BATCH)()
-        for i in range(BATCH):
-            self._msgs[i].msg_hdr.msg_iov = ctypes.pointer(self._iovecs[i])
-            self._msgs[i].msg_hdr.msg_iovlen = 1
-
-    def receive(self) -> list[tuple[int, int]]:
-        """(offset, length) of each datagram now in ``view``; [] when nothing is queued.  OSError on errors."""
-        if self._recvmmsg is None:
-            n = self._sock.recv_into(self.view[:SLOT_SIZE], SLOT_SIZE, socket.MSG_DONTWAIT)
-            return [(0, n)]
-        count = self._recvmmsg(self._sock.fileno(), ctypes.addressof(self._msgs), BATCH, socket.MSG_DONTWAIT, None)
-        if count < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        msgs = self._msgs
-        return [(i * SLOT_SIZE, msgs[i].msg_len) for i in range(count)]
 
 
 class _Common(TypedDict):
@@ -342,27 +281,6 @@ def _with_end(leader: Exit, last_thread: Exit, clock: Clock) -> Exit:
     )  # fmt: skip
 
 
-# -- namespaces ----------------------------------------------------------------------------------------------------
-def _in_child_pid_namespace() -> bool:
-    """True when this process runs in a PID namespace below the initial one (NSpid lists several pids)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"NSpid:"):
-                    return len(line.split()) > 2
-    except OSError:
-        pass
-    return False
-
-
-def _in_child_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map", "rb") as f:
-            return f.read().split() != [b"0", b"0", b"4294967295"]
-    except OSError:
-        return False
-
-
 def _kernel_has_event_filter() -> bool:
     """Kernels >= 6.6 accept ``struct proc_input`` with an event_type mask (drivers/connector/cn_proc.c)."""
     release = os.uname().release.split(".")
@@ -404,7 +322,7 @@ class NetlinkBackend(Backend):
 
     @classmethod
     def probe(cls) -> Availability:
-        if _in_child_pid_namespace() or _in_child_user_namespace():
+        if procfs.in_child_pid_namespace() or procfs.in_child_user_namespace():
             return Availability(False, "runs in a child PID/user namespace: the kernel ignores its subscription "
                                        "(run proctap in the initial namespaces)")  # fmt: skip
         try:
@@ -413,7 +331,7 @@ class NetlinkBackend(Backend):
             return Availability(False, str(exc))
         sock.close()
         # Kernels before 6.6 refuse LISTEN without CAP_NET_ADMIN (drivers/connector/cn_proc.c); later ones allow it.
-        if not _kernel_has_event_filter() and not _has_cap_net_admin():
+        if not _kernel_has_event_filter() and not procfs.has_capability(procfs.CAP_NET_ADMIN):
             return Availability(False, "subscribing to the proc connector needs CAP_NET_ADMIN on kernels < 6.6 "
                                        "(run as root), or use --backend proc")  # fmt: skip
         return Availability(True)
@@ -443,8 +361,8 @@ class NetlinkBackend(Backend):
         except BaseException:
             self.sock.close()
             raise
-        self.receiver = _BatchReceiver(self.sock)
-        self.builder.starts.preload(_list_pids())
+        self.receiver = BatchReceiver(self.sock, SLOT_SIZE, BATCH)
+        self.builder.starts.preload(procfs.list_pids())
 
     def _size_buffer(self, wanted: int) -> int:
         try:
@@ -533,18 +451,3 @@ class NetlinkBackend(Backend):
                 self.sock.send(build_subscribe(McastOp.IGNORE))
             self._listening = False
         self.sock.close()
-
-
-def _has_cap_net_admin() -> bool:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 12))
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def _list_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]

@@ -20,7 +20,6 @@ Timestamps are scan times, so their precision is the interval.  See docs/proc-ba
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from typing import NamedTuple
@@ -28,19 +27,19 @@ from typing import NamedTuple
 from ..errors import BackendUnavailable, ProctapError
 from ..events import Comm, Event, EventKind, Exec, Exit, Fork, Lost, Origin, decode_wait_status
 from ..linux import procfs
-from ..linux.clock import CLOCK_TICKS, Clock
+from ..linux.clock import Clock
+from ..linux.procfs import Stat, read_stat
+from ..linux.procfs import ticks_to_ns as _ticks_ns
+from ..linux.timerfd import TimerFd
 from .base import Availability, Backend, BackendConfig, Feature
 
 __all__ = [
     "RESERVED_PIDS",
     "ProcScanBackend",
-    "StatRecord",
-    "TimerFd",
     "allocated_ranges",
     "count_in_ranges",
     "parse_interval",
     "parse_last_pid",
-    "parse_stat",
 ]
 
 PROC = "/proc"
@@ -49,84 +48,10 @@ MIN_INTERVAL_NS = 1_000_000
 MAX_INTERVAL_NS = 10_000_000_000
 # kernel/pid.c: once the cursor passed RESERVED_PIDS, allocation wraps around to it, not to 1.
 RESERVED_PIDS = 300
-PF_KTHREAD = 0x00200000  # include/linux/sched.h; stat field 9 (flags)
-CAP_SYS_PTRACE = 19
 LOST_REASON = "short-lived tasks between /proc scans"
 # Scans may use at most this share of the time: on a machine with many processes a scan can outlast the interval,
 # and the backend must not eat a core.  Scans are then spaced further apart (and miss more, which is counted).
 MAX_DUTY = 0.25
-
-# include/uapi/linux/timerfd.h: TFD_CLOEXEC = O_CLOEXEC, TFD_NONBLOCK = O_NONBLOCK.
-_TFD_FLAGS = os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class StatRecord(NamedTuple):
-    """The fields of /proc/PID/stat this backend uses (see proc(5) for the numbering)."""
-
-    comm: str  # field 2
-    state: str  # field 3
-    ppid: int  # field 4
-    flags: int  # field 9
-    num_threads: int  # field 20
-    start_ticks: int  # field 22, clock ticks since boot
-    start_code: int  # field 26
-    end_code: int  # field 27
-    arg_start: int  # field 48
-    exit_code: int  # field 52 (0 unless a zombie, and 0 when the reader may not ptrace the task)
-
-    @property
-    def image(self) -> tuple[int, int, int] | None:
-        """What identifies the executable image mapped in the process, or None when unknown.
-
-        fs/proc/array.c do_task_stat(): startcode/endcode read 0 without an mm (zombies, kernel threads) and 1 when
-        the reader may not ptrace the task.  Not startstack: load_elf_binary() (fs/binfmt_elf.c) sets it *after*
-        start_code, a scan inside execve could see a stale one; arg_start is set before (create_elf_tables()).
-        """
-        if self.start_code <= 1:
-            return None
-        return (self.start_code, self.end_code, self.arg_start)
-
-    @property
-    def is_kthread(self) -> bool:
-        return bool(self.flags & PF_KTHREAD)
-
-    @property
-    def is_settled(self) -> bool:
-        """False while a live user task has an mm without code yet: in the middle of an execve (load_elf_binary()
-        sets start_code after the new mm and comm) or of its exit (exit_mm() done, not a zombie yet)."""
-        return self.start_code != 0 or self.is_dead or self.is_kthread
-
-    @property
-    def is_dead(self) -> bool:
-        """The task has exited (zombie or being reaped)."""
-        return self.state in ("Z", "X", "x")
-
-
-def parse_stat(data: bytes) -> StatRecord | None:
-    """Decode /proc/PID/stat; None when it is too short (kernels before 3.5 lack exit_code) or malformed."""
-    # comm (field 2) may hold spaces and parentheses: it ends at the last ')'.
-    open_paren = data.find(b"(")
-    close_paren = data.rfind(b")")
-    if open_paren < 0 or close_paren < open_paren:
-        return None
-    rest = data[close_paren + 2 :].split()
-    if len(rest) < 50:
-        return None
-    try:
-        return StatRecord(
-            data[open_paren + 1 : close_paren].decode("utf-8", "surrogateescape"),  # comm
-            rest[0].decode("ascii", "replace"),  # state
-            int(rest[1]),  # ppid
-            int(rest[6]),  # flags
-            int(rest[17]),  # num_threads
-            int(rest[19]),  # starttime
-            int(rest[23]),  # startcode
-            int(rest[24]),  # endcode
-            int(rest[45]),  # arg_start
-            int(rest[49]),  # exit_code
-        )
-    except ValueError:
-        return None
 
 
 def parse_last_pid(data: bytes) -> int:
@@ -173,48 +98,18 @@ def parse_interval(text: str | None) -> int:
     return value
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
-class TimerFd:
-    """A periodic CLOCK_MONOTONIC timerfd (through libc: os.timerfd_create needs Python 3.13)."""
-
-    def __init__(self, interval_ns: int) -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            create, settime = libc.timerfd_create, libc.timerfd_settime
-        except (OSError, AttributeError) as exc:
-            raise BackendUnavailable(f"proc backend needs timerfd from the C library ({exc})") from None
-        create.argtypes = [ctypes.c_int, ctypes.c_int]
-        settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
-        fd = int(create(time.CLOCK_MONOTONIC, _TFD_FLAGS))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise BackendUnavailable(f"proc backend: timerfd_create failed: {os.strerror(err)}")
-        period = _Timespec(interval_ns // 1_000_000_000, interval_ns % 1_000_000_000)
-        spec = _Itimerspec(period, period)
-        if settime(fd, 0, ctypes.byref(spec), None) != 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise BackendUnavailable(f"proc backend: timerfd_settime failed: {os.strerror(err)}")
-        self.fd = fd
-
-    def expirations(self) -> int:
-        """How many periods elapsed since the last call (0: none, nothing to do); clears the readable state."""
-        try:
-            return int.from_bytes(os.read(self.fd, 8), "little")
-        except BlockingIOError:
-            return 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+def _periodic_timer(interval_ns: int) -> TimerFd:
+    """The timerfd that paces the scans: expires every ``interval_ns``."""
+    try:
+        timer = TimerFd()
+    except OSError as exc:
+        raise BackendUnavailable(f"proc backend: timerfd_create failed: {exc.strerror}") from None
+    try:
+        timer.arm_every(interval_ns)
+    except OSError as exc:
+        timer.close()
+        raise BackendUnavailable(f"proc backend: timerfd_settime failed: {exc.strerror}") from None
+    return timer
 
 
 class _Proc:
@@ -222,7 +117,7 @@ class _Proc:
 
     __slots__ = ("comm", "exit_reported", "image", "leader_died_early", "permitted", "ppid", "start_ticks", "tids")
 
-    def __init__(self, rec: StatRecord, tids: frozenset[int]) -> None:
+    def __init__(self, rec: Stat, tids: frozenset[int]) -> None:
         self.start_ticks = rec.start_ticks
         self.comm = rec.comm
         self.ppid = rec.ppid
@@ -234,22 +129,8 @@ class _Proc:
 
 
 class _Sample(NamedTuple):
-    rec: StatRecord
+    rec: Stat
     tids: frozenset[int]
-
-
-def _read_small(path: str) -> bytes | None:
-    """The content of a small /proc file, None when the task is gone or hidden."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _list_ids(path: str) -> list[int] | None:
@@ -258,14 +139,6 @@ def _list_ids(path: str) -> list[int] | None:
             return [int(e.name) for e in entries if e.name.isdigit()]
     except OSError:
         return None
-
-
-def _has_cap_sys_ptrace() -> bool:
-    data = _read_small(f"{PROC}/self/status") or b""
-    for line in data.splitlines():
-        if line.startswith(b"CapEff:"):
-            return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
-    return False
 
 
 def _proc_hides_pids() -> bool:
@@ -294,7 +167,7 @@ class ProcScanBackend(Backend):
     def probe(cls) -> Availability:
         if not os.path.exists(f"{PROC}/self/stat"):
             return Availability(False, "/proc is not mounted (mount -t proc proc /proc)")
-        if _read_small(f"{PROC}/loadavg") is None:
+        if procfs.read_small(f"{PROC}/loadavg") is None:
             return Availability(False, "/proc/loadavg is unreadable")
         return Availability(True)
 
@@ -305,7 +178,7 @@ class ProcScanBackend(Backend):
             raise BackendUnavailable(f"backend 'proc' unavailable: {availability.reason}")
         self.interval_ns = parse_interval(config.option("interval"))
         self._clock = Clock()
-        self._privileged = _has_cap_sys_ptrace()
+        self._privileged = procfs.has_capability(procfs.CAP_SYS_PTRACE)
         self._want = config.events
         self._threads = config.threads
         self._read_proc = config.read_proc
@@ -334,7 +207,7 @@ class ProcScanBackend(Backend):
             proc = self._procs[pid] = _Proc(sample.rec, sample.tids)
             proc.exit_reported = sample.rec.is_dead  # zombies of before the start are not news
             self._live_tids |= sample.tids
-        self._timer = TimerFd(self.interval_ns)
+        self._timer = _periodic_timer(self.interval_ns)
 
     # -- the Backend interface ---------------------------------------------------------------------------------
     def fileno(self) -> int:
@@ -395,8 +268,7 @@ class ProcScanBackend(Backend):
         procs = self._procs
         samples: dict[int, _Sample] = {}
         for pid in pids:
-            data = _read_small(f"{PROC}/{pid}/stat")
-            rec = None if data is None else parse_stat(data)
+            rec = read_stat(pid)
             if rec is None:
                 continue  # gone since the listing, or hidden from us
             known = procs.get(pid)
@@ -411,14 +283,14 @@ class ProcScanBackend(Backend):
         return samples
 
     def _read_last_pid(self) -> int:
-        data = _read_small(f"{PROC}/loadavg")
+        data = procfs.read_small(f"{PROC}/loadavg")
         if data is None:
             raise ProctapError("proc backend: /proc/loadavg became unreadable; is /proc still mounted?")
         return parse_last_pid(data)
 
     @staticmethod
     def _read_pid_max() -> int:
-        data = _read_small(f"{PROC}/sys/kernel/pid_max")
+        data = procfs.read_small(f"{PROC}/sys/kernel/pid_max")
         return int(data) if data else 4_194_304
 
 
@@ -572,7 +444,7 @@ class _ScanDiff:
             comm=proc.comm,
         )
 
-    def _zombie_status(self, proc: _Proc, rec: StatRecord) -> int | None:
+    def _zombie_status(self, proc: _Proc, rec: Stat) -> int | None:
         """The wait status of a zombie, when stat shows the real one (fs/proc/array.c prints 0 unless permitted)."""
         if proc.leader_died_early:
             return None
@@ -604,7 +476,7 @@ class _ScanDiff:
         return proc
 
     @staticmethod
-    def _exec_after_fork(child: StatRecord, parent: StatRecord) -> bool:
+    def _exec_after_fork(child: Stat, parent: Stat) -> bool:
         """A new process whose image differs from its parent's has exec'd (fork copies the parent's mm and comm)."""
         if child.is_kthread:
             return False
@@ -655,7 +527,7 @@ class _ScanDiff:
         if image is not None:
             proc.image = image
 
-    def _exec(self, pid: int, rec: StatRecord) -> Exec:
+    def _exec(self, pid: int, rec: Stat) -> Exec:
         filename = argv = None
         if self.b._read_proc and EventKind.EXEC in self.b._want:
             filename = procfs.read_exe(pid)
@@ -676,8 +548,3 @@ class _ScanDiff:
             argv_from=None if argv is None else Origin.PROC,
             comm_from=Origin.PROC,
         )
-
-
-def _ticks_ns(ticks: int) -> int:
-    """/proc/PID/stat starttime (clock ticks since boot) in nanoseconds since boot."""
-    return ticks * 1_000_000_000 // CLOCK_TICKS

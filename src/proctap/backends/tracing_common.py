@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import os
 
+from ..linux.procfs import read_tgid
+
 __all__ = ["CLONE_PARENT", "CLONE_THREAD", "TaskGroups"]
 
 CLONE_THREAD = 0x10000  # include/uapi/linux/sched.h
 CLONE_PARENT = 0x8000
-
-
-def _tgid_from_proc(tid: int) -> int | None:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line[5:])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 class TaskGroups:
@@ -33,7 +24,7 @@ class TaskGroups:
     def tgid(self, tid: int) -> int:
         tgid = self._tgid.get(tid)
         if tgid is None:
-            tgid = _tgid_from_proc(tid) or tid
+            tgid = read_tgid(tid) or tid
             self._tgid[tid] = tgid
         return tgid
 

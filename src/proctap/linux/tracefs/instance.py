@@ -15,7 +15,7 @@ import re
 import select
 from collections.abc import Iterable
 
-from ...errors import BackendUnavailable, ProctapError
+from ...errors import BackendUnavailable, DecodeError, ProctapError
 from .. import procfs, sigterm
 from .format import EventFormat, EventHeaderLayout, PageLayout, parse_format, parse_header_event, parse_header_page
 
@@ -28,6 +28,7 @@ __all__ = [
     "list_instances",
     "parse_stats",
     "remove_stale_instances",
+    "tracepoint_format",
 ]
 
 INSTANCE_PREFIX = "proctap"
@@ -42,6 +43,19 @@ def find_tracefs() -> str | None:
         if os.path.isdir(os.path.join(root, "instances")) and os.path.isdir(os.path.join(root, "events")):
             return root
     return None
+
+
+def tracepoint_format(system: str, name: str) -> EventFormat | None:
+    """The parsed ``events/SYSTEM/NAME/format`` of the top-level tracefs (id and field offsets, e.g. to attach a BPF
+    program), or None when tracefs is not mounted or has no such event."""
+    root = find_tracefs()
+    if root is None:
+        return None
+    try:
+        with open(os.path.join(root, "events", system, name, "format"), encoding="utf-8", errors="replace") as f:
+            return parse_format(f.read(), system)
+    except (OSError, DecodeError):
+        return None
 
 
 def instance_owner(name: str, prefix: str = INSTANCE_PREFIX) -> tuple[int, int] | None:
