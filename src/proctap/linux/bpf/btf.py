@@ -209,25 +209,29 @@ class Btf:
             for name_off, ptype in (_PARAM.unpack_from(self._data, pos + 8 * i) for i in range(vlen))
         ]
 
-    def enum_value(self, enum_name: str, value_name: str) -> int:
-        """The value of ``value_name`` in enum ``enum_name``."""
-        type_id = self.find(enum_name, ENUM)
+    def _enumerator_in(self, type_id: int, value_name: str) -> int | None:
+        """The value of enumerator ``value_name`` of the enum ``type_id``, None when it has none of that name."""
         vlen, _, _, pos = self._record(type_id)
         for i in range(vlen):
             name_off, value = _ENUM.unpack_from(self._data, pos + 8 * i)
             if self._string(name_off) == value_name:
                 return int(value)
-        raise KeyError(f"enum {enum_name} has no {value_name}")
+        return None
+
+    def enum_value(self, enum_name: str, value_name: str) -> int:
+        """The value of ``value_name`` in enum ``enum_name``."""
+        value = self._enumerator_in(self.find(enum_name, ENUM), value_name)
+        if value is None:
+            raise KeyError(f"enum {enum_name} has no {value_name}")
+        return value
 
     def enumerator(self, value_name: str) -> int:
         """The value of enumerator ``value_name`` in whichever enum declares it (anonymous enums included)."""
         for type_id, kind in enumerate(self._kinds):
             if kind == ENUM:
-                vlen, _, _, pos = self._record(type_id)
-                for i in range(vlen):
-                    name_off, value = _ENUM.unpack_from(self._data, pos + 8 * i)
-                    if self._string(name_off) == value_name:
-                        return int(value)
+                value = self._enumerator_in(type_id, value_name)
+                if value is not None:
+                    return value
         raise KeyError(f"no enumerator {value_name}")
 
 
