@@ -19,7 +19,7 @@ from types import FrameType
 
 from ..backends import Feature, choose_backend
 from ..errors import ProctapError
-from ..linux.clock import CLOCK_TICKS
+from ..linux import procfs
 from ..watcher import DEFAULT_LATENCY_S, Watcher
 from .tree import ProcessTree
 
@@ -237,17 +237,10 @@ class _Session:
     def gone(pid: int, boot_start_ns: int | None) -> bool:
         """Whether the process is no longer alive (zombies count as gone: their Exit was already sent), or the pid
         now belongs to another process (its start time differs)."""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            state, start_ticks = fields[0], int(fields[19])  # fields 3 and 22 of proc_pid_stat(5)
-        except (OSError, IndexError, ValueError):
+        st = procfs.read_stat(pid)
+        if st is None or st.is_dead:
             return True
-        if state in (b"Z", b"X"):
-            return True
-        if boot_start_ns is None:
-            return False
-        return abs(start_ticks * 1_000_000_000 // CLOCK_TICKS - boot_start_ns) > _START_SLACK_NS
+        return boot_start_ns is not None and abs(st.start_ns - boot_start_ns) > _START_SLACK_NS
 
     def sweep_gone(self) -> None:
         """Live nodes whose process is gone although no Exit came: drain once more, then mark them unknown."""
