@@ -6,15 +6,17 @@ A backend only produces events.  Filtering for the user, the process table, rend
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
-from ..events import EventKind
+from ..events import EventKind, Lost
+from ..linux.clock import Clock
 from ..linux.procfs import proc_start_ns
 
-__all__ = ["Availability", "Backend", "BackendConfig", "Feature", "StartTimes"]
+__all__ = ["Availability", "Backend", "BackendConfig", "Common", "Feature", "Stamp", "StartTimes"]
 
 
 class Feature(str, Enum):
@@ -152,3 +154,41 @@ class StartTimes:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+
+class Common(TypedDict):
+    """The fields every event has (see :mod:`proctap.events`)."""
+
+    source: str
+    timestamp_ns: int
+    wall_time: float
+    pid: int
+    tid: int
+    start_ns: int | None
+
+
+class Stamp:
+    """Fills the fields every event of one backend shares: ``Fork(**stamp(ts, pid, tid, start_ns), parent_pid=...)``.
+
+    It builds a dict per event: the hottest paths (bpf and netlink fork/exec/exit) spell the fields out instead.
+    """
+
+    __slots__ = ("clock", "source")
+
+    def __init__(self, source: str, clock: Clock) -> None:
+        self.source = source
+        self.clock = clock
+
+    def __call__(self, ts: int, pid: int, tid: int, start_ns: int | None = None) -> Common:
+        return {
+            "source": self.source,
+            "timestamp_ns": ts,
+            "wall_time": (ts + self.clock.wall_offset_ns) / 1e9,
+            "pid": pid,
+            "tid": tid,
+            "start_ns": start_ns,
+        }
+
+    def lost(self, ts: int | None, count: int | None, reason: str, cpu: int | None = None) -> Lost:
+        """A Lost event at ``ts`` (None: now)."""
+        return Lost(**self(time.monotonic_ns() if ts is None else ts, 0, 0), count=count, reason=reason, cpu=cpu)

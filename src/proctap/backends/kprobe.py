@@ -26,23 +26,18 @@ import errno
 import os
 import time
 import weakref
-from collections.abc import Callable
 
 from ..errors import BackendUnavailable, ProctapError
-from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
+from ..events import Event, EventKind, ForkFailed
 from ..linux import procfs, sigterm
-from ..linux.clock import Clock
-from ..linux.procfs import read_argv, read_comm, read_ppid
 from ..linux.tracefs import kprobe_events
-from ..linux.tracefs.format import RecordDecoder
 from ..linux.tracefs.instance import find_tracefs
 from ..linux.tracefs.reader import TraceReader
-from .base import Availability, Backend, BackendConfig, Feature, StartTimes
-from .tracing_common import CLONE_PARENT, CLONE_THREAD, TaskGroups
+from .base import Availability, BackendConfig, Feature
+from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs
 
 __all__ = ["KprobeBackend", "KprobeSet", "remove_stale_probes"]
 
-SOURCE = "kprobe"
 DEFAULT_MAXACTIVE = 20
 MAXACTIVE_MAX = 4096  # KRETPROBE_MAXACTIVE_MAX, kernel/trace/trace_kprobe.c
 PROFILE_INTERVAL_S = 0.25  # how often kprobe_profile is read for misses
@@ -126,30 +121,18 @@ def _cleanup(reader: TraceReader, probes: KprobeSet) -> None:
 _sequence = iter(range(1 << 62))
 
 
-class KprobeBackend(Backend):
+class KprobeBackend(TracingBackend):
     """Task events from kprobes on the fork and exit paths (plus the exec tracepoint) in a tracefs instance."""
 
     name = "kprobe"
     description = "kprobe/kretprobe dynamic events on kernel_clone and do_exit via a tracefs instance (root)"
-    features = frozenset(
-        {
-            Feature.FORK,
-            Feature.THREADS,
-            Feature.EXEC,
-            Feature.EXEC_FILENAME_KERNEL,
-            Feature.EXIT,
-            Feature.EXIT_STATUS,
-            Feature.CORE_DUMPED,
-            Feature.FORK_FAILED,
-            Feature.LOSS_EXACT,
-        }
-    )
+    features = TRACING_FEATURES | {Feature.CORE_DUMPED}
 
     @classmethod
     def probe(cls) -> Availability:
         root = find_tracefs()
         if root is None:
-            return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
+            return no_tracefs(cls.name)
         if not os.path.exists(os.path.join(root, "kprobe_events")):
             return Availability(False, UNAVAILABLE_NO_KPROBES)
         machine = os.uname().machine
@@ -160,31 +143,22 @@ class KprobeBackend(Backend):
         return Availability(True)
 
     def __init__(self, config: BackendConfig) -> None:
-        super().__init__(config)
         availability = self.probe()
         if not availability:
             raise BackendUnavailable(f"backend 'kprobe' unavailable: {availability.reason}")
         self.maxactive = self._maxactive(config)
-        self.clock = Clock()
-        self.starts = StartTimes()
-        self.groups = TaskGroups()
-        self._reader = TraceReader(self._buffer_kb(config))
+        super().__init__(config)
         root = self._reader.instance.root
         self.stale_removed = remove_stale_probes(root)
         names = kprobe_events.ProbeNames(os.getpid(), procfs.read_start_ticks(os.getpid()) or 0, next(_sequence))
         self._probes = KprobeSet(root, names)
         self._finalizer = weakref.finalize(self, _cleanup, self._reader, self._probes)
-        self._handlers: dict[int, Callable[[int, bytes, int, int], None]] = {}
-        self._out: list[Event] = []
         self._clone_flags: dict[int, int] = {}  # parent tid -> flags at the fork function's entry
         self._unconfirmed: dict[int, tuple[int, list[Event]]] = {}  # child tid -> (newtask ts, held events)
         self._newtask_flags: dict[int, int] = {}  # child tid -> clone flags from task_newtask
         self._pending_exit: dict[int, tuple[int, str]] = {}  # tid -> (do_exit code, comm) until group_dead
-        self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
-        self._parents: dict[int, int] = {}  # pid -> parent pid at fork
         self._misses: dict[str, int] = {}
         self._next_profile = 0.0
-        self._last_ts = 0
         self.fork_function = ""
         self.exit_group_function: str | None = None
         try:
@@ -206,12 +180,6 @@ class KprobeBackend(Backend):
         if not 0 <= maxactive <= MAXACTIVE_MAX:
             raise ProctapError(f"backend option maxactive={value!r}: give an integer from 0 (kernel default) to 4096")
         return maxactive
-
-    @staticmethod
-    def _buffer_kb(config: BackendConfig) -> int | None:
-        if config.buffer_bytes is None:
-            return None
-        return max(4, config.buffer_bytes // 1024 // max(1, os.cpu_count() or 1))
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _place_probes(self, root: str) -> None:
@@ -236,20 +204,6 @@ class KprobeBackend(Backend):
                 self.exit_group_function = function
                 break
 
-    def _enable(self, system: str, name: str, fields: tuple[str, ...], handler: Callable[..., None]) -> bool:
-        inst = self._reader.instance
-        if not inst.has_event(system, name):
-            return False
-        fmt = inst.event_format(system, name)
-        decode = RecordDecoder(fmt, ("common_pid", *fields)).decode
-
-        def handle(ts: int, buf: bytes, start: int, length: int) -> None:
-            handler(ts, *decode(buf, start, length))
-
-        self._handlers[fmt.id] = handle
-        inst.enable_event(system, name)
-        return True
-
     def _enable_events(self) -> None:
         names = self._probes.names
         group = names.group
@@ -266,43 +220,20 @@ class KprobeBackend(Backend):
                 self._enable(group, names.exit_group, ("group_dead",), self._on_exit_group)
 
     # -- Backend API -------------------------------------------------------------------------------------------
-    def fileno(self) -> int:
-        return self._reader.fileno()
-
-    def read_events(self) -> list[Event]:
-        if self._reader.closed:
-            return []
-        records, losses = self._reader.read()
-        out: list[Event] = []
-        self._out = out
-        if losses:
-            wall = self.clock.wall_time
-            ts = records[0][0] if records else time.monotonic_ns()
-            for cpu, count in losses:
-                out.append(Lost(source=SOURCE, timestamp_ns=ts, wall_time=wall(ts), pid=0, tid=0, count=count,
-                                reason="tracefs ring buffer overrun", cpu=cpu))  # fmt: skip
-        handlers = self._handlers
-        for ts, type_id, buf, start, length in records:
-            handler = handlers.get(type_id)
-            if handler is not None:
-                handler(ts, buf, start, length)
-        if records:
-            self._last_ts = records[-1][0]
+    def _drained(self) -> None:
         if self._unconfirmed:
             self._release_old_holds()
         if time.monotonic() >= self._next_profile:
             self._report_misses()
-        return out
 
     def close(self) -> None:
         sigterm.forget(self)
         self._finalizer()
 
     def stats(self) -> dict[str, int]:
-        out = self._reader.stats()
+        out = super().stats()
         out["maxactive"] = self.maxactive
         out["kprobe_misses"] = sum(self._misses.values())
-        out["tracked_tasks"] = len(self.starts)
         out["held_children"] = len(self._unconfirmed)
         out["pending_exits"] = len(self._pending_exit) + len(self._leader_gone)
         return out
@@ -310,10 +241,6 @@ class KprobeBackend(Backend):
     @property
     def group(self) -> str:
         return self._probes.names.group
-
-    @property
-    def instance_name(self) -> str:
-        return self._reader.instance.name
 
     # -- losses ------------------------------------------------------------------------------------------------
     def _report_misses(self) -> None:
@@ -330,9 +257,7 @@ class KprobeBackend(Backend):
             new = entry.misses - self._misses.get(event, 0)
             if new > 0:
                 self._misses[event] = entry.misses
-                ts = time.monotonic_ns()
-                self._out.append(Lost(source=SOURCE, timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=0,
-                                      tid=0, count=new, reason=f"kprobe {event} missed (kprobe_profile)"))  # fmt: skip
+                self._out.append(self.stamp.lost(None, new, f"kprobe {event} missed (kprobe_profile)"))
 
     # -- ordering: a child's events wait for its Fork -----------------------------------------------------------
     def _emit(self, tid: int, event: Event) -> None:
@@ -363,118 +288,34 @@ class KprobeBackend(Backend):
 
     def _on_fork_return(self, ts: int, parent_tid: int, ret: int, comm: str) -> None:
         flags = self._clone_flags.pop(parent_tid, None)
-        groups = self.groups
-        parent_tgid = groups.tgid(parent_tid)
-        wall = self.clock.wall_time(ts)
+        parent_tgid = self.groups.tgid(parent_tid)
         if ret <= 0:  # the seed's rule: only a positive return value is a new task
             if EventKind.FORK_FAILED in self.config.events:
-                self._out.append(ForkFailed(source=SOURCE, timestamp_ns=ts, wall_time=wall, pid=parent_tgid,
-                                            tid=parent_tid, start_ns=self.starts.get(parent_tgid), errno=-ret,
-                                            clone_flags=flags, syscall=None, comm=comm))  # fmt: skip
+                self._out.append(ForkFailed(**self.stamp(ts, parent_tgid, parent_tid, self.starts.get(parent_tgid)),
+                                            errno=-ret, clone_flags=flags, syscall=None, comm=comm))  # fmt: skip
             return
         tid = ret
         held = self._unconfirmed.pop(tid, None)
         if held is not None:  # stamped with the creation (task_newtask), which precedes the child's own events
             ts = held[0]
-            wall = self.clock.wall_time(ts)
         newtask_flags = self._newtask_flags.pop(tid, None)
         if flags is None:  # the entry probe missed (counted as Lost): the tracepoint's copy of the flags
             flags = newtask_flags
-        is_thread = bool(flags & CLONE_THREAD) if flags is not None else groups.tgid(tid) != tid
-        if is_thread:
-            groups.new_task(tid, parent_tgid)
-            if self.config.threads and EventKind.FORK in self.config.events:
-                self._out.append(Fork(source=SOURCE, timestamp_ns=ts, wall_time=wall, pid=parent_tgid, tid=tid,
-                                      start_ns=self.starts.get(parent_tgid), parent_pid=parent_tgid,
-                                      parent_tid=parent_tid, is_thread=True, clone_flags=flags,
-                                      comm=comm))  # fmt: skip
-        else:
-            groups.new_task(tid, tid)
-            start_ns = self.clock.since_boot(ts)
-            self.starts.started(tid, start_ns)
-            parent = parent_tgid
-            if flags is not None and flags & CLONE_PARENT:  # the child is a sibling of its creator (kernel/fork.c)
-                parent = read_ppid(parent_tgid) or parent_tgid
-            self._parents[tid] = parent
-            if EventKind.FORK in self.config.events:
-                self._out.append(Fork(source=SOURCE, timestamp_ns=ts, wall_time=wall, pid=tid, tid=tid,
-                                      start_ns=start_ns, parent_pid=parent, parent_tid=parent_tid, is_thread=False,
-                                      clone_flags=flags, comm=comm))  # fmt: skip
+        is_thread = bool(flags & CLONE_THREAD) if flags is not None else self.groups.tgid(tid) != tid
+        self._forked(ts, parent_tid, parent_tgid, tid, is_thread, flags, comm)
         if held is not None:
             self._out.extend(held[1])
-
-    def _on_exec(self, ts: int, _tid: int, filename: str, pid: int, old_pid: int) -> None:
-        # After de_thread() the exec'ing thread has taken the leader's pid: pid is the tgid, old_pid its former tid.
-        if old_pid != pid:
-            self.groups.forget(old_pid)
-        self.groups.new_task(pid, pid)
-        self._leader_gone.pop(pid, None)
-        if EventKind.EXEC not in self.config.events:
-            return
-        argv = comm = parent = None
-        if self.config.read_proc:
-            argv = read_argv(pid)
-            comm = read_comm(pid)
-            parent = read_ppid(pid)
-        event = Exec(source=SOURCE, timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=pid,
-                     start_ns=self.starts.get(pid), filename=filename, filename_from=Origin.KERNEL, argv=argv,
-                     argc=None if argv is None else len(argv), argv_from=None if argv is None else Origin.PROC,
-                     comm=comm, comm_from=None if comm is None else Origin.PROC, parent_pid=parent)  # fmt: skip
-        self._emit(pid, event)
 
     def _on_exit(self, ts: int, tid: int, code: int, comm: str) -> None:
         if self.exit_group_function is None:
             # no group_dead probe: a thread other than the leader is never the last (leader-first exits are rare)
             tgid = self.groups.tgid(tid)
-            self._task_ended(ts, tid, code, comm, tid == tgid)
+            self._task_ended(ts, tid, tgid, comm, tid == tgid, code)
             return
         self._pending_exit[tid] = (code, comm)
 
     def _on_exit_group(self, ts: int, tid: int, group_dead: int) -> None:
+        """The last task's status is the process's: in a group exit (exit_group, fatal signal) every task exits
+        with the group's status (kernel/exit.c do_group_exit)."""
         code, comm = self._pending_exit.pop(tid, (None, ""))
-        self._task_ended(ts, tid, code, comm, bool(group_dead))
-
-    def _task_ended(self, ts: int, tid: int, code: int | None, comm: str, group_dead: bool) -> None:
-        """Like the proc connector: every task but the leader gets a thread Exit; the process Exit (pid = tid = the
-        leader's) comes when the last task is gone.  Its status is the last task's do_exit code: in a group exit
-        (exit_group, fatal signal) every task exits with the group's status (kernel/exit.c do_group_exit)."""
-        groups = self.groups
-        tgid = groups.tgid(tid)
-        groups.forget(tid)
-        status = None if code is None else code & 0xFFFF
-        if tid != tgid:
-            if self.config.threads:
-                self._emit(tid, self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
-            if not group_dead:
-                return
-        elif not group_dead:
-            self._leader_gone[tgid] = comm
-            return
-        comm = self._leader_gone.pop(tgid, comm)
-        start_ns, parent = self.starts.ended(tgid), self._parents.pop(tgid, None)
-        self._emit(tgid, self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
-
-    def _exit_event(
-        self,
-        ts: int,
-        pid: int,
-        tid: int,
-        is_thread: bool,
-        status: int | None,
-        comm: str,
-        start_ns: int | None,
-        parent_pid: int | None = None,
-    ) -> Exit:
-        exit_code = sig = None
-        core = False
-        if status is not None:
-            if status & 0x7F:
-                sig = status & 0x7F
-                core = bool(status & 0x80)
-            else:
-                exit_code = (status >> 8) & 0xFF
-        clock = self.clock
-        lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
-        return Exit(source=SOURCE, timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=pid, tid=tid,
-                    start_ns=start_ns, is_thread=is_thread, status=status, exit_code=exit_code, signal=sig,
-                    core_dumped=core, lifetime_ns=lifetime, parent_pid=parent_pid, comm=comm)  # fmt: skip
+        self._task_ended(ts, tid, self.groups.tgid(tid), comm, bool(group_dead), code)

@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 
-from ..errors import BackendUnavailable, ProctapError
-from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
-from ..linux.clock import Clock
-from ..linux.procfs import read_argv, read_comm, read_ppid
-from ..linux.tracefs.format import RecordDecoder
-from ..linux.tracefs.instance import TRACEFS_MOUNTS, find_tracefs
-from ..linux.tracefs.reader import TraceReader
-from .base import Availability, Backend, BackendConfig, Feature, StartTimes
-from .tracing_common import CLONE_PARENT, CLONE_THREAD, TaskGroups
+from ..errors import BackendUnavailable
+from ..events import EventKind, ForkFailed
+from ..linux.procfs import read_comm
+from ..linux.tracefs.instance import find_tracefs
+from .base import Availability, BackendConfig
+from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs
 
 __all__ = ["ExitTracker", "TracefsBackend"]
 
@@ -116,35 +112,18 @@ class ExitTracker:
         return len(self._task) + len(self._group) + len(self._fatal_sent)
 
 
-Handler = Callable[[int, bytes, int, int], Event | None]
-
-
-class TracefsBackend(Backend):
+class TracefsBackend(TracingBackend):
     """Task events from static tracepoints in a private tracefs instance."""
 
     name = "tracefs"
     description = "tracepoints through a private tracefs instance (root; no BPF needed)"
-    features = frozenset(
-        {
-            Feature.FORK,
-            Feature.THREADS,
-            Feature.EXEC,
-            Feature.EXEC_FILENAME_KERNEL,
-            Feature.EXIT,
-            Feature.EXIT_STATUS,
-            Feature.FORK_FAILED,
-            Feature.LOSS_EXACT,
-        }
-    )
+    features = TRACING_FEATURES
 
     @classmethod
     def probe(cls) -> Availability:
         root = find_tracefs()
         if root is None:
-            for mount in TRACEFS_MOUNTS:
-                if os.path.isdir(mount) and not os.access(mount, os.R_OK | os.X_OK):
-                    return Availability(False, f"cannot read {mount}: the tracefs backend needs root")
-            return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
+            return no_tracefs(cls.name)
         if not os.access(os.path.join(root, "instances"), os.W_OK):
             return Availability(False, f"cannot create tracefs instances in {root}: run as root")
         for event in _REQUIRED_EVENTS:
@@ -155,22 +134,9 @@ class TracefsBackend(Backend):
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        self.clock = Clock()
-        self.starts = StartTimes()
-        self.groups = TaskGroups()
         self.exits = ExitTracker()
-        self._reader = TraceReader(self._buffer_kb(config))
-        self._handlers: dict[int, Handler] = {}
-        self._out: list[Event] = []  # where handlers that make several events put them
-        self._parents: dict[int, int] = {}  # pid -> parent's pid at fork
-        self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
         self._threads: dict[int, set[int]] = {}  # tgid -> live threads (only on kernels without group_dead)
         self._count_threads = False
-        self._want_forks = EventKind.FORK in config.events
-        self._want_thread_forks = self._want_forks and config.threads
-        self._want_exits = EventKind.EXIT in config.events
-        self._want_thread_exits = self._want_exits and config.threads
-        self._decoders: dict[str, RecordDecoder] = {}
         try:
             self._enable_events(config.events)
             self._reader.start()
@@ -183,53 +149,19 @@ class TracefsBackend(Backend):
             self._reader.close()
             raise
 
-    @staticmethod
-    def _buffer_kb(config: BackendConfig) -> int | None:
-        if config.buffer_bytes is None:
-            return None
-        return max(4, config.buffer_bytes // 1024 // max(1, os.cpu_count() or 1))
-
     # -- set-up ------------------------------------------------------------------------------------------------
-    def _enable(
-        self,
-        system: str,
-        name: str,
-        fields: tuple[str, ...],
-        handler: Callable[..., Event | None],
-        filter_expr: str | None = None,
-        optional: tuple[str, ...] = (),
-    ) -> bool:
-        inst = self._reader.instance
-        if not inst.has_event(system, name):
-            return False
-        fmt = inst.event_format(system, name)
-        decoder = RecordDecoder(fmt, ("common_pid", *fields), optional)
-        self._decoders[name] = decoder
-        decode = decoder.decode
-
-        def handle(ts: int, buf: bytes, start: int, length: int) -> Event | None:
-            return handler(ts, *decode(buf, start, length))  # type: ignore[no-any-return]
-
-        self._handlers[fmt.id] = handle
-        try:
-            inst.enable_event(system, name, filter_expr)
-        except ProctapError:
-            if filter_expr is None:
-                raise
-            inst.enable_event(system, name)  # a kernel refusing the filter costs work, not correctness
-        return True
-
     def _enable_events(self, kinds: frozenset[EventKind]) -> None:
         # task_newtask, sched_process_exec and sched_process_exit are always on: they keep the tid -> tgid map (and
         # the other per-task state) exact and bounded, whatever kinds are wanted.
-        if not self._enable("task", "task_newtask", ("pid", "comm", "clone_flags"), self._on_newtask):
+        if self._enable("task", "task_newtask", ("pid", "comm", "clone_flags"), self._on_newtask) is None:
             raise BackendUnavailable("this kernel has no task:task_newtask tracepoint: use the netlink backend")
         self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
-        self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
-                     optional=("group_dead",))  # fmt: skip
+        exit_decoder = self._enable("sched", "sched_process_exit", ("comm", "pid", "group_dead"), self._on_exit,
+                                    optional=("group_dead",))  # fmt: skip
         # "count_threads=1" takes the path of kernels without group_dead on any kernel (tested here on 6.18)
         self._count_threads = (
-            self._decoders["sched_process_exit"].event.field("group_dead") is None
+            exit_decoder is None
+            or exit_decoder.event.field("group_dead") is None
             or self.config.option("count_threads") == "1"
         )
         if EventKind.EXIT in kinds:
@@ -244,120 +176,31 @@ class TracefsBackend(Backend):
                              "ret < 0")  # fmt: skip
 
     # -- Backend API -------------------------------------------------------------------------------------------
-    def fileno(self) -> int:
-        return self._reader.fileno()
-
-    def read_events(self) -> list[Event]:
-        if self._reader.closed:
-            return []
-        records, losses = self._reader.read()
-        out: list[Event] = []
-        if losses:
-            wall = self.clock.wall_time
-            ts = records[0][0] if records else time.monotonic_ns()
-            for cpu, count in losses:
-                out.append(Lost(source="tracefs", timestamp_ns=ts, wall_time=wall(ts), pid=0, tid=0, count=count,
-                                reason="tracefs ring buffer overrun", cpu=cpu))  # fmt: skip
-        handlers = self._handlers
-        self._out = out
-        append = out.append
-        for ts, type_id, buf, start, length in records:
-            handler = handlers.get(type_id)
-            if handler is None:
-                continue
-            event = handler(ts, buf, start, length)
-            if event is not None:
-                append(event)
-        return out
-
     def close(self) -> None:
         self._reader.close()
 
     def stats(self) -> dict[str, int]:
-        out = self._reader.stats()
-        out["tracked_tasks"] = len(self.starts)
+        out = super().stats()
         out["pending_exit_state"] = len(self.exits) + len(self._leader_gone)
         return out
 
-    @property
-    def instance_name(self) -> str:
-        return self._reader.instance.name
+    # -- handlers: (timestamp, common_pid, fields...) ----------------------------------------------------------------
+    def _on_newtask(self, ts: int, parent_tid: int, tid: int, comm: str, clone_flags: int) -> None:
+        parent_tgid = self.groups.tgid(parent_tid)
+        is_thread = bool(clone_flags & CLONE_THREAD)
+        if is_thread and self._count_threads:
+            self._threads.setdefault(parent_tgid, set()).add(tid)
+        self._forked(ts, parent_tid, parent_tgid, tid, is_thread, clone_flags, comm)
 
-    # -- handlers: (timestamp, common_pid, fields...) -> Event | None ----------------------------------------------
-    def _on_newtask(self, ts: int, parent_tid: int, tid: int, comm: str, clone_flags: int) -> Event | None:
-        groups = self.groups
-        parent_tgid = groups.tgid(parent_tid)
-        if clone_flags & CLONE_THREAD:
-            groups.new_task(tid, parent_tgid)
-            if self._count_threads:
-                self._threads.setdefault(parent_tgid, set()).add(tid)
-            if not self._want_thread_forks:
-                return None
-            return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=parent_tgid,
-                        tid=tid, start_ns=self.starts.get(parent_tgid), parent_pid=parent_tgid,
-                        parent_tid=parent_tid, is_thread=True, clone_flags=clone_flags, comm=comm)  # fmt: skip
-        groups.new_task(tid, tid)
-        start_ns = self.clock.since_boot(ts)
-        self.starts.started(tid, start_ns)
-        parent = parent_tgid
-        if clone_flags & CLONE_PARENT:  # the new process is a sibling of its creator (kernel/fork.c)
-            parent = read_ppid(parent_tgid) or parent_tgid
-        self._parents[tid] = parent
-        if not self._want_forks:
-            return None
-        return Fork(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=tid, tid=tid,
-                    start_ns=start_ns, parent_pid=parent, parent_tid=parent_tid, is_thread=False,
-                    clone_flags=clone_flags, comm=comm)  # fmt: skip
-
-    def _on_exec(self, ts: int, _tid: int, filename: str, pid: int, old_pid: int) -> Event | None:
-        # After de_thread() the exec'ing thread has taken the leader's pid: pid is the tgid, old_pid its former tid.
-        if old_pid != pid:
-            self.groups.forget(old_pid)
-        self.groups.new_task(pid, pid)
+    def _exec_seen(self, pid: int) -> None:
         self.exits.exec(pid)
-        self._leader_gone.pop(pid, None)
         self._threads.pop(pid, None)
-        if EventKind.EXEC not in self.config.events:
-            return None
-        argv = comm = None
-        parent = self._parents.get(pid)
-        if self.config.read_proc:
-            argv = read_argv(pid)
-            comm = read_comm(pid)
-            if parent is None:
-                parent = read_ppid(pid)
-        return Exec(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=pid,
-                    start_ns=self.starts.get(pid), filename=filename, filename_from=Origin.KERNEL, argv=argv,
-                    argc=None if argv is None else len(argv), argv_from=None if argv is None else Origin.PROC,
-                    comm=comm, comm_from=None if comm is None else Origin.PROC, parent_pid=parent)  # fmt: skip
 
     def _on_exit(self, ts: int, _current: int, comm: str, tid: int, group_dead: int | None) -> None:
-        """One task ended.  Like the proc connector, every task but the leader gets a thread Exit, and the leader's
-        is the process Exit, reported when the last task of the process is gone (``group_dead``): a leader that
-        ends before its threads (exit_group kills them in any order, or pthread_exit) is held back until then."""
-        groups = self.groups
-        tgid = groups.tgid(tid)
-        groups.forget(tid)
+        tgid = self.groups.tgid(tid)
         if self._count_threads:  # older kernels (6.1) lack group_dead: count the threads of each process
             group_dead = self._last_task(tid, tgid)
-        if tid != tgid:
-            status = self.exits.thread_exited(tid, tgid)
-            if self._want_thread_exits:
-                self._out.append(self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
-            if not group_dead:
-                return
-        elif not group_dead:
-            self._leader_gone[tgid] = comm
-            return
-        status = self.exits.process_exited(tid, tgid)
-        self._threads.pop(tgid, None)
-        comm = self._leader_gone.pop(tgid, comm)
-        start_ns = self.starts.ended(tgid)
-        parent = self._parents.pop(tgid, None)
-        if parent is None and self.config.read_proc and self._want_exits:
-            parent = read_ppid(tgid)  # a process older than the watcher: /proc, while it is a zombie
-        if self._want_exits:
-            self._out.append(self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
+        self._task_ended(ts, tid, tgid, comm, bool(group_dead))
 
     def _last_task(self, tid: int, tgid: int) -> bool:
         threads = self._threads.get(tgid)
@@ -367,28 +210,12 @@ class TracefsBackend(Backend):
             return not threads and tgid in self._leader_gone
         return not threads
 
-    def _exit_event(
-        self,
-        ts: int,
-        pid: int,
-        tid: int,
-        is_thread: bool,
-        status: int | None,
-        comm: str,
-        start_ns: int | None,
-        parent: int | None = None,
-    ) -> Exit:
-        exit_code = sig = None
-        if status is not None:
-            if status & 0x7F:
-                sig = status & 0x7F
-            else:
-                exit_code = (status >> 8) & 0xFF
-        clock = self.clock
-        lifetime = None if start_ns is None else max(0, clock.since_boot(ts) - start_ns)
-        return Exit(source="tracefs", timestamp_ns=ts, wall_time=clock.wall_time(ts), pid=pid, tid=tid,
-                    start_ns=start_ns, is_thread=is_thread, status=status, exit_code=exit_code, signal=sig,
-                    lifetime_ns=lifetime, comm=comm, parent_pid=parent)  # fmt: skip
+    def _thread_status(self, tid: int, tgid: int, code: int | None) -> int | None:
+        return self.exits.thread_exited(tid, tgid)
+
+    def _process_status(self, tid: int, tgid: int, code: int | None) -> int | None:
+        self._threads.pop(tgid, None)
+        return self.exits.process_exited(tid, tgid)
 
     def _on_exit_syscall(self, _ts: int, tid: int, code: int) -> None:
         self.exits.exit_syscall(tid, code)
@@ -405,14 +232,12 @@ class TracefsBackend(Backend):
         if sa_handler == 0 and sig not in _NOT_FATAL:
             self.exits.signal_taken(self.groups.tgid(tid), sig)
 
-    def _fork_failed_handler(self, syscall: str) -> Callable[[int, int, int], Event | None]:
-        def on_fork_failed(ts: int, tid: int, ret: int) -> Event | None:
+    def _fork_failed_handler(self, syscall: str) -> Callable[[int, int, int], None]:
+        def on_fork_failed(ts: int, tid: int, ret: int) -> None:
             if ret >= 0:
-                return None
+                return
             tgid = self.groups.tgid(tid)
-            comm = read_comm(tgid, tid) if self.config.read_proc else None
-            return ForkFailed(source="tracefs", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=tgid,
-                              tid=tid, start_ns=self.starts.get(tgid), errno=-ret, syscall=syscall,
-                              comm=comm)  # fmt: skip
+            self._emit(tid, ForkFailed(**self.stamp(ts, tgid, tid, self.starts.get(tgid)), errno=-ret,
+                                       syscall=syscall, comm=read_comm(tgid, tid)))  # fmt: skip
 
         return on_fork_failed

@@ -1,16 +1,44 @@
-"""What the tracefs and kprobe backends share: both read tracepoint records of task ids and must map them to
-processes, follow clone flags and keep per-task exit bookkeeping."""
+"""What the tracefs and kprobe backends share: both read tracepoint records of task ids from a private tracefs
+instance and must map them to processes, follow clone flags and keep per-task exit bookkeeping."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from ..linux.procfs import read_tgid
+from ..errors import ProctapError
+from ..events import Event, EventKind, Exec, Exit, Fork, Origin, decode_wait_status
+from ..linux.clock import Clock
+from ..linux.procfs import read_ppid, read_tgid
+from ..linux.tracefs.format import RecordDecoder
+from ..linux.tracefs.instance import TRACEFS_MOUNTS
+from ..linux.tracefs.reader import TraceReader
+from .base import Availability, Backend, BackendConfig, Feature, Stamp, StartTimes
 
-__all__ = ["CLONE_PARENT", "CLONE_THREAD", "TaskGroups"]
+__all__ = ["CLONE_PARENT", "CLONE_THREAD", "TRACING_FEATURES", "TaskGroups", "TracingBackend", "no_tracefs"]
 
 CLONE_THREAD = 0x10000  # include/uapi/linux/sched.h
 CLONE_PARENT = 0x8000
+TRACING_FEATURES = frozenset(
+    {
+        Feature.FORK,
+        Feature.THREADS,
+        Feature.EXEC,
+        Feature.EXEC_FILENAME_KERNEL,
+        Feature.EXIT,
+        Feature.EXIT_STATUS,
+        Feature.FORK_FAILED,
+        Feature.LOSS_EXACT,
+    }
+)
+
+
+def no_tracefs(backend: str) -> Availability:
+    """Why ``backend`` cannot work when no tracefs was found: not mounted, or not readable by this user."""
+    for mount in TRACEFS_MOUNTS:
+        if os.path.isdir(mount) and not os.access(mount, os.R_OK | os.X_OK):
+            return Availability(False, f"cannot read {mount}: the {backend} backend needs root")
+    return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
 
 
 class TaskGroups:
@@ -51,3 +79,200 @@ class TaskGroups:
 
     def forget(self, tid: int) -> None:
         self._tgid.pop(tid, None)
+
+
+Handler = Callable[[int, bytes, int, int], None]
+
+
+class TracingBackend(Backend):
+    """A backend reading a private tracefs instance: records decoded with the running kernel's ``format`` files and
+    dispatched to handlers ``(timestamp, common_pid, fields...)`` that put events in ``_out`` through :meth:`_emit`.
+
+    It keeps what both backends need: the tid -> tgid map, process starts and parents from forks, and exits told
+    like the proc connector: a thread Exit for every task but the leader, and the process Exit (pid = tid = the
+    leader's) when the last task of the process is gone.
+    """
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.clock = Clock()
+        self.stamp = Stamp(self.name, self.clock)
+        self.starts = StartTimes()
+        self.groups = TaskGroups()
+        self._reader = TraceReader(self._buffer_kb(config))
+        self._handlers: dict[int, Handler] = {}
+        self._out: list[Event] = []  # the events of the records being read
+        self._last_ts = 0  # the newest record read
+        self._parents: dict[int, int] = {}  # pid -> parent's pid at fork
+        self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
+        kinds = config.events
+        self._want_forks = EventKind.FORK in kinds
+        self._want_thread_forks = self._want_forks and config.threads
+        self._want_execs = EventKind.EXEC in kinds
+        self._want_exits = EventKind.EXIT in kinds
+        self._want_thread_exits = self._want_exits and config.threads
+
+    @staticmethod
+    def _buffer_kb(config: BackendConfig) -> int | None:
+        if config.buffer_bytes is None:
+            return None
+        return max(4, config.buffer_bytes // 1024 // max(1, os.cpu_count() or 1))
+
+    def _enable(
+        self,
+        system: str,
+        name: str,
+        fields: tuple[str, ...],
+        handler: Callable[..., None],
+        filter_expr: str | None = None,
+        optional: tuple[str, ...] = (),
+    ) -> RecordDecoder | None:
+        """Decode ``system:name`` records into ``handler(ts, common_pid, *fields)``; None when the kernel lacks it."""
+        inst = self._reader.instance
+        if not inst.has_event(system, name):
+            return None
+        fmt = inst.event_format(system, name)
+        decoder = RecordDecoder(fmt, ("common_pid", *fields), optional)
+        decode = decoder.decode
+
+        def handle(ts: int, buf: bytes, start: int, length: int) -> None:
+            handler(ts, *decode(buf, start, length))
+
+        self._handlers[fmt.id] = handle
+        try:
+            inst.enable_event(system, name, filter_expr)
+        except ProctapError:
+            if filter_expr is None:
+                raise
+            inst.enable_event(system, name)  # a kernel refusing the filter costs work, not correctness
+        return decoder
+
+    # -- Backend API -------------------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def read_events(self) -> list[Event]:
+        if self._reader.closed:
+            return []
+        records, losses = self._reader.read()
+        out: list[Event] = []
+        self._out = out
+        if losses:
+            ts = records[0][0] if records else None
+            out.extend(self.stamp.lost(ts, count, "tracefs ring buffer overrun", cpu) for cpu, count in losses)
+        handlers = self._handlers
+        for ts, type_id, buf, start, length in records:
+            handler = handlers.get(type_id)
+            if handler is not None:
+                handler(ts, buf, start, length)
+        if records:
+            self._last_ts = records[-1][0]
+        self._drained()
+        return out
+
+    def _drained(self) -> None:
+        """Called after each read, to add events that are not records (none here)."""
+
+    def stats(self) -> dict[str, int]:
+        out = self._reader.stats()
+        out["tracked_tasks"] = len(self.starts)
+        return out
+
+    @property
+    def instance_name(self) -> str:
+        return self._reader.instance.name
+
+    # -- events --------------------------------------------------------------------------------------------------
+    def _emit(self, tid: int, event: Event) -> None:
+        """Deliver an event about task ``tid`` (a backend may hold it back)."""
+        self._out.append(event)
+
+    def _forked(
+        self, ts: int, parent_tid: int, parent_tgid: int, tid: int, is_thread: bool, flags: int | None, comm: str
+    ) -> None:
+        """Task ``tid`` was created by ``parent_tid`` (of process ``parent_tgid``)."""
+        if is_thread:
+            self.groups.new_task(tid, parent_tgid)
+            if self._want_thread_forks:
+                self._emit(tid, Fork(**self.stamp(ts, parent_tgid, tid, self.starts.get(parent_tgid)),
+                                     parent_pid=parent_tgid, parent_tid=parent_tid, is_thread=True, clone_flags=flags,
+                                     comm=comm))  # fmt: skip
+            return
+        self.groups.new_task(tid, tid)
+        start_ns = self.clock.since_boot(ts)
+        self.starts.started(tid, start_ns)
+        parent = parent_tgid
+        if flags is not None and flags & CLONE_PARENT:  # the new process is a sibling of its creator (kernel/fork.c)
+            parent = read_ppid(parent_tgid) or parent_tgid
+        self._parents[tid] = parent
+        if self._want_forks:
+            self._emit(tid, Fork(**self.stamp(ts, tid, tid, start_ns), parent_pid=parent, parent_tid=parent_tid,
+                                 is_thread=False, clone_flags=flags, comm=comm))  # fmt: skip
+
+    def _on_exec(self, ts: int, _tid: int, filename: str, pid: int, old_pid: int) -> None:
+        # After de_thread() the exec'ing thread has taken the leader's pid: pid is the tgid, old_pid its former tid.
+        if old_pid != pid:
+            self.groups.forget(old_pid)
+        self.groups.new_task(pid, pid)
+        self._leader_gone.pop(pid, None)
+        self._exec_seen(pid)
+        if self._want_execs:
+            self._emit(pid, Exec(**self.stamp(ts, pid, pid, self.starts.get(pid)), filename=filename,
+                                 filename_from=Origin.KERNEL, parent_pid=self._parents.get(pid)))  # fmt: skip
+
+    def _exec_seen(self, pid: int) -> None:
+        """Process ``pid`` exec'd: its other threads are gone (de_thread)."""
+
+    def _task_ended(self, ts: int, tid: int, tgid: int, comm: str, group_dead: bool, code: int | None = None) -> None:
+        """Task ``tid`` of process ``tgid`` ended (``code``: its do_exit code where the backend sees it).
+
+        Every task but the leader gets a thread Exit; the leader's is the process Exit, reported when the last task
+        of the process is gone (``group_dead``): a leader that ends before its threads (exit_group kills them in
+        any order, or pthread_exit) is held back until then.
+        """
+        self.groups.forget(tid)
+        if tid != tgid:
+            status = self._thread_status(tid, tgid, code)
+            if self._want_thread_exits:
+                self._emit(tid, self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
+            if not group_dead:
+                return
+        elif not group_dead:
+            self._leader_gone[tgid] = comm
+            return
+        status = self._process_status(tid, tgid, code)
+        comm = self._leader_gone.pop(tgid, comm)
+        start_ns = self.starts.ended(tgid)
+        parent = self._parents.pop(tgid, None)
+        if not self._want_exits:
+            return
+        if parent is None:
+            parent = read_ppid(tgid)  # a process older than the watcher: /proc, while it is a zombie
+        self._emit(tgid, self._exit_event(ts, tgid, tgid, False, status, comm, start_ns, parent))
+
+    def _thread_status(self, tid: int, tgid: int, code: int | None) -> int | None:
+        """The wait status of a thread that ended while its process lives on."""
+        return None if code is None else code & 0xFFFF
+
+    def _process_status(self, tid: int, tgid: int, code: int | None) -> int | None:
+        """The wait status of a process whose last task ``tid`` ended; forgets the process's exit state."""
+        return None if code is None else code & 0xFFFF
+
+    def _exit_event(
+        self,
+        ts: int,
+        pid: int,
+        tid: int,
+        is_thread: bool,
+        status: int | None,
+        comm: str,
+        start_ns: int | None,
+        parent: int | None = None,
+    ) -> Exit:
+        exit_code = sig = None
+        core = False
+        if status is not None:
+            exit_code, sig, core = decode_wait_status(status)
+        lifetime = None if start_ns is None else max(0, self.clock.since_boot(ts) - start_ns)
+        return Exit(**self.stamp(ts, pid, tid, start_ns), is_thread=is_thread, status=status, exit_code=exit_code,
+                    signal=sig, core_dumped=core, lifetime_ns=lifetime, comm=comm, parent_pid=parent)  # fmt: skip
