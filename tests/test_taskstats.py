@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import proctap
+from eventlog import EventLog, collect
+from proctap.accounting import sum_records
 from proctap.errors import DecodeError
 from proctap.events import Exit
-from proctap.accounting import sum_records
 from proctap.linux.taskstats import (
     TaskstatsListener,
     TaskstatsMessage,
@@ -122,15 +123,13 @@ def test_scan_locates_records_without_decoding() -> None:
 BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.15: pass"
 
 
-def _read_until(listener: TaskstatsListener, want: int, timeout: float = 10.0) -> list[TaskstatsMessage]:
-    got: list[TaskstatsMessage] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got.extend(raw.decode() for raw in listener.read_raw() if raw.tgid == want)
-        if any(m.aggregate == "pid" and m.id == want for m in got):
-            return got
-        time.sleep(0.01)
-    raise AssertionError(f"no taskstats record for {want}")
+def _read_until(listener: TaskstatsListener, want: int) -> list[TaskstatsMessage]:
+    def records(wait: float) -> list[TaskstatsMessage]:
+        select.select([listener], [], [], wait)
+        return [raw.decode() for raw in listener.read_raw() if raw.tgid == want]
+
+    return collect(records, lambda got: any(m.aggregate == "pid" and m.id == want for m in got),
+                   what=f"the taskstats record of {want}")  # fmt: skip
 
 
 def test_live_listener_reports_cpu_and_status() -> None:
@@ -164,10 +163,9 @@ def test_watcher_accounting_adds_figures_to_real_exit_events() -> None:
     with proctap.watch(events="exit", backend="netlink", accounting=True) as watcher:
         proc = subprocess.Popen([sys.executable, "-c", script])
         proc.wait()
-        exits: list[Exit] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(e.pid == proc.pid and not e.is_thread for e in exits):
-            exits.extend(e for e in watcher.read(timeout=0.1) if isinstance(e, Exit) and e.pid == proc.pid)
+        log = EventLog(watcher)
+        log.wait_exit(proc.pid, forked=False)  # exits only: no Fork in the log
+        exits = log.about([proc.pid], Exit)
     process_exit = next(e for e in exits if not e.is_thread)
     thread_exit = next(e for e in exits if e.is_thread)
     assert process_exit.accounting is not None and process_exit.accounting.per_process
