@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from eventlog import collect
 from proctap.backends.base import BackendConfig
-from proctap.backends.bpf import BpfBackend, _verifier_summary
+from proctap.backends.bpf import BpfBackend, EventDecoder, _verifier_summary
 from proctap.errors import DecodeError, ProctapError
 from proctap.events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
 from proctap.linux.bpf import cache
@@ -42,6 +42,7 @@ from proctap.linux.bpf.syscall import (
     prog_fd_by_id,
     prog_ids,
 )
+from proctap.linux.clock import Clock
 from proctap.linux.tracefs import instance as tracefs_instance
 from proctap.watcher import Watcher
 
@@ -272,37 +273,46 @@ def make_record(rtype: int, payload: bytes = b"", **fields: int) -> bytes:
     return header + payload
 
 
+def decode(data: bytes, offset: int = 0, length: int | None = None) -> list[Event]:
+    """The events the backend's decoder makes of one record."""
+    out: list[Event] = []
+    EventDecoder(Clock()).decode(data, offset, len(data) - offset if length is None else length, out)
+    return out
+
+
 def test_decode_exec_record() -> None:
     fname = b"/bin/x\0"
     args = b"x\0\0a b\0\xff\0"
-    r = rec.decode_record(make_record(rec.TYPE_EXEC, fname + args, len_a=len(fname), len_b=len(args), aux64=4))
+    (r,) = decode(make_record(rec.TYPE_EXEC, fname + args, len_a=len(fname), len_b=len(args), aux64=4))
+    assert isinstance(r, Exec)
     assert r.filename == "/bin/x"
     assert r.argv == ("x", "", "a b", "\udcff")
     assert not r.argv_truncated and r.comm == "comm"
-    t = rec.decode_record(make_record(rec.TYPE_EXEC, fname + args[:5], len_a=len(fname), len_b=len(args)))
+    (t,) = decode(make_record(rec.TYPE_EXEC, fname + args[:5], len_a=len(fname), len_b=len(args)))
+    assert isinstance(t, Exec)
     assert t.argv_truncated and t.argv == ("x", "", "a ")
 
 
 def test_decode_rejects_malformed() -> None:
     with pytest.raises(DecodeError):
-        rec.decode_record(b"\0" * 95)
+        decode(b"\0" * 95)
     with pytest.raises(DecodeError):
-        rec.decode_record(make_record(99))
+        decode(make_record(99))
     with pytest.raises(DecodeError):
-        rec.decode_record(make_record(rec.TYPE_FORK, b"x"))
+        decode(make_record(rec.TYPE_FORK, b"x"))
     with pytest.raises(DecodeError):
-        rec.decode_record(make_record(rec.TYPE_EXEC, b"ab", len_a=3))
+        decode(make_record(rec.TYPE_EXEC, b"ab", len_a=3))
     with pytest.raises(DecodeError):
-        rec.decode_record(make_record(rec.TYPE_EXEC, b"a\0b\0", len_a=0, len_b=2))
+        decode(make_record(rec.TYPE_EXEC, b"a\0b\0", len_a=0, len_b=2))
     with pytest.raises(DecodeError):
-        rec.decode_record(make_record(rec.TYPE_EXEC, b"ab", len_a=0, len_b=2))  # complete argv without NUL
+        decode(make_record(rec.TYPE_EXEC, b"ab", len_a=0, len_b=2))  # complete argv without NUL
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_decoder_raw_bytes(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
-        rec.decode_record(data)
+        decode(data)
 
 
 @settings(max_examples=400, deadline=None)
@@ -316,11 +326,12 @@ def test_fuzz_decoder_raw_bytes(data: bytes) -> None:
 def test_fuzz_decoder_structured(rtype: int, payload: bytes, len_a: int, len_b: int, flags: int) -> None:
     data = make_record(rtype, payload, len_a=len_a, len_b=len_b, flags=flags)
     try:
-        r = rec.decode_record(data)
+        events = decode(data)
     except DecodeError:
         return
-    if r.argv is not None and rtype == rec.TYPE_EXEC:
-        assert r.argv_truncated == (len(payload) - len_a < len_b)
+    for r in events:
+        if isinstance(r, Exec) and r.argv is not None:
+            assert r.argv_truncated == (len(payload) - len_a < len_b)
 
 
 @needs_bpf
@@ -328,15 +339,17 @@ def test_decode_captured_records() -> None:
     """Records captured from the real kernel by scripts in this test's capture mode (tests/data/bpf_records.bin)."""
     blob = (DATA / "bpf_records.bin").read_bytes()
     pos = 0
-    decoded = []
+    decoded: list[Event] = []
+    decoder = EventDecoder(Clock())
     while pos < len(blob):
         (length,) = struct.unpack_from("<I", blob, pos)
-        decoded.append(rec.decode_record(blob, pos + 4, length))
+        decoder.decode(blob, pos + 4, length, decoded)
         pos += 4 + length
-    execs = [r for r in decoded if r.type == rec.TYPE_EXEC]
+    execs = [r for r in decoded if isinstance(r, Exec)]
     assert any(r.argv == ("/bin/echo", "captured", "", "a b") for r in execs)
-    exits = [r for r in decoded if r.type == rec.TYPE_EXIT and r.comm == "echo"]
-    assert exits and exits[0].aux32 == 0 and exits[0].aux64 == 1 and exits[0].leader_comm == "echo"
+    # the exit of the last (here the only) thread: the process Exit, named after its leader
+    exits = [r for r in decoded if isinstance(r, Exit) and r.comm == "echo"]
+    assert exits and exits[0].status == 0 and not exits[0].is_thread and exits[0].pid == exits[0].tid
 
 
 # -- ring buffer --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import time
 from typing import ClassVar
 
 from ..errors import BackendUnavailable, DecodeError, ProctapError
-from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin, decode_wait_status
+from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Origin, decode_wait_status
 from ..linux import procfs
 from ..linux.bpf import programs as progs
 from ..linux.bpf import records as rec
@@ -44,9 +44,9 @@ from ..linux.bpf.syscall import (
 from ..linux.clock import Clock
 from ..linux.cpus import possible_cpu_count
 from ..linux.tracefs.instance import tracepoint_format
-from .base import Availability, Backend, BackendConfig, Feature, StartTimes
+from .base import Availability, Backend, BackendConfig, Feature, Stamp, StartTimes
 
-__all__ = ["BpfBackend"]
+__all__ = ["BpfBackend", "EventDecoder"]
 
 DEFAULT_RING_BYTES = 8 << 20
 TRACKED_MAX = 1 << 16
@@ -141,11 +141,7 @@ class BpfBackend(Backend):
         self._prog_fds: list[int] = []
         self._ring: RingBuffer | None = None
         self._closed = False
-        self._clock = Clock()
-        self._wall_offset_ns = self._clock.wall_offset_ns
-        self._boot_offset_ns = self._clock.boot_offset_ns
-        self._comms: dict[bytes, str] = {}
-        self._starts = StartTimes()
+        self._decoder = EventDecoder(Clock(), threads=config.threads)
         self._ncpus = possible_cpu_count()  # per-CPU map values come in that many 8-byte slots
         self._lost_seen = [0] * self._ncpus
         self._misses_seen = 0
@@ -287,7 +283,7 @@ class BpfBackend(Backend):
             return []
         out: list[Event] = []
         data = ring.data
-        decode = self._decode
+        decode = self._decoder.decode
         for offset, length in ring.pending():
             try:
                 decode(data, offset, length, out)
@@ -330,81 +326,7 @@ class BpfBackend(Backend):
             "fork_failed_syscalls": len(self._fork_syscalls),
         }
 
-    # -- decoding ----------------------------------------------------------------------------------------------
-    def _comm(self, raw: bytes) -> str:
-        """comm[16] as text; cached, since a storm repeats a few names."""
-        comm = self._comms.get(raw)
-        if comm is None:
-            if len(self._comms) > 4096:
-                self._comms.clear()
-            comm = self._comms[raw] = rec.decode_comm(raw)
-        return comm
-
-    def _decode(self, data: mmap.mmap, offset: int, length: int, out: list[Event]) -> None:
-        """One ring record (layout: proctap.linux.bpf.records) into 0-2 events appended to ``out``; the hot path, so it
-        unpacks the header once and builds the events directly."""
-        if length < HEADER_SIZE:
-            raise DecodeError(f"BPF record of {length} bytes is shorter than its header")
-        (rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, comm, aux64, len_a, len_b) = (
-            _unpack_header(data, offset)
-        )
-        wall = (ts + self._wall_offset_ns) / 1e9
-        if length != HEADER_SIZE and rtype != rec.TYPE_EXEC and not (rtype == rec.TYPE_EXIT and length == EXIT_SIZE):
-            raise DecodeError(f"BPF record type {rtype} has {length} bytes")
-        if rtype == rec.TYPE_FORK:
-            is_thread = bool(aux64 & progs.CLONE_THREAD)
-            out.append(Fork(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
-                parent_pid=tgid if is_thread else ppid, parent_tid=aux32, is_thread=is_thread, clone_flags=aux64,
-                comm=self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup,
-            ))  # fmt: skip
-        elif rtype == rec.TYPE_EXIT:
-            # a non-leader thread's own Exit, then the process Exit (with the leader's tid, as the other backends)
-            # when it was the last thread; a leader ending before its threads says nothing until the process ends
-            since_boot = ts + self._boot_offset_ns
-            name = self._comm(comm)
-            if tid != tgid and self.config.threads:
-                out.append(self._exit(ts, wall, tgid, tid, start, aux32, True, since_boot - task_start, ppid, name))
-            if aux64:  # group_dead
-                leader = self._comm(data[offset + HEADER_SIZE : offset + EXIT_SIZE])
-                out.append(self._exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, leader))
-        elif rtype == rec.TYPE_EXEC:
-            payload = data[offset + HEADER_SIZE : offset + length]
-            filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)
-            out.append(Exec(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
-                filename=filename, argv=argv, argc=aux64, argv_truncated=truncated, comm=self._comm(comm),
-                parent_pid=ppid, uid=uid, gid=gid, cgroup_id=cgroup, filename_from=Origin.KERNEL,
-                argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL,
-            ))  # fmt: skip
-        elif rtype == rec.TYPE_FORK_FAILED:
-            ret = aux64 - (1 << 64) if aux64 >= 1 << 63 else aux64
-            out.append(ForkFailed(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=self._starts.get(tgid),
-                errno=-ret, syscall=FORK_SYSCALLS[aux32] if aux32 < len(FORK_SYSCALLS) else None,
-                comm=self._comm(comm),
-            ))  # fmt: skip
-        else:
-            raise DecodeError(f"unknown BPF record type {rtype}")
-
-    @staticmethod
-    def _exit(
-        ts: int, wall: float, pid: int, tid: int, start: int, status: int, is_thread: bool, lifetime: int, ppid: int,
-        comm: str,
-    ) -> Exit:  # fmt: skip
-        decoded = decode_wait_status(status)
-        return Exit(
-            source="bpf", timestamp_ns=ts, wall_time=wall, pid=pid, tid=tid, start_ns=start, is_thread=is_thread,
-            status=status & 0xFFFF, exit_code=decoded.exit_code, signal=decoded.signal,
-            core_dumped=decoded.core_dumped, lifetime_ns=max(0, lifetime), parent_pid=ppid, comm=comm,
-        )  # fmt: skip
-
     # -- loss ----------------------------------------------------------------------------------------------------
-    def _lost_event(self, count: int, reason: str, cpu: int | None) -> Lost:
-        now = time.monotonic_ns()
-        return Lost(source="bpf", timestamp_ns=now, wall_time=self._clock.wall_time(now), pid=0, tid=0,
-                    count=count, reason=reason, cpu=cpu)  # fmt: skip
-
     def _check_lost(self, out: list[Event]) -> None:
         raw = map_lookup(self._lost_fd, b"\0\0\0\0", 8 * self._ncpus)
         if raw is not None:
@@ -413,14 +335,15 @@ class BpfBackend(Backend):
                 delta = total - self._lost_seen[cpu]
                 if delta > 0:
                     self._lost_seen[cpu] = total
-                    out.append(self._lost_event(delta, "bpf ring buffer full", cpu))
+                    out.append(self._decoder.stamp.lost(None, delta, "bpf ring buffer full", cpu))
         now = time.monotonic()
         # a few syscalls: at most once a second while busy, but on every idle drain so none is reported late
         if not out or now - self._misses_checked >= MISSES_INTERVAL_S:
             self._misses_checked = now
             misses = self._recursion_misses()
             if misses > self._misses_seen:
-                out.append(self._lost_event(misses - self._misses_seen, "bpf program skipped (recursion)", None))
+                lost = misses - self._misses_seen
+                out.append(self._decoder.stamp.lost(None, lost, "bpf program skipped (recursion)"))
                 self._misses_seen = misses
 
     def _recursion_misses(self) -> int:
@@ -433,3 +356,90 @@ class BpfBackend(Backend):
             info = obj_info(fd, offset + 8)
             total += _U64.unpack_from(info, offset)[0]
         return total
+
+
+class EventDecoder:
+    """Ring records (layout: :mod:`proctap.linux.bpf.records`) into events: the backend's hot path, so it unpacks
+    the header once and builds the events directly.  ``threads``: whether thread Exits are wanted."""
+
+    __slots__ = ("_boot_offset_ns", "_comms", "_starts", "_threads", "_wall_offset_ns", "stamp")
+
+    def __init__(self, clock: Clock, *, threads: bool = True) -> None:
+        self.stamp = Stamp("bpf", clock)
+        self._wall_offset_ns = clock.wall_offset_ns
+        self._boot_offset_ns = clock.boot_offset_ns
+        self._threads = threads
+        self._comms: dict[bytes, str] = {}
+        self._starts = StartTimes()
+
+    def decode(self, data: bytes | mmap.mmap, offset: int, length: int, out: list[Event]) -> None:
+        """The record at ``data[offset:offset + length]`` into 0-2 events appended to ``out``; DecodeError when
+        malformed."""
+        if length < HEADER_SIZE:
+            raise DecodeError(f"BPF record of {length} bytes is shorter than its {HEADER_SIZE}-byte header")
+        (rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, comm, aux64, len_a, len_b) = (
+            _unpack_header(data, offset)
+        )
+        wall = (ts + self._wall_offset_ns) / 1e9
+        # Fork, Exec and Exit spell the common fields out: Stamp's dict per event would slow a storm down.
+        if rtype == rec.TYPE_FORK:
+            if length != HEADER_SIZE:
+                raise DecodeError(f"BPF fork record has {length} bytes, expected {HEADER_SIZE}")
+            is_thread = bool(aux64 & progs.CLONE_THREAD)
+            out.append(Fork(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
+                parent_pid=tgid if is_thread else ppid, parent_tid=aux32, is_thread=is_thread, clone_flags=aux64,
+                comm=self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup,
+            ))  # fmt: skip
+        elif rtype == rec.TYPE_EXIT:
+            if length != EXIT_SIZE:
+                raise DecodeError(f"BPF exit record has {length} bytes, expected {EXIT_SIZE}")
+            # a non-leader thread's own Exit, then the process Exit (with the leader's tid, as the other backends)
+            # when it was the last thread; a leader ending before its threads says nothing until the process ends
+            since_boot = ts + self._boot_offset_ns
+            name = self._comm(comm)
+            if tid != tgid and self._threads:
+                out.append(_exit(ts, wall, tgid, tid, start, aux32, True, since_boot - task_start, ppid, name))
+            if aux64:  # group_dead
+                leader = self._comm(data[offset + HEADER_SIZE : offset + EXIT_SIZE])
+                out.append(_exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, leader))
+        elif rtype == rec.TYPE_EXEC:
+            payload = data[offset + HEADER_SIZE : offset + length]
+            filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)
+            out.append(Exec(
+                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
+                filename=filename, argv=argv, argc=aux64, argv_truncated=truncated, comm=self._comm(comm),
+                parent_pid=ppid, uid=uid, gid=gid, cgroup_id=cgroup, filename_from=Origin.KERNEL,
+                argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL,
+            ))  # fmt: skip
+        elif rtype == rec.TYPE_FORK_FAILED:
+            if length != HEADER_SIZE:
+                raise DecodeError(f"BPF fork-failed record has {length} bytes, expected {HEADER_SIZE}")
+            ret = aux64 - (1 << 64) if aux64 >= 1 << 63 else aux64
+            out.append(ForkFailed(
+                **self.stamp(ts, tgid, tid, self._starts.get(tgid)), errno=-ret,
+                syscall=FORK_SYSCALLS[aux32] if aux32 < len(FORK_SYSCALLS) else None, comm=self._comm(comm),
+            ))  # fmt: skip
+        else:
+            raise DecodeError(f"unknown BPF record type {rtype}")
+
+    def _comm(self, raw: bytes) -> str:
+        """comm[16] as text; cached, since a storm repeats a few names."""
+        comm = self._comms.get(raw)
+        if comm is None:
+            if len(self._comms) > 4096:
+                self._comms.clear()
+            comm = self._comms[raw] = rec.decode_comm(raw)
+        return comm
+
+
+def _exit(
+    ts: int, wall: float, pid: int, tid: int, start: int, status: int, is_thread: bool, lifetime: int, ppid: int,
+    comm: str,
+) -> Exit:  # fmt: skip
+    exit_code, signal, core_dumped = decode_wait_status(status)
+    return Exit(
+        source="bpf", timestamp_ns=ts, wall_time=wall, pid=pid, tid=tid, start_ns=start, is_thread=is_thread,
+        status=status & 0xFFFF, exit_code=exit_code, signal=signal, core_dumped=core_dumped,
+        lifetime_ns=max(0, lifetime), parent_pid=ppid, comm=comm,
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The records proctap's BPF programs write to the ring buffer, and their decoding (pure functions over bytes).
+"""The records proctap's BPF programs write to the ring buffer, and the pure byte-level parts of their decoding
+(the backend's :class:`proctap.backends.bpf.EventDecoder` turns records into events).
 
 Every record starts with the same 96-byte header (native endian, written by :mod:`proctap.linux.bpf.programs`)::
 
@@ -20,19 +21,18 @@ the backend's list, aux64 = return value (-errno).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from ...errors import DecodeError
 
 __all__ = [
+    "EXIT_RECORD_SIZE",
     "FLAG_ARGV_UNREADABLE",
     "HEADER",
     "HEADER_SIZE",
     "RECORD_TYPES",
-    "Record",
     "decode_argv",
+    "decode_comm",
     "decode_exec_payload",
-    "decode_record",
 ]
 
 HEADER = struct.Struct("=IIQIIQQIIIIQ16sQII")
@@ -48,32 +48,6 @@ OFF_TYPE, OFF_FLAGS, OFF_TS, OFF_TGID, OFF_TID, OFF_START, OFF_TASK_START = 0, 4
 OFF_PPID, OFF_UID, OFF_GID, OFF_AUX32, OFF_CGROUP, OFF_COMM, OFF_AUX64, OFF_LEN_A, OFF_LEN_B = (
     40, 44, 48, 52, 56, 64, 80, 88, 92,
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A decoded record, still in kernel terms (the backend turns it into an Event)."""
-
-    type: int
-    flags: int
-    ts: int
-    tgid: int
-    tid: int
-    start_ns: int
-    task_start_ns: int
-    ppid: int
-    uid: int
-    gid: int
-    aux32: int
-    cgroup_id: int
-    comm: str
-    aux64: int
-    filename: str | None = None
-    argv: tuple[str, ...] | None = None
-    argv_bytes: int = 0  # true length of the argv area
-    argv_truncated: bool = False
-    process_status: int = 0  # EXIT: the wait status of the process (when aux64, group_dead, is set)
-    leader_comm: str | None = None  # EXIT: the group leader's comm
 
 
 def decode_comm(raw: bytes) -> str:
@@ -103,31 +77,3 @@ def decode_exec_payload(payload: bytes, len_a: int, len_b: int, flags: int) -> t
         raise DecodeError(f"exec record: {len(captured)} argv bytes captured of {len_b}")
     truncated = len(captured) < len_b
     return filename, decode_argv(captured, truncated), truncated
-
-
-def decode_record(buf: bytes | memoryview, offset: int = 0, length: int | None = None) -> Record:
-    """Decode one ring buffer record at ``buf[offset:offset+length]``; DecodeError when malformed."""
-    if length is None:
-        length = len(buf) - offset
-    if length < HEADER_SIZE or offset < 0 or offset + length > len(buf):
-        raise DecodeError(f"BPF record of {length} bytes is shorter than its {HEADER_SIZE}-byte header")
-    (rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, comm, aux64, len_a, len_b) = (
-        HEADER.unpack_from(buf, offset)
-    )
-    if rtype not in RECORD_TYPES:
-        raise DecodeError(f"unknown BPF record type {rtype}")
-    if rtype == TYPE_EXIT:
-        if length != EXIT_RECORD_SIZE:
-            raise DecodeError(f"BPF exit record has {length} bytes, expected {EXIT_RECORD_SIZE}")
-        leader = decode_comm(bytes(buf[offset + HEADER_SIZE : offset + EXIT_RECORD_SIZE]))
-        return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
-                      decode_comm(comm), aux64, process_status=len_a, leader_comm=leader)  # fmt: skip
-    if rtype != TYPE_EXEC:
-        if length != HEADER_SIZE:
-            raise DecodeError(f"BPF record type {rtype} has {length} bytes, expected {HEADER_SIZE}")
-        return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup,
-                      decode_comm(comm), aux64)  # fmt: skip
-    payload = bytes(buf[offset + HEADER_SIZE : offset + length])
-    filename, argv, truncated = decode_exec_payload(payload, len_a, len_b, flags)
-    return Record(rtype, flags, ts, tgid, tid, start, task_start, ppid, uid, gid, aux32, cgroup, decode_comm(comm),
-                  aux64, filename, argv, len_b, truncated)  # fmt: skip
