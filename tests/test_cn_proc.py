@@ -62,7 +62,7 @@ def test_captured_datagrams_decode_to_the_workload() -> None:
 
 
 def test_builder_turns_captured_records_into_events() -> None:
-    builder = EventBuilder(Clock(), read_proc=False)
+    builder = EventBuilder(Clock())
     out: list = []
     for d in captured():
         builder.build(parse_datagram(d), out)
@@ -83,7 +83,7 @@ def test_builder_turns_captured_records_into_events() -> None:
 
 def test_sequence_gap_on_one_cpu_is_reported_exactly() -> None:
     base = captured()[0]
-    builder = EventBuilder(Clock(), read_proc=False)
+    builder = EventBuilder(Clock())
     out: list = []
 
     def with_seq(seq: int, cpu: int) -> bytes:
@@ -132,7 +132,7 @@ def test_fuzz_random_bytes_decode_or_raise_decode_error(data: bytes) -> None:
         records = parse_messages(data)
     except DecodeError:
         return
-    builder = EventBuilder(Clock(), read_proc=False)
+    builder = EventBuilder(Clock())
     out: list = []
     for r in records:
         builder.build(r, out)
@@ -147,5 +147,5 @@ def test_fuzz_mutated_real_datagrams(position: int, noise: bytes) -> None:
         rec = parse_datagram(bytes(d))
     except DecodeError:
         return
-    builder = EventBuilder(Clock(), read_proc=False)
+    builder = EventBuilder(Clock())
     builder.build(rec, [])

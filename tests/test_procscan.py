@@ -25,6 +25,7 @@ from proctap.backends.proc import (
     parse_interval,
     parse_last_pid,
 )
+from proctap.enrich import enrich_exec
 from proctap.errors import ProctapError
 from proctap.events import Comm, Event, Exec, Exit, Fork, Lost
 from proctap.linux.procfs import parse_stat
@@ -45,6 +46,16 @@ def backend() -> Iterator[ProcScanBackend]:
         yield b
     finally:
         b.close()
+
+
+def enriched(b: ProcScanBackend) -> Callable[[float], Events]:
+    """The backend read as the watcher reads it: each Exec completed from /proc right away (:mod:`proctap.enrich`)."""
+
+    def read(wait: float) -> Events:
+        select.select([b], [], [], wait)
+        return [enrich_exec(e) if isinstance(e, Exec) else e for e in b.read_events()]
+
+    return read
 
 
 def of(events: Events, pid: int, kind: type[Event] = Event) -> Events:
@@ -138,7 +149,7 @@ def test_parse_stat_of_a_kernel_thread() -> None:
 def test_fork_of_a_long_lived_process_names_its_parent(backend: ProcScanBackend) -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
-        events = collect(backend, lambda evs: bool(of(evs, child.pid, Exec)))
+        events = collect(enriched(backend), lambda evs: bool(of(evs, child.pid, Exec)))
     finally:
         child.kill()
         child.wait()
@@ -160,7 +171,7 @@ def test_fork_of_a_long_lived_process_names_its_parent(backend: ProcScanBackend)
 def test_exec_after_a_delay_is_seen(backend: ProcScanBackend) -> None:
     code = "import os, time; time.sleep(1); os.execv('/bin/sleep', ['sleep', '1'])"
     child = subprocess.Popen([PY, "-c", code])
-    events = collect(backend, exited(child.pid))
+    events = collect(enriched(backend), exited(child.pid))
     child.wait()
     execs = [e for e in of(events, child.pid, Exec) if isinstance(e, Exec)]
     # The first Exec: Popen's exec of python3, told by the image that differs from the parent's at first sight.
@@ -176,7 +187,7 @@ def test_exec_of_the_same_program_is_seen_by_its_new_image(backend: ProcScanBack
         "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(1)'])"
     )
     child = subprocess.Popen([PY, "-c", code])
-    events = collect(backend, exited(child.pid))
+    events = collect(enriched(backend), exited(child.pid))
     child.wait()
     execs = [e for e in of(events, child.pid, Exec) if isinstance(e, Exec)]
     assert execs and execs[-1].argv is not None and execs[-1].argv[1:] == ("-c", "import time; time.sleep(1)")

@@ -57,7 +57,6 @@ class BackendConfig:
     ``events``: the kinds wanted (``Lost`` is always delivered).  ``root_pid``: only this process and its
     descendants are wanted (a hint: backends may deliver more, the watcher filters exactly).  ``threads``: whether
     thread Fork/Exit events are wanted.  ``buffer_bytes``: kernel buffer to ask for (None: the backend's default).
-    ``read_proc``: enrich events from /proc when the kernel does not say (argv, filename, comm).
     ``argv_limit``: bytes of argv to capture where the backend captures argv itself.
     """
 
@@ -65,7 +64,6 @@ class BackendConfig:
     root_pid: int | None = None
     threads: bool = True
     buffer_bytes: int | None = None
-    read_proc: bool = True
     argv_limit: int = 4096
     options: tuple[tuple[str, str], ...] = ()
 

@@ -1,8 +1,8 @@
 """Backend ``netlink``: the kernel's process events connector (drivers/connector/cn_proc.c).
 
 Every fork, exec, exit, uid/gid/sid change, ptrace attach, comm change and coredump of every task reaches a netlink
-socket subscribed to CN_IDX_PROC.  The kernel reports bare ids: exec'd filenames and argv are read from /proc right
-after the event (``Origin.PROC``), which can miss tasks that are already gone.
+socket subscribed to CN_IDX_PROC.  The kernel reports bare ids: an Exec has no filename, argv or comm (the watcher
+reads them from /proc, :mod:`proctap.enrich`).
 
 Loss accounting: ``cn_msg.seq`` is a per-CPU counter incremented for every event the kernel emits, so gaps in the
 sequence of one CPU count dropped events exactly.  A kernel-side event filter (used when only some event kinds are
@@ -19,10 +19,10 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import ClassVar, TypedDict
+from typing import ClassVar
 
 from ..errors import BackendUnavailable, ProctapError
-from ..events import Comm, Coredump, Event, EventKind, Exec, Exit, Fork, Gid, Lost, Origin, Ptrace, Sid, Uid
+from ..events import Comm, Coredump, Event, EventKind, Exec, Exit, Fork, Gid, Ptrace, Sid, Uid
 from ..events import decode_wait_status as _decode
 from ..linux import procfs
 from ..linux.clock import Clock
@@ -37,7 +37,7 @@ from ..linux.cn_proc import (
     parse_datagram,
 )
 from ..linux.netlink_socket import BatchReceiver
-from .base import Availability, Backend, BackendConfig, Feature, StartTimes
+from .base import Availability, Backend, BackendConfig, Common, Feature, Stamp, StartTimes
 
 __all__ = ["EventBuilder", "NetlinkBackend"]
 
@@ -64,15 +64,6 @@ _KIND_MASKS = {
 _CORE_KINDS = frozenset({EventKind.FORK, EventKind.EXEC, EventKind.EXIT})
 
 
-class _Common(TypedDict):
-    source: str
-    timestamp_ns: int
-    wall_time: float
-    pid: int
-    tid: int
-    start_ns: int | None
-
-
 # -- records -> events ---------------------------------------------------------------------------------------------
 class EventBuilder:
     """Turns decoded proc connector records into proctap events (the stateful half of the decoder).
@@ -81,9 +72,9 @@ class EventBuilder:
     process Exit is reported after its last known thread, see :meth:`_exit`), and per-CPU sequence numbers (loss).
     """
 
-    def __init__(self, clock: Clock, *, read_proc: bool = True, count_gaps: bool = True) -> None:
+    def __init__(self, clock: Clock, *, count_gaps: bool = True) -> None:
         self.clock = clock
-        self.read_proc = read_proc
+        self.stamp = Stamp("netlink", clock)
         self.count_gaps = count_gaps
         self.starts = StartTimes()
         self._thread_starts: dict[int, int] = {}
@@ -116,7 +107,7 @@ class EventBuilder:
                 gap = (rec.seq - last - 1) & 0xFFFFFFFF
                 if gap and gap < 0x80000000:
                     self.gap_lost += gap
-                    out.append(self.lost(rec.timestamp_ns, gap, "netlink socket overrun (sequence gap)", rec.cpu))
+                    out.append(self.stamp.lost(rec.timestamp_ns, gap, "netlink socket overrun (sequence gap)", rec.cpu))
         # Since cn_proc_ack() goes through send_msg() (6.x), acks of any listener's LISTEN/IGNORE take a number
         # from the per-CPU counter too: they count for the sequence above but are not events.
         handler = self._handlers.get(what)
@@ -132,12 +123,7 @@ class EventBuilder:
     def has_deferred(self) -> bool:
         return bool(self._deferred)
 
-    def lost(self, ts: int, count: int | None, reason: str, cpu: int | None = None) -> Lost:
-        return Lost(
-            source="netlink", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=0, tid=0, count=count,
-            reason=reason, cpu=cpu,
-        )  # fmt: skip
-
+    # Fork, Exec and Exit spell the common fields out: they are the hot path of a storm (Stamp builds a dict).
     def _fork(self, rec: ProcEventRecord) -> Fork:
         parent_tid, parent_pid, tid, pid = rec.data
         ts = rec.timestamp_ns
@@ -160,18 +146,8 @@ class EventBuilder:
     def _exec(self, rec: ProcEventRecord) -> Exec:
         tid, pid = rec.data
         ts = rec.timestamp_ns
-        filename = argv = comm = None
-        if self.read_proc:
-            filename = procfs.read_exe(pid)
-            argv = procfs.read_argv(pid)
-            comm = procfs.read_comm(pid)
-        proc = Origin.PROC
-        return Exec(
-            source="netlink", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=tid,
-            start_ns=self.starts.get(pid), filename=filename, argv=argv, argc=None if argv is None else len(argv),
-            comm=comm, filename_from=proc if filename is not None else None,
-            argv_from=proc if argv is not None else None, comm_from=proc if comm is not None else None,
-        )  # fmt: skip
+        return Exec(source="netlink", timestamp_ns=ts, wall_time=self.clock.wall_time(ts), pid=pid, tid=tid,
+                    start_ns=self.starts.get(pid))  # fmt: skip
 
     def _exit(self, rec: ProcEventRecord) -> Exit | None:
         tid, pid, code, _exit_signal, _parent_tid, parent_pid = rec.data
@@ -251,16 +227,8 @@ class EventBuilder:
             parent_tid=parent_tid or None,
         )
 
-    def _common(self, rec: ProcEventRecord, pid: int, tid: int) -> _Common:
-        ts = rec.timestamp_ns
-        return {
-            "source": "netlink",
-            "timestamp_ns": ts,
-            "wall_time": self.clock.wall_time(ts),
-            "pid": pid,
-            "tid": tid,
-            "start_ns": self.starts.get(pid),
-        }
+    def _common(self, rec: ProcEventRecord, pid: int, tid: int) -> Common:
+        return self.stamp(rec.timestamp_ns, pid, tid, self.starts.get(pid))
 
 
 def _with_end(leader: Exit, last_thread: Exit, clock: Clock) -> Exit:
@@ -353,7 +321,7 @@ class NetlinkBackend(Backend):
                 mask |= int(_KIND_MASKS.get(kind, 0))
             mask = mask or ALL_EVENTS_MASK
         self.kernel_filter = mask
-        self.builder = EventBuilder(self.clock, read_proc=config.read_proc, count_gaps=mask is None)
+        self.builder = EventBuilder(self.clock, count_gaps=mask is None)
         self.sock = _open_socket()
         try:
             self.buffer_bytes = self._size_buffer(config.buffer_bytes or DEFAULT_BUFFER_BYTES)
@@ -429,7 +397,7 @@ class NetlinkBackend(Backend):
         if self.kernel_filter is not None:
             # With a kernel-side filter the sequence has gaps by design: the kernel only says "some were dropped".
             self._unknown_overruns += 1
-            out.append(self.builder.lost(time.monotonic_ns(), None, "netlink socket overrun (ENOBUFS; count unknown)"))
+            out.append(self.builder.stamp.lost(None, None, "netlink socket overrun (ENOBUFS; count unknown)"))
         # Without a filter the per-CPU sequence gaps report the exact count when the next events arrive.
 
     def stats(self) -> dict[str, int]:

@@ -25,13 +25,13 @@ import time
 from typing import NamedTuple
 
 from ..errors import BackendUnavailable, ProctapError
-from ..events import Comm, Event, EventKind, Exec, Exit, Fork, Lost, Origin, decode_wait_status
+from ..events import Comm, Event, EventKind, Exec, Exit, Fork, Origin, decode_wait_status
 from ..linux import procfs
 from ..linux.clock import Clock
 from ..linux.procfs import Stat, read_stat
 from ..linux.procfs import ticks_to_ns as _ticks_ns
 from ..linux.timerfd import TimerFd
-from .base import Availability, Backend, BackendConfig, Feature
+from .base import Availability, Backend, BackendConfig, Common, Feature, Stamp
 
 __all__ = [
     "RESERVED_PIDS",
@@ -178,10 +178,10 @@ class ProcScanBackend(Backend):
             raise BackendUnavailable(f"backend 'proc' unavailable: {availability.reason}")
         self.interval_ns = parse_interval(config.option("interval"))
         self._clock = Clock()
+        self._stamp = Stamp(self.name, self._clock)
         self._privileged = procfs.has_capability(procfs.CAP_SYS_PTRACE)
         self._want = config.events
         self._threads = config.threads
-        self._read_proc = config.read_proc
         # Counting needs /proc and the loadavg cursor to be of our pid namespace, and every task to be visible.
         self._loss_counting = os.readlink(f"{PROC}/self") == str(os.getpid()) and not (
             _proc_hides_pids() and not self._privileged
@@ -300,7 +300,6 @@ class _ScanDiff:
     def __init__(self, backend: ProcScanBackend, now_ns: int) -> None:
         self.b = backend
         self.now = now_ns
-        self.wall = backend._clock.wall_time(now_ns)
         self.boot_now = backend._clock.since_boot(now_ns)
         self.gone: list[Event] = []  # exits of vanished tasks
         self.changes: list[Event] = []  # exec/comm/exit of continuing processes
@@ -349,17 +348,7 @@ class _ScanDiff:
         if missed <= 0:
             return []
         b._lost_total += missed
-        return [
-            Lost(
-                source="proc",
-                timestamp_ns=self.now,
-                wall_time=self.wall,
-                pid=0,
-                tid=0,
-                count=missed,
-                reason=LOST_REASON,
-            )
-        ]
+        return [self.b._stamp.lost(self.now, missed, LOST_REASON)]
 
     def _count_missed(self, prev_last: int, last_pid: int, live_now: set[int]) -> None:
         b = self.b
@@ -384,18 +373,11 @@ class _ScanDiff:
         """Allocation order of an id handed out after ``prev_last`` (parents before children, across a wrap)."""
         return (tid - prev_last - 1) % self.b._pid_max
 
+    def _common(self, pid: int, tid: int, start_ticks: int) -> Common:
+        return self.b._stamp(self.now, pid, tid, _ticks_ns(start_ticks))
+
     def _fork(self, pid: int, tid: int, start_ticks: int, parent_pid: int, comm: str | None = None) -> Fork:
-        return Fork(
-            source="proc",
-            timestamp_ns=self.now,
-            wall_time=self.wall,
-            pid=pid,
-            tid=tid,
-            start_ns=_ticks_ns(start_ticks),
-            parent_pid=parent_pid,
-            is_thread=tid != pid,
-            comm=comm,
-        )
+        return Fork(**self._common(pid, tid, start_ticks), parent_pid=parent_pid, is_thread=tid != pid, comm=comm)
 
     def _vanished(self, pid: int, proc: _Proc) -> None:
         """A known process is gone (or its pid now belongs to another process)."""
@@ -407,39 +389,22 @@ class _ScanDiff:
     def _thread_exits(self, pid: int, proc: _Proc, tids: frozenset[int]) -> None:
         if not self.b._threads or not tids:
             return
-        start_ns = _ticks_ns(proc.start_ticks)
         for tid in sorted(tids):
-            self.gone.append(
-                Exit(
-                    source="proc",
-                    timestamp_ns=self.now,
-                    wall_time=self.wall,
-                    pid=pid,
-                    tid=tid,
-                    start_ns=start_ns,
-                    is_thread=True,
-                    parent_pid=proc.ppid,
-                )
-            )
+            self.gone.append(Exit(**self._common(pid, tid, proc.start_ticks), is_thread=True, parent_pid=proc.ppid))
 
     def _exit(self, pid: int, proc: _Proc, status: int | None) -> Exit:
-        start_ns = _ticks_ns(proc.start_ticks)
+        common = self._common(pid, pid, proc.start_ticks)
         exit_code = signal = None
         core_dumped = False
         if status is not None:
             exit_code, signal, core_dumped = decode_wait_status(status)
         return Exit(
-            source="proc",
-            timestamp_ns=self.now,
-            wall_time=self.wall,
-            pid=pid,
-            tid=pid,
-            start_ns=start_ns,
+            **common,
             status=status,
             exit_code=exit_code,
             signal=signal,
             core_dumped=core_dumped,
-            lifetime_ns=max(0, self.boot_now - start_ns),
+            lifetime_ns=max(0, self.boot_now - _ticks_ns(proc.start_ticks)),
             parent_pid=proc.ppid,
             comm=proc.comm,
         )
@@ -511,40 +476,14 @@ class _ScanDiff:
         if changed_image or (rec.comm != proc.comm and not same_image):
             self.changes.append(self._exec(pid, rec))
         elif rec.comm != proc.comm and EventKind.COMM in self.b._want:
-            self.changes.append(
-                Comm(
-                    source="proc",
-                    timestamp_ns=self.now,
-                    wall_time=self.wall,
-                    pid=pid,
-                    tid=pid,
-                    start_ns=_ticks_ns(rec.start_ticks),
-                    comm=rec.comm,
-                )
-            )
+            self.changes.append(Comm(**self._common(pid, pid, rec.start_ticks), comm=rec.comm))
         proc.comm = rec.comm
         proc.permitted = image is not None  # as of now: an exec of a setuid program may take it away
         if image is not None:
             proc.image = image
 
     def _exec(self, pid: int, rec: Stat) -> Exec:
-        filename = argv = None
-        if self.b._read_proc and EventKind.EXEC in self.b._want:
-            filename = procfs.read_exe(pid)
-            argv = procfs.read_argv(pid)
-        return Exec(
-            source="proc",
-            timestamp_ns=self.now,
-            wall_time=self.wall,
-            pid=pid,
-            tid=pid,
-            start_ns=_ticks_ns(rec.start_ticks),
-            filename=filename,
-            argv=argv,
-            argc=None if argv is None else len(argv),
-            comm=rec.comm,
-            parent_pid=rec.ppid,
-            filename_from=None if filename is None else Origin.PROC,
-            argv_from=None if argv is None else Origin.PROC,
-            comm_from=Origin.PROC,
-        )
+        """What the scan saw of an exec: the new comm and the parent (filename and argv are for the watcher to read,
+        :mod:`proctap.enrich`)."""
+        return Exec(**self._common(pid, pid, rec.start_ticks), comm=rec.comm, parent_pid=rec.ppid,
+                    comm_from=Origin.PROC)  # fmt: skip
