@@ -29,7 +29,6 @@ __all__ = [
     "FLAG_ARGV_UNREADABLE",
     "HEADER",
     "HEADER_SIZE",
-    "RECORD_TYPES",
     "decode_argv",
     "decode_comm",
     "decode_exec_payload",
@@ -40,7 +39,6 @@ HEADER_SIZE = HEADER.size  # 96
 EXIT_RECORD_SIZE = HEADER_SIZE + 16  # + the leader's comm
 
 TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED = 1, 2, 3, 4
-RECORD_TYPES = frozenset({TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED})
 FLAG_ARGV_UNREADABLE = 1  # bpf_probe_read_user of the argv area failed
 
 # header field offsets, used by the programs that write them
