@@ -20,21 +20,12 @@ from .linux.taskstats import RawRecord, TaskstatsListener, TaskstatsRecord
 __all__ = ["ExitAccounting", "record_accounting", "sum_records"]
 
 MAX_PROCESSES = 16384  # processes whose records wait for their Exit, at most
+_FROM_RECORD = tuple(f.name for f in dataclasses.fields(Accounting) if f.name != "per_process")
 
 
 def record_accounting(record: TaskstatsRecord, *, per_process: bool = False) -> Accounting:
-    """The event model's view of one record."""
-    return Accounting(
-        cpu_user_us=record.cpu_user_us,
-        cpu_system_us=record.cpu_system_us,
-        elapsed_us=record.elapsed_us,
-        peak_rss_kb=record.peak_rss_kb,
-        read_bytes=record.read_bytes,
-        write_bytes=record.write_bytes,
-        voluntary_switches=record.voluntary_switches,
-        involuntary_switches=record.involuntary_switches,
-        per_process=per_process,
-    )
+    """The event model's view of one record (the fields share their names)."""
+    return Accounting(**{name: getattr(record, name) for name in _FROM_RECORD}, per_process=per_process)
 
 
 def _sum_opt(values: Iterable[int | None]) -> int | None:
