@@ -10,17 +10,10 @@ import time
 
 import pytest
 
-from proctap.events import EVENT_CLASSES, Comm, Exec, Exit, Fork, ForkFailed, Lost, decode_wait_status
+from proctap.events import EVENT_CLASSES, Comm, Exec, Exit, Fork, ForkFailed, Lost, decode_wait_status, exact_bytes
 from proctap.process_table import ProcessInfo
-from proctap.render import (
-    JsonRenderer,
-    TableRenderer,
-    format_command,
-    format_duration,
-    format_exit,
-    format_lost,
-    sanitize,
-)
+from proctap.render import JsonRenderer, TableRenderer
+from proctap.text import format_command, format_duration, format_exit, format_lost, sanitize
 
 WALL = 1_700_000_000.25
 COMMON = {"source": "netlink", "timestamp_ns": 5_000_000_000, "wall_time": WALL}
@@ -184,7 +177,7 @@ def test_json_renderer_is_to_dict() -> None:
     for ev, line in zip(events, lines, strict=True):
         assert json.loads(line) == json.loads(json.dumps(ev.to_dict()))
     exec_obj = json.loads(lines[0])
-    assert os.fsencode(exec_obj["argv"][2]) == b"arg\xff"
+    assert exact_bytes(exec_obj, "argv")[2] == b"arg\xff"  # type: ignore[index]
     assert json.loads(lines[1])["signal_name"] == "SIGKILL"
 
 
@@ -213,7 +206,7 @@ def _full_events() -> list[object]:
 
 
 def test_fast_event_dict_equals_to_dict() -> None:
-    from proctap.render import event_dict
+    from proctap.events import event_dict
 
     events = _full_events()
     assert {type(e) for e in events} == set(EVENT_CLASSES.values())

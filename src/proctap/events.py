@@ -14,11 +14,15 @@ PIDs are always those of the initial PID namespace.
 
 from __future__ import annotations
 
+import base64
 import errno as _errno
+import re
 import signal as _signal
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, ClassVar, NamedTuple
+from operator import attrgetter
+from typing import Any, ClassVar, NamedTuple, get_args, get_origin, get_type_hints
 
 __all__ = [
     "EVENT_CLASSES",
@@ -39,8 +43,13 @@ __all__ = [
     "TaskKey",
     "Uid",
     "WaitStatus",
+    "accounting_dict",
     "decode_wait_status",
     "errno_name",
+    "event_dict",
+    "exact_bytes",
+    "json_text",
+    "json_texts",
     "signal_name",
 ]
 
@@ -126,16 +135,6 @@ def errno_name(err: int | None) -> str | None:
     return _errno.errorcode.get(err, f"E{err}")
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    return value
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accounting:
     """Resource use of a task that ended, from taskstats (include/uapi/linux/taskstats.h).
@@ -159,6 +158,7 @@ class Event:
     """Base of all events; see the module docstring for the common fields."""
 
     kind: ClassVar[EventKind]
+    json_derived: ClassVar[tuple[str, ...]] = ()  # properties added to the JSON form after ``key``
 
     source: str
     timestamp_ns: int
@@ -175,20 +175,8 @@ class Event:
         return TaskKey(self.pid, self.start_ns)
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON form: ``{"event": kind, <fields>..., "key": "pid@start_ns" | null}``.
-
-        Enums become their string values, tuples become lists; extra derived fields are added by subclasses.
-        """
-        out: dict[str, Any] = {"event": self.kind.value}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Accounting):
-                out[f.name] = asdict(value)
-            else:
-                out[f.name] = _json_value(value)
-        key = self.key
-        out["key"] = None if key is None else str(key)
-        return out
+        """The stable JSON form (documented in docs/cli.md, NDJSON): see :func:`event_dict`."""
+        return event_dict(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +207,7 @@ class ForkFailed(Event):
     """
 
     kind: ClassVar[EventKind] = EventKind.FORK_FAILED
+    json_derived: ClassVar[tuple[str, ...]] = ("errno_name",)
 
     errno: int
     clone_flags: int | None = None
@@ -228,11 +217,6 @@ class ForkFailed(Event):
     @property
     def errno_name(self) -> str | None:
         return errno_name(self.errno)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = Event.to_dict(self)
-        out["errno_name"] = self.errno_name
-        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,6 +257,7 @@ class Exit(Event):
     """
 
     kind: ClassVar[EventKind] = EventKind.EXIT
+    json_derived: ClassVar[tuple[str, ...]] = ("signal_name",)
 
     is_thread: bool = False
     status: int | None = None
@@ -287,11 +272,6 @@ class Exit(Event):
     @property
     def signal_name(self) -> str | None:
         return signal_name(self.signal)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = Event.to_dict(self)
-        out["signal_name"] = self.signal_name
-        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -368,3 +348,177 @@ class Lost(Event):
 EVENT_CLASSES: dict[EventKind, type[Event]] = {
     cls.kind: cls for cls in (Fork, ForkFailed, Exec, Exit, Comm, Uid, Gid, Sid, Ptrace, Coredump, Lost)
 }
+
+
+# -- the JSON form --------------------------------------------------------------------------------------------------
+#
+# One encoding for every JSON proctap writes (``watch --json``, ``run --json``, the HTML timeline's data): text stays
+# text, but always valid UTF-8.  Strings from the kernel (argv, filename, comm) hold undecodable bytes as surrogate
+# escapes (os.fsdecode); in JSON each such byte reads U+FFFD, and the object gains ``"raw_b64": {field: base64 of
+# the exact bytes}`` (for a list field, a list of base64 strings, one per element) for exactly the fields that were
+# not valid UTF-8.  :func:`exact_bytes` reads the bytes back.  Documented in docs/cli.md (NDJSON) and docs/run.md.
+
+RAW_FIELD = "raw_b64"
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _exact(text: str) -> bytes:
+    """The bytes behind ``text`` (surrogate escapes back to bytes); other lone surrogates, which proctap never
+    makes, are written as their 3-byte (CESU-8) form so that encoding cannot fail."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(_exact(text)).decode("ascii")
+
+
+def _valid(value: str) -> bool:
+    return value.isascii() or _SURROGATES.search(value) is None
+
+
+def json_text(text: str) -> str:
+    """``text`` as valid UTF-8: each surrogate (one undecodable byte, from os.fsdecode) replaced by U+FFFD."""
+    return text if _valid(text) else _SURROGATES.sub("\ufffd", text)
+
+
+def json_texts(out: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """Make the named fields of ``out`` (each a string, a list/tuple of strings, or None) valid UTF-8, in place.
+
+    Fields that were not get their exact bytes under ``out["raw_b64"][name]``: base64 of the bytes for a string, a
+    list of them (one per element, parallel to the field) for a list.  Fields that were valid are left alone and
+    ``raw_b64`` is only added when needed.  Returns ``out``.
+    """
+    raw: dict[str, Any] | None = None
+    for name in names:
+        value = out.get(name)
+        if value is None:
+            continue
+        if type(value) is str:
+            if _valid(value):
+                continue
+            out[name] = json_text(value)
+            encoded: Any = _b64(value)
+        else:
+            if all(map(_valid, value)):
+                continue
+            out[name] = [json_text(v) for v in value]
+            encoded = [_b64(v) for v in value]
+        if raw is None:
+            raw = out.setdefault(RAW_FIELD, {})
+        raw[name] = encoded
+    return out
+
+
+def exact_bytes(obj: Mapping[str, Any], field: str) -> bytes | list[bytes] | None:
+    """The exact bytes of a text field of a decoded proctap JSON object (an NDJSON event, a ``run --json`` process
+    or exec entry, or the run document for ``command``): from ``raw_b64`` when the field was not valid UTF-8, else
+    the UTF-8 encoding of the string.  A list field gives a list of bytes; a null or missing field gives None.
+
+    ``os.fsdecode`` of the result (or of each element) equals the Python event's attribute.
+    """
+    raw = obj.get(RAW_FIELD, {}).get(field)
+    value = raw if raw is not None else obj.get(field)
+    if value is None:
+        return None
+    convert = base64.b64decode if raw is not None else _utf8
+    if isinstance(value, list):
+        return [convert(v) for v in value]
+    return convert(value)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+class _Plan(NamedTuple):
+    """How to encode one event class, worked out once from its dataclass fields (the NDJSON hot path)."""
+
+    kind: str
+    names: tuple[str, ...]  # the fields, in declaration order
+    get: Callable[[Any], tuple[Any, ...]]  # all the field values in one call
+    lists: tuple[str, ...]  # tuple fields: to lists
+    enums: tuple[str, ...]  # Enum fields: to their value
+    records: tuple[str, ...]  # Accounting fields: to dicts
+    texts: tuple[str, ...]  # str and tuple-of-str fields: valid UTF-8 (json_texts)
+    derived: tuple[str, ...]  # properties appended after "key"
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    if len(names) == 1:
+        name = names[0]
+        return lambda obj: (getattr(obj, name),)
+    return attrgetter(*names)
+
+
+def _plan(cls: type[Event]) -> _Plan:
+    hints = get_type_hints(cls)
+    names = tuple(f.name for f in fields(cls))
+    parts: dict[str, list[str]] = {"lists": [], "enums": [], "records": [], "texts": []}
+    for name in names:
+        types = [t for t in (get_args(hints[name]) or (hints[name],)) if t is not type(None)]
+        for tp in types:
+            origin = get_origin(tp)
+            if origin is tuple:
+                parts["lists"].append(name)
+                if str in get_args(tp):
+                    parts["texts"].append(name)
+            elif tp is str:
+                parts["texts"].append(name)
+            elif isinstance(tp, type) and issubclass(tp, Enum):
+                parts["enums"].append(name)
+            elif tp is Accounting:
+                parts["records"].append(name)
+    plan = _Plan(
+        cls.kind.value, names, _getter(names), derived=cls.json_derived, **{k: tuple(v) for k, v in parts.items()}
+    )
+    _PLANS[cls] = plan
+    return plan
+
+
+_PLANS: dict[type[Event], _Plan] = {}
+_ACCOUNTING_NAMES = tuple(f.name for f in fields(Accounting))
+_accounting_values = _getter(_ACCOUNTING_NAMES)
+
+
+def accounting_dict(acct: Accounting) -> dict[str, Any]:
+    """An :class:`Accounting` as a JSON-ready dict, fields in declaration order (as ``dataclasses.asdict``)."""
+    return dict(zip(_ACCOUNTING_NAMES, _accounting_values(acct), strict=True))
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """The JSON form of an event (what NDJSON prints, and :meth:`Event.to_dict`): ``{"event": kind, <fields in
+    declaration order>..., "key": "pid@start_ns" | null, <derived fields, e.g. signal_name>, ["raw_b64": {...}]}``.
+
+    Enums become their values, tuples lists, :class:`Accounting` a dict; text is valid UTF-8 (see
+    :func:`json_texts`: ``raw_b64`` appears only when a field held bytes that are not UTF-8).  Fast: the fields of
+    each class are worked out once, so a fork storm's NDJSON costs little more than the JSON encoder.
+    """
+    cls = type(event)
+    plan = _PLANS.get(cls) or _plan(cls)
+    out: dict[str, Any] = {"event": plan.kind}
+    out.update(zip(plan.names, plan.get(event), strict=True))
+    for name in plan.lists:
+        value = out[name]
+        if value is not None:
+            out[name] = list(value)
+    for name in plan.enums:
+        value = out[name]
+        if value is not None:
+            out[name] = value._value_  # what .value returns, without the property call
+    for name in plan.records:
+        value = out[name]
+        if value is not None:
+            out[name] = accounting_dict(value)
+    start = out["start_ns"]
+    out["key"] = None if start is None else f"{event.pid}@{start}"
+    for name in plan.derived:
+        out[name] = getattr(event, name)
+    for name in plan.texts:  # almost always ASCII: checked here without a call, json_texts only when needed
+        value = out[name]
+        if value is not None and not (value.isascii() if type(value) is str else all(map(str.isascii, value))):
+            return json_texts(out, plan.texts)
+    return out

@@ -4,6 +4,9 @@
   (parent pid and command line for events that do not carry them).
 * :class:`JsonRenderer`: NDJSON, one :meth:`Event.to_dict` object per line.
 
+Every text format (durations, statuses, command lines, quoting) comes from :mod:`proctap.text`, the JSON form from
+:func:`proctap.events.event_dict`.
+
 Both take a text stream and offer ``format(event, info) -> str`` (one line, no newline), ``render(event, info)``
 (write one line) and ``render_batch(pairs)`` (write many lines with a single write call, then flush).
 """
@@ -11,45 +14,15 @@ Both take a text stream and offer ``format(event, info) -> str`` (one line, no n
 from __future__ import annotations
 
 import json
-import shlex
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, fields
-from enum import Enum
-from typing import Any, Protocol, TextIO
+from collections.abc import Iterable
+from typing import Protocol, TextIO
 
-from .events import (
-    EVENT_CLASSES,
-    Accounting,
-    Comm,
-    Coredump,
-    Event,
-    Exec,
-    Exit,
-    Fork,
-    ForkFailed,
-    Gid,
-    Lost,
-    Ptrace,
-    Sid,
-    Uid,
-    errno_name,
-    signal_name,
-)
-from .linux.taskstats import format_accounting
+from .events import Event, Exec, Exit, Fork, Lost, event_dict
 from .process_table import ProcessInfo
+from .text import format_accounting, format_change, format_command, format_duration, format_exit, format_lost, sanitize
 
-__all__ = [
-    "JsonRenderer",
-    "Renderer",
-    "TableRenderer",
-    "event_dict",
-    "format_command",
-    "format_duration",
-    "format_exit",
-    "format_lost",
-    "sanitize",
-]
+__all__ = ["JsonRenderer", "Renderer", "TableRenderer"]
 
 EventInfo = tuple[Event, "ProcessInfo | None"]
 
@@ -64,81 +37,6 @@ class Renderer(Protocol):
     def render(self, event: Event, info: ProcessInfo | None = None) -> None: ...
 
     def render_batch(self, pairs: Iterable[EventInfo]) -> None: ...
-
-
-# -- pure helpers ----------------------------------------------------------------------------------------------
-
-
-def format_duration(ns: int | None) -> str:
-    """A short human duration: ``850us``, ``1.2ms``, ``3.40s``, ``2m03s``, ``1h02m``, ``3d04h``; ``""`` for None."""
-    if ns is None:
-        return ""
-    if ns < 0:
-        return "-" + format_duration(-ns)
-    if ns < 1_000:
-        return f"{ns}ns"
-    if ns < 999_500:
-        return f"{ns / 1e3:.0f}us"
-    if ns < 999_950_000:
-        return f"{ns / 1e6:.1f}ms"
-    if ns < 59_995_000_000:
-        return f"{ns / 1e9:.2f}s"
-    secs = (ns + 500_000_000) // 1_000_000_000
-    if secs < 3600:
-        return f"{secs // 60}m{secs % 60:02d}s"
-    if secs < 86400:
-        return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
-    return f"{secs // 86400}d{secs % 86400 // 3600:02d}h"
-
-
-def format_exit(event: Exit) -> str:
-    """``exit 3``, ``SIGKILL``, ``SIGSEGV (core)``, or ``?`` when the backend cannot know the status."""
-    if event.signal is not None:
-        name = signal_name(event.signal) or "?"
-        return f"{name} (core)" if event.core_dumped else name
-    if event.exit_code is not None:
-        return f"exit {event.exit_code}"
-    return "?"
-
-
-def format_lost(event: Lost) -> str:
-    """``LOST 123 events (netlink socket overrun, cpu 1)``; unknown counts read ``LOST events (count unknown, ...)``."""
-    details = [event.reason] if event.reason else []
-    if event.cpu is not None:
-        details.append(f"cpu {event.cpu}")
-    if event.count is None:
-        return "LOST events (" + ", ".join(["count unknown", *details]) + ")"
-    return f"LOST {event.count} events" + (" (" + ", ".join(details) + ")" if details else "")
-
-
-def sanitize(text: str) -> str:
-    """Make text safe for one terminal line: control characters and undecodable bytes become escapes.
-
-    Non-UTF-8 bytes (kept by proctap as surrogate escapes) are shown as ``\\xNN``, a newline as ``\\n``.
-    """
-    if text.isprintable():
-        return text
-    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in raw)
-
-
-def _quote(arg: str) -> str:
-    if arg.isprintable():
-        return shlex.quote(arg)
-    return "$'" + sanitize(arg).replace("'", "\\'") + "'"
-
-
-def format_command(argv: Sequence[str] | None, comm: str | None = None, truncated: bool = False) -> str:
-    """A command line as a shell would read it (arguments quoted where needed, control bytes escaped).
-
-    Without argv, the comm in brackets as ps(1) does (``[kworker/0:1]``); ``""`` when nothing is known.
-    """
-    if argv:
-        text = " ".join(map(_quote, argv))
-        return text + " ..." if truncated else text
-    if comm:
-        return f"[{sanitize(comm)}]"
-    return ""
 
 
 # -- the table -------------------------------------------------------------------------------------------------
@@ -233,7 +131,7 @@ class TableRenderer:
         else:
             label = _KIND_LABEL.get(event.kind.value, event.kind.value)
             ppid = getattr(event, "parent_pid", None)
-            text = _other_info(event)
+            text = format_change(event)
         comm: str | None = getattr(event, "comm", None)
         if info is not None:
             if ppid is None:
@@ -286,71 +184,13 @@ class TableRenderer:
         return None
 
 
-def _other_info(event: Event) -> str:
-    if isinstance(event, ForkFailed):
-        name = errno_name(event.errno) or "?"
-        return f"{name} ({event.syscall})" if event.syscall else name
-    if isinstance(event, Comm):
-        return f"comm {sanitize(event.comm)}"
-    if isinstance(event, Uid):
-        return f"uid {event.ruid} euid {event.euid}"
-    if isinstance(event, Gid):
-        return f"gid {event.rgid} egid {event.egid}"
-    if isinstance(event, Sid):
-        return "new session"
-    if isinstance(event, Ptrace):
-        return f"traced by {event.tracer_pid}" if event.attached else "trace detached"
-    if isinstance(event, Coredump):
-        return "dumping core"
-    return ""
-
-
 # -- NDJSON ----------------------------------------------------------------------------------------------------
 
 
-_PLAIN = (int, str, bool, float, type(None))
-
-
-def _field_names(cls: type[Event]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
-
-
-_FIELDS: dict[type[Event], tuple[str, ...]] = {cls: _field_names(cls) for cls in EVENT_CLASSES.values()}
-
-
-def event_dict(event: Event) -> dict[str, Any]:
-    """Exactly ``event.to_dict()``, built without the per-event dataclass introspection that makes ``to_dict``
-    several times slower (the NDJSON hot path in a fork storm); other classes fall back to ``to_dict``."""
-    cls = type(event)
-    names = _FIELDS.get(cls)
-    if names is None:
-        return event.to_dict()
-    out: dict[str, Any] = {"event": cls.kind.value}
-    for name in names:
-        value = getattr(event, name)
-        if type(value) not in _PLAIN:
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Enum):
-                value = value.value
-            elif isinstance(value, Accounting):
-                value = asdict(value)
-            else:
-                return event.to_dict()
-        out[name] = value
-    start = event.start_ns
-    out["key"] = None if start is None else f"{event.pid}@{start}"
-    if cls is Exit:
-        out["signal_name"] = signal_name(event.signal)  # type: ignore[attr-defined]
-    elif cls is ForkFailed:
-        out["errno_name"] = errno_name(event.errno)  # type: ignore[attr-defined]
-    return out
-
-
 class JsonRenderer:
-    """NDJSON: one ``Event.to_dict()`` object per line, compact, ASCII-only (non-UTF-8 bytes of argv/filenames
-    appear as lone surrogates ``\\udc80``-``\\udcff``: Python's ``os.fsencode`` restores the bytes).  ``info`` is
-    ignored: the JSON carries exactly what the event carries."""
+    """NDJSON: one ``Event.to_dict()`` object per line (:func:`proctap.events.event_dict`), compact, ASCII-only.
+    Text that was not valid UTF-8 reads U+FFFD, its exact bytes in ``raw_b64`` (read them back with
+    :func:`proctap.events.exact_bytes`).  ``info`` is ignored: the JSON carries exactly what the event carries."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream

@@ -32,7 +32,6 @@ __all__ = [
     "TaskstatsMessage",
     "TaskstatsRecord",
     "decode_taskstats",
-    "format_accounting",
     "parse_messages",
     "scan_messages",
 ]
@@ -425,28 +424,3 @@ class TaskstatsListener:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def format_accounting(acct: Accounting) -> str:
-    """``cpu 12.0ms+1.0ms rss 3.4M io 0/4.0K csw 3+1`` (user+sys CPU, peak RSS, read/write bytes, switches)."""
-
-    def size(n: int | None) -> str:
-        if n is None:
-            return "-"
-        value = float(n)
-        for unit in ("", "K", "M", "G"):
-            if value < 1024:
-                return f"{value:.0f}{unit}" if not unit or value >= 10 else f"{value:.1f}{unit}"
-            value /= 1024
-        return f"{value:.1f}T"
-
-    def ms(us: int) -> str:
-        return f"{us / 1000:.1f}ms" if us < 1_000_000 else f"{us / 1e6:.2f}s"
-
-    parts = [f"cpu {ms(acct.cpu_user_us)}+{ms(acct.cpu_system_us)}"]
-    if acct.peak_rss_kb is not None:
-        parts.append(f"rss {size(acct.peak_rss_kb * 1024)}")
-    if acct.read_bytes is not None or acct.write_bytes is not None:
-        parts.append(f"io {size(acct.read_bytes)}/{size(acct.write_bytes)}")
-    if acct.voluntary_switches is not None:
-        parts.append(f"csw {acct.voluntary_switches}+{acct.involuntary_switches}")
-    return " ".join(parts)
