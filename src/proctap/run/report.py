@@ -1,17 +1,19 @@
 """Reports of a ``proctap run``: the JSON document (schema in docs/run.md) and the text tree.
 
+Text goes through :mod:`proctap.text` (the same quoting as ``proctap watch``'s table) and JSON through
+:func:`proctap.events.json_texts` (the same valid-UTF-8 form, with ``raw_b64``, as the NDJSON events).
+
 The JSON lists processes flat, in tree pre-order, each naming its parent by index: deep trees (a 10k-long chain of
 processes) serialise without recursion, and the HTML timeline renders rows straight from the list.
 """
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any
 
-from ..events import Accounting
+from ..events import Accounting, accounting_dict, json_text, json_texts
+from ..text import elide, format_elapsed, format_program, format_size, format_status, sanitize
 from .session import RunResult
 from .tree import LostRecord, Outcome, ProcessNode
 
@@ -25,11 +27,11 @@ def _offset(ns: int | None, base: int) -> int | None:
 
 
 def _accounting(acct: Accounting | None) -> dict[str, Any] | None:
-    return None if acct is None else asdict(acct)
+    return None if acct is None else accounting_dict(acct)
 
 
 def _process_dict(node: ProcessNode, index: int, parent: int | None, depth: int, base: int) -> dict[str, Any]:
-    return {
+    out = {
         "id": index,
         "parent": parent,
         "depth": depth,
@@ -41,7 +43,9 @@ def _process_dict(node: ProcessNode, index: int, parent: int | None, depth: int,
         "comm": node.comm,
         "execed": node.execed,
         "execs": [
-            {"offset_ns": _offset(e.timestamp_ns, base), "filename": e.filename, "argv": _list(e.argv)}
+            json_texts(
+                {"offset_ns": _offset(e.timestamp_ns, base), "filename": e.filename, "argv": _list(e.argv)}, _EXEC_TEXTS
+            )
             for e in node.execs
         ],
         "start_offset_ns": _offset(node.start_ns, base),
@@ -77,6 +81,11 @@ def _process_dict(node: ProcessNode, index: int, parent: int | None, depth: int,
             for t in node.threads
         ],
     }
+    return json_texts(out, _PROCESS_TEXTS)
+
+
+_PROCESS_TEXTS = ("argv", "filename", "comm")
+_EXEC_TEXTS = ("filename", "argv")
 
 
 def _list(argv: tuple[str, ...] | None) -> list[str] | None:
@@ -106,7 +115,7 @@ def run_document(result: RunResult) -> dict[str, Any]:
         index[id(node)] = len(processes)
         processes.append(_process_dict(node, len(processes), parent, depth, base))
     tree = result.tree
-    return {
+    doc = {
         "schema": "proctap-run",
         "schema_version": SCHEMA_VERSION,
         "command": result.command,
@@ -117,10 +126,10 @@ def run_document(result: RunResult) -> dict[str, Any]:
         "root_end_offset_ns": _offset(tree.root_ended_ns, base),
         "backend": result.backend,
         "accounting_source": result.accounting_source,
-        "accounting_note": result.accounting_note,
+        "accounting_note": None if result.accounting_note is None else json_text(result.accounting_note),
         "accounting_overruns": result.accounting_lost,
         "lost": [
-            {"offset_ns": rec.timestamp_ns - base, "count": rec.count, "reason": rec.reason, "cpu": rec.cpu}
+            {"offset_ns": rec.timestamp_ns - base, "count": rec.count, "reason": json_text(rec.reason), "cpu": rec.cpu}
             for rec in tree.lost
         ],
         "counts": _counts(tree.nodes()),
@@ -128,45 +137,15 @@ def run_document(result: RunResult) -> dict[str, Any]:
         "proctap_cpu_s": round(result.monitor_cpu_s, 3),
         "processes": processes,
     }
+    return json_texts(doc, ("command",))
 
 
 # -- text -----------------------------------------------------------------------------------------------------------
 def format_argv(node: ProcessNode, limit: int = 100) -> str:
-    """argv for a human: program basename, shell quoting, the middle elided past ``limit`` characters."""
-    if node.argv:
-        words = [node.argv[0].rsplit("/", 1)[-1], *node.argv[1:]]
-        text = shlex.join(words)
-    elif node.filename:
-        text = node.filename.rsplit("/", 1)[-1]
-    elif node.comm:
-        text = f"[{node.comm}]"
-    else:
-        text = "?"
-    text = text.replace("\n", "\\n")
-    if len(text) > limit:
-        keep = limit - 1
-        text = text[: keep * 2 // 3] + "…" + text[len(text) - (keep - keep * 2 // 3) :]
-    return text
-
-
-def _duration(ns: int | None) -> str:
-    if ns is None:
-        return "?"
-    if ns < 1_000_000:
-        return f"{ns / 1000:.0f}us"
-    if ns < 10_000_000_000:
-        return f"{ns / 1e6:.1f}ms" if ns < 1_000_000_000 else f"{ns / 1e9:.3f}s"
-    return f"{ns / 1e9:.1f}s"
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("", "K", "M", "G"):
-        if value < 1024:
-            return f"{value:.0f}{unit}" if unit == "" or value >= 10 else f"{value:.1f}{unit}"
-        value /= 1024  # type: ignore[assignment]
-    return f"{value:.1f}T"
+    """What the process runs, for a human (:func:`proctap.text.format_program`: the program's basename, arguments
+    shell-quoted, control characters and non-UTF-8 bytes as ``$'...'`` escapes), the middle elided past ``limit``
+    characters."""
+    return elide(format_program(node.argv, node.filename, node.comm), limit)
 
 
 def _status(node: ProcessNode) -> str:
@@ -175,9 +154,7 @@ def _status(node: ProcessNode) -> str:
         return "running"
     if outcome is Outcome.UNKNOWN:
         return "exit unseen"
-    if node.signal is not None:
-        return (node.signal_name or "signal") + (" core" if node.core_dumped else "")
-    return f"exit {node.exit_code}"
+    return format_status(node.exit_code, node.signal, node.core_dumped, core=" core")
 
 
 HEADER = f"{'START':>9} {'TIME':>8} {'STATUS':<12} {'CPU':>7} {'RSS':>6} {'IO r/w':>11} {'CSW':>5}  PROCESS"
@@ -189,12 +166,12 @@ def _columns(node: ProcessNode, base: int) -> str:
     if acct is None:
         cpu = rss = io = csw = "-"
     else:
-        cpu = _duration((acct.cpu_user_us + acct.cpu_system_us) * 1000)
-        rss = _size(None if acct.peak_rss_kb is None else acct.peak_rss_kb * 1024)
-        io = f"{_size(acct.read_bytes)}/{_size(acct.write_bytes)}"
+        cpu = format_elapsed((acct.cpu_user_us + acct.cpu_system_us) * 1000)
+        rss = format_size(None if acct.peak_rss_kb is None else acct.peak_rss_kb * 1024)
+        io = f"{format_size(acct.read_bytes)}/{format_size(acct.write_bytes)}"
         switches = [s for s in (acct.voluntary_switches, acct.involuntary_switches) if s is not None]
         csw = str(sum(switches)) if switches else "-"
-    return f"{start:>9} {_duration(node.duration_ns):>8} {_status(node):<12} {cpu:>7} {rss:>6} {io:>11} {csw:>5}"
+    return f"{start:>9} {format_elapsed(node.duration_ns):>8} {_status(node):<12} {cpu:>7} {rss:>6} {io:>11} {csw:>5}"
 
 
 def _important(node: ProcessNode) -> bool:
@@ -232,7 +209,7 @@ def summary_line(result: RunResult) -> str:
     root = result.tree.root
     return (
         f"proctap run: {format_argv(root, 60)} -> {_status(root)} (exit status {result.exit_status}) after "
-        f"{_duration(result.tree.root_ended_ns and result.tree.root_ended_ns - result.started_ns)}: "
+        f"{format_elapsed(result.tree.root_ended_ns and result.tree.root_ended_ns - result.started_ns)}: "
         + ", ".join(parts)
         + f"; backend {result.backend}, accounting {result.accounting_source or 'none'}, "
         f"proctap CPU {result.monitor_cpu_s:.2f}s"
@@ -253,7 +230,7 @@ def format_report(result: RunResult, *, limit: int = 500, width: int = 160, note
         lines.append(f"!! taskstats records dropped {result.accounting_lost} times (socket overrun): some figures "
                      "are missing")  # fmt: skip
     if result.accounting_note and notes:
-        lines.append(f"note: {result.accounting_note}")
+        lines.append(f"note: {sanitize(result.accounting_note)}")
     lines.append(HEADER)
     hidden = 0
     hidden_depth = 0
@@ -287,7 +264,7 @@ def _lost_lines(lost: list[LostRecord], base: int) -> list[str]:
         first = (recs[0].timestamp_ns - base) / 1e9
         last = (recs[-1].timestamp_ns - base) / 1e9
         when = f"at +{first:.3f}s" if len(recs) == 1 else f"in {len(recs)} bursts from +{first:.3f}s to +{last:.3f}s"
-        lines.append(f"!! {what} {when} ({reason}): the tree may be incomplete")
+        lines.append(f"!! {what} {when} ({sanitize(reason)}): the tree may be incomplete")
     return lines
 
 
@@ -308,8 +285,8 @@ def _node_lines(node: ProcessNode, depth: int, base: int, width: int, orphan: bo
         dur = None if thread.start_ns is None or thread.end_ns is None else thread.end_ns - thread.start_ns
         cpu = ""
         if thread.accounting is not None:
-            cpu = f", cpu {_duration((thread.accounting.cpu_user_us + thread.accounting.cpu_system_us) * 1000)}"
+            cpu = f", cpu {format_elapsed((thread.accounting.cpu_user_us + thread.accounting.cpu_system_us) * 1000)}"
         start = "?" if thread.start_ns is None else f"+{(thread.start_ns - base) / 1e9:.3f}s"
-        out.append(f"{pad}thread {thread.tid}: {start} for {_duration(dur) if thread.end_ns else 'still running'}"
+        out.append(f"{pad}thread {thread.tid}: {start} for {format_elapsed(dur) if thread.end_ns else 'still running'}"
                    f"{cpu}")  # fmt: skip
     return out

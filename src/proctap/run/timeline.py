@@ -4,6 +4,10 @@ One row per process, nested by parent (click a row's label to fold its subtree),
 outcome, ticks for execs and failed forks, a tooltip on hover, Ctrl+wheel / buttons to zoom, scrollbars to pan.
 It draws on one canvas and only the rows in view, so 10,000+ processes stay fast.
 
+Every text shown (title, row labels, tooltips) is formatted in Python by :mod:`proctap.text`, as in the text report
+(shell quoting, control characters and non-UTF-8 bytes as ``$'...'`` escapes, the exact bytes taken from ``raw_b64``),
+and embedded beside the document; the page never shows a raw control character.
+
 For automated checks the page keeps ``<div id="proctap-status">`` up to date: ``data-rows`` (rows in the document),
 ``data-visible`` (rows unfolded), ``data-drawn`` (rows drawn in the last frame), ``data-errors`` (errors caught by
 window.onerror, their messages in ``#proctap-errors``) and ``data-ms`` (time of the first render).
@@ -14,21 +18,65 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
+
+from ..events import exact_bytes
+from ..text import format_command, format_program, sanitize
 
 __all__ = ["render_html"]
 
 
-def _embed_json(doc: dict[str, Any]) -> str:
+def _embed_json(doc: Mapping[str, Any]) -> str:
     # Inside <script>, only "</" (and "<!--") can end or confuse the element; escape every "<".
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).replace("<", "\\u003c")
 
 
+def _text(obj: Mapping[str, Any], field: str) -> str | None:
+    """A string field of the document as proctap holds it in Python (exact bytes, os.fsdecode), or None."""
+    raw = exact_bytes(obj, field)
+    return None if raw is None or isinstance(raw, list) else os.fsdecode(raw)
+
+
+def _words(obj: Mapping[str, Any], field: str) -> list[str] | None:
+    """A list-of-strings field (argv) as proctap holds it in Python, or None."""
+    raw = exact_bytes(obj, field)
+    return None if raw is None or isinstance(raw, bytes) else [os.fsdecode(b) for b in raw]
+
+
+def _exec_text(entry: Mapping[str, Any]) -> str:
+    return format_command(_words(entry, "argv")) or sanitize(_text(entry, "filename") or "?")
+
+
+def display_texts(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What the page shows for each process (by index in ``processes``), formatted as the text report does:
+    ``labels`` (``[pid] program args``), ``commands`` (the full argv), ``files`` (the executed file or null),
+    ``execs`` (one command line per exec), and ``title``."""
+    labels, commands, files, execs = [], [], [], []
+    for proc in doc.get("processes") or []:
+        argv, filename = _words(proc, "argv"), _text(proc, "filename")
+        label = format_program(argv, filename, _text(proc, "comm"))
+        labels.append(f"[{proc.get('pid')}] {label}")
+        commands.append(f"[{proc.get('pid')}] {format_command(argv) or label}")
+        files.append(None if filename is None else sanitize(filename))
+        execs.append([_exec_text(e) for e in proc.get("execs") or []])
+    title = "proctap run: " + format_command(_words(doc, "command"))
+    return {"title": title, "labels": labels, "commands": commands, "files": files, "execs": execs}
+
+
 def render_html(doc: dict[str, Any], title: str | None = None) -> str:
-    """The page for a document from :func:`proctap.run.report.run_document`."""
-    if title is None:
-        title = "proctap run: " + " ".join(doc.get("command") or [])
-    return _TEMPLATE.replace("@@TITLE@@", html.escape(title[:200])).replace("@@DATA@@", _embed_json(doc))
+    """The page for a document from :func:`proctap.run.report.run_document` (``title``: the page's title, by
+    default ``proctap run:`` and the command line; control characters in it are escaped)."""
+    texts = display_texts(doc)
+    title = texts["title"] if title is None else sanitize(title)
+    values = {"TITLE": html.escape(title[:200]), "TEXT": _embed_json(texts), "DATA": _embed_json(doc)}
+    # One pass, so that a command line containing "@@DATA@@" stays text.
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _TEMPLATE)
+
+
+_PLACEHOLDER = re.compile("@@(TITLE|TEXT|DATA)@@")
 
 
 _TEMPLATE = r"""<!DOCTYPE html>
@@ -69,6 +117,7 @@ button{font:inherit;padding:1px 8px}
 </header>
 <div id="main"><div id="scroller"><div id="spacer"></div></div><canvas id="canvas"></canvas></div>
 <div id="tip"></div>
+<script type="application/json" id="proctap-text">@@TEXT@@</script>
 <script type="application/json" id="proctap-data">@@DATA@@</script>
 <script>
 "use strict";
@@ -85,6 +134,7 @@ window.onerror = function (msg, src, line, col) {
 };
 const t0 = performance.now();
 const doc = JSON.parse(document.getElementById("proctap-data").textContent);
+const TEXT = JSON.parse(document.getElementById("proctap-text").textContent);  // quoted by proctap.text
 const procs = doc.processes || [];
 const N = procs.length;
 const total = Math.max(1, doc.duration_ns || 1);
@@ -107,14 +157,6 @@ function fmtSize(b) {
   while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
   return (i ? b.toFixed(1) : b.toFixed(0)) + " " + u[i];
 }
-function argvText(p) {
-  if (p.argv && p.argv.length) {
-    const a = p.argv.slice(); a[0] = a[0].split("/").pop();
-    return a.join(" ");
-  }
-  if (p.filename) return p.filename.split("/").pop();
-  return p.comm ? "[" + p.comm + "]" : "?";
-}
 function statusText(p) {
   switch (p.outcome) {
     case "running": return "still running";
@@ -123,10 +165,10 @@ function statusText(p) {
     default: return "exit " + p.exit_code;
   }
 }
-const labels = procs.map(function (p) { return "[" + p.pid + "] " + argvText(p); });
+const labels = TEXT.labels;
 
 // -- header ----------------------------------------------------------------------------------------------
-document.getElementById("title").textContent = "proctap run: " + (doc.command || []).join(" ");
+document.getElementById("title").textContent = TEXT.title;
 const c = doc.counts || {};
 document.getElementById("summary").textContent =
   "exit status " + doc.exit_status + " \u00b7 " + fmtDur(doc.root_end_offset_ns) + " \u00b7 " + N + " processes (" +
@@ -268,8 +310,8 @@ function rowAt(ev) {
   return r < rows.length ? r : -1;
 }
 function details(p) {
-  const lines = ["[" + p.pid + "] " + (p.argv ? p.argv.join(" ") : argvText(p))];
-  if (p.filename) lines.push("file: " + p.filename);
+  const lines = [TEXT.commands[p.id]];
+  if (TEXT.files[p.id] !== null) lines.push("file: " + TEXT.files[p.id]);
   lines.push("parent pid: " + (p.ppid === null ? "?" : p.ppid) + (p.parent === null && p.ppid !== null ? " (fork not seen)" : ""));
   lines.push("start: +" + fmtDur(p.start_offset_ns) + "   duration: " + (p.end_offset_ns === null ? "still running" : fmtDur(p.duration_ns)));
   lines.push("status: " + statusText(p) + (p.outlived_root ? "   (outlived the command)" : ""));
@@ -281,7 +323,7 @@ function details(p) {
       "   ctx switches: " + a.voluntary_switches + " voluntary, " + a.involuntary_switches + " involuntary");
   }
   if (p.execs.length > 1 || (p.execs.length === 1 && p.execs[0].offset_ns !== p.start_offset_ns))
-    p.execs.forEach(function (e) { lines.push("exec at +" + fmtDur(e.offset_ns) + ": " + (e.argv ? e.argv.join(" ") : (e.filename || "?"))); });
+    p.execs.forEach(function (e, k) { lines.push("exec at +" + fmtDur(e.offset_ns) + ": " + TEXT.execs[p.id][k]); });
   p.fork_failures.forEach(function (f) { lines.push("FAILED FORK at +" + fmtDur(f.offset_ns) + ": " + f.errno_name + " (" + (f.syscall || "fork") + ")"); });
   if (p.threads.length) lines.push(p.threads.length + " threads");
   if (kids[p.id]) lines.push(kids[p.id] + " child processes");
