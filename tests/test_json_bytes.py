@@ -1,0 +1,199 @@
+"""One JSON form for text that is not UTF-8, and one quoting of it in text: checked on the encoder and on the real
+command line (``watch --json``, ``run --json/--report/--html``) with argv bytes exec'd for real.
+
+The form (docs/cli.md, NDJSON): strings are valid UTF-8, each undecodable byte reads U+FFFD, and the object gets
+``raw_b64`` with the exact bytes of exactly the fields that were not valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proctap.events import EVENT_CLASSES, Event, Exec, Fork, event_dict, exact_bytes, json_texts
+
+COMMON = {"source": "netlink", "timestamp_ns": 5, "wall_time": 1.5, "pid": 42, "tid": 42, "start_ns": 7}
+ODD = b"a\xff\xfeb"
+ESC = b"a\x1b[2Jb"
+WAIT = 30.0
+
+
+def strict_json(raw: bytes) -> Any:
+    """Parse as a strict parser in another language would: UTF-8 without lone surrogates, even escaped."""
+    text = raw.decode("utf-8")  # strict: raises on invalid UTF-8
+    assert "\\ud8" not in text.lower() and "\\udc" not in text.lower(), "lone surrogate escape in the JSON"
+    return json.loads(text)
+
+
+def exec_event(*argv: bytes, filename: bytes = b"/bin/x", comm: bytes = b"x") -> Exec:
+    return Exec(**COMMON, filename=os.fsdecode(filename), argv=tuple(map(os.fsdecode, argv)),  # type: ignore[arg-type]
+                comm=os.fsdecode(comm))  # fmt: skip
+
+
+# -- the encoder ---------------------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=4), st.binary(min_size=1, max_size=12))
+def test_any_bytes_round_trip_through_strict_json(argv: list[bytes], filename: bytes) -> None:
+    obj = strict_json(json.dumps(event_dict(exec_event(*argv, filename=filename)), ensure_ascii=False).encode())
+    assert exact_bytes(obj, "argv") == argv
+    assert exact_bytes(obj, "filename") == filename
+    assert exact_bytes(obj, "comm") == b"x"
+    valid = [b for b in [*argv, filename] if _is_utf8(b)]
+    assert ("raw_b64" in obj) == (len(valid) < len(argv) + 1)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_the_documented_form() -> None:
+    obj = event_dict(exec_event(b"/bin/true", ODD, filename=b"/tmp/\xff"))
+    assert obj["argv"] == ["/bin/true", "a\ufffd\ufffdb"] and obj["filename"] == "/tmp/\ufffd"
+    assert obj["raw_b64"] == {"filename": "L3RtcC//", "argv": ["L2Jpbi90cnVl", "Yf/+Yg=="]}
+    assert list(obj)[-2:] == ["key", "raw_b64"]  # appended after every documented field
+    clean = event_dict(exec_event(b"/bin/true", "é".encode(), b"\xef\xbf\xbd"))  # a real U+FFFD is valid UTF-8
+    assert "raw_b64" not in clean and clean["argv"][2] == "\ufffd"
+    assert exact_bytes({"argv": None}, "argv") is None and exact_bytes({}, "filename") is None
+    fixed = json_texts({"comm": os.fsdecode(b"\x80")}, ["comm", "missing"])
+    assert fixed == {"comm": "\ufffd", "raw_b64": {"comm": "gA=="}}
+
+
+def _reference(event: Event) -> dict[str, Any]:
+    """The JSON form written the slow, obvious way (for ASCII text): what event_dict must equal."""
+    out: dict[str, Any] = {"event": event.kind.value}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)  # type: ignore[arg-type]
+        out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+    out["key"] = None if event.key is None else str(event.key)
+    for name in type(event).json_derived:
+        out[name] = getattr(event, name)
+    return out
+
+
+def test_fast_encoder_equals_the_obvious_one() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_render import _full_events
+
+    events = _full_events()
+    assert {type(e) for e in events} == set(EVENT_CLASSES.values())
+    for ev in events:
+        assert event_dict(ev) == _reference(ev) and list(event_dict(ev)) == list(_reference(ev))  # type: ignore[arg-type]
+        assert ev.to_dict() == event_dict(ev)  # type: ignore[attr-defined,arg-type]
+
+
+def test_subclasses_get_their_own_plan() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Tagged(Fork):
+        tag: str = ""
+
+    obj = event_dict(Tagged(**COMMON, parent_pid=1, tag=os.fsdecode(b"t\xff")))  # type: ignore[arg-type]
+    assert obj["event"] == "fork" and obj["tag"] == "t\ufffd" and exact_bytes(obj, "tag") == b"t\xff"
+
+
+# -- the command line, on real processes ---------------------------------------------------------------------------
+
+
+def proctap(*args: str | bytes) -> list[str | bytes]:
+    exe = Path(sys.executable).with_name("proctap")
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "proctap", *args]
+
+
+def test_run_json_html_and_report_keep_the_exact_bytes(tmp_path: Path) -> None:
+    report, doc_path, page = tmp_path / "r.txt", tmp_path / "r.json", tmp_path / "r.html"
+    done = subprocess.run(
+        proctap("run", "--report", str(report), "--json", str(doc_path), "--html", str(page), "--",
+                "sh", "-c", '/bin/true "$(printf "a\\377\\376b")" "$(printf "a\\033[2Jb")"'),
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "r.txt"]  # no temporary file left
+    for output in (done.stderr, report.read_bytes(), page.read_bytes()):
+        text = output.decode("utf-8")  # strict
+        assert "\x1b" not in text and not any(ord(c) < 32 and c not in "\n" for c in text)
+    lines = report.read_text().splitlines()
+    true_line = next(line for line in lines if "] true " in line)
+    assert true_line.endswith("true $'a\\xff\\xfeb' $'a\\x1b[2Jb'")
+
+    doc = strict_json(doc_path.read_bytes())
+    proc = next(p for p in doc["processes"] if p["argv"] and p["argv"][0] == "/bin/true")
+    assert exact_bytes(proc, "argv") == [b"/bin/true", ODD, ESC]
+    assert proc["argv"][1] == "a\ufffd\ufffdb" and proc["argv"][2] == ESC.decode()
+    assert exact_bytes(proc["execs"][-1], "argv") == [b"/bin/true", ODD, ESC]
+    assert "$'a\\\\xff\\\\xfeb'" in page.read_text()  # the label, formatted as in the report (JSON-escaped)
+
+
+def test_run_command_itself_with_bytes(tmp_path: Path) -> None:
+    doc_path = tmp_path / "r.json"
+    done = subprocess.run(proctap("run", "-q", "--json", str(doc_path), "--", "/bin/true", ODD), capture_output=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b"true $'a\\xff\\xfeb'" in done.stderr  # the summary line quotes the command as the tree does
+    done.stderr.decode("utf-8")
+    doc = strict_json(doc_path.read_bytes())
+    assert exact_bytes(doc, "command") == [b"/bin/true", ODD]
+    assert exact_bytes(doc["processes"][0], "argv") == [b"/bin/true", ODD]
+
+
+class Lines:
+    """Lines of a pipe as they come, each parsed as strict JSON, with a deadline."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buf, self.seen = fd, b"", []  # type: tuple[int, bytes, list[Any]]
+
+    def until(self, predicate: Any, deadline: float) -> Any:
+        while True:
+            for obj in self.seen:
+                if predicate(obj):
+                    return obj
+            assert time.monotonic() < deadline, f"not seen in time; last lines {self.seen[-5:]}"
+            if select.select([self.fd], [], [], 1)[0]:
+                chunk = os.read(self.fd, 65536)
+                assert chunk, "proctap watch ended"
+                *lines, self.buf = (self.buf + chunk).split(b"\n")
+                self.seen.extend(strict_json(line) for line in lines)
+
+
+def test_watch_json_is_strict_utf8_with_the_exact_bytes() -> None:
+    argv = [b"/bin/sh", b"-c", b"read x", ODD, ESC, b"\xe2\x82"]
+    watcher = subprocess.Popen(proctap("watch", "--json", "--pid", str(os.getpid())), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    assert watcher.stdout is not None and watcher.stderr is not None
+    try:
+        deadline = time.monotonic() + WAIT
+        started = b""
+        while b"proctap: watching" not in started and time.monotonic() < deadline:
+            if select.select([watcher.stderr], [], [], 1)[0]:
+                started += os.read(watcher.stderr.fileno(), 4096)
+        assert b"proctap: watching" in started, started
+        out = Lines(watcher.stdout.fileno())
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE)
+        assert child.stdin is not None
+        execd = out.until(lambda e: e["event"] == "exec" and e["pid"] == child.pid, deadline)
+        child.stdin.close()
+        child.wait(WAIT)
+        out.until(lambda e: e["event"] == "exit" and e["pid"] == child.pid, deadline)
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.communicate(timeout=WAIT)
+    assert exact_bytes(execd, "argv") == argv
+    assert execd["argv"][3:] == ["a\ufffd\ufffdb", ESC.decode(), "\ufffd\ufffd"]  # one U+FFFD per byte
+    assert set(execd["raw_b64"]) == {"argv"}
