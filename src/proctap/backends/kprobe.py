@@ -143,9 +143,7 @@ class KprobeBackend(TracingBackend):
         return Availability(True)
 
     def __init__(self, config: BackendConfig) -> None:
-        availability = self.probe()
-        if not availability:
-            raise BackendUnavailable(f"backend 'kprobe' unavailable: {availability.reason}")
+        # Not probed again here: the caller chose this class through probe(); a failure below says what failed.
         self.maxactive = self._maxactive(config)
         super().__init__(config)
         root = self._reader.instance.root
@@ -189,6 +187,8 @@ class KprobeBackend(TracingBackend):
         for function in kprobe_events.FORK_FUNCTIONS:
             try:
                 probes.define(kprobe_events.fork_entry_probe(names, function, release, machine), names.fork_entry)
+            except FileNotFoundError:
+                raise BackendUnavailable(f"backend 'kprobe' unavailable: {UNAVAILABLE_NO_KPROBES}") from None
             except OSError as exc:
                 refused.append(f"{function}: {exc.strerror}")
                 continue

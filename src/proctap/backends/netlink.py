@@ -36,13 +36,12 @@ from ..linux.cn_proc import (
     build_subscribe,
     parse_datagram,
 )
-from ..linux.netlink_socket import BatchReceiver
+from ..linux.netlink_socket import BatchReceiver, set_receive_buffer
 from .base import Availability, Backend, BackendConfig, Common, Feature, Stamp, StartTimes
 
 __all__ = ["EventBuilder", "NetlinkBackend"]
 
 SOL_SOCKET = socket.SOL_SOCKET
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
 EVENT_TRUESIZE = 832  # socket memory one queued event costs (skb truesize), measured on 6.18
 SLOT_SIZE = 256  # bytes per recvmmsg slot: a proc connector datagram is 76 bytes
@@ -333,17 +332,13 @@ class NetlinkBackend(Backend):
         self.builder.starts.preload(procfs.list_pids())
 
     def _size_buffer(self, wanted: int) -> int:
-        try:
-            self.sock.setsockopt(SOL_SOCKET, SO_RCVBUFFORCE, wanted)
-        except OSError:
-            self.sock.setsockopt(SOL_SOCKET, socket.SO_RCVBUF, wanted)
-        got = self.sock.getsockopt(SOL_SOCKET, socket.SO_RCVBUF)
+        got = set_receive_buffer(self.sock, wanted)
         if got < wanted:
             msg = (f"netlink receive buffer capped at {got} bytes (~{got // EVENT_TRUESIZE} events; wanted {wanted}): "
                    f"grant CAP_NET_ADMIN or raise net.core.rmem_max to avoid losing events in bursts")  # fmt: skip
             self._warned.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        return int(got)
+        return got
 
     def _subscribe(self, mask: int | None) -> None:
         try:

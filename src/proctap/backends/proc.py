@@ -172,10 +172,7 @@ class ProcScanBackend(Backend):
         return Availability(True)
 
     def __init__(self, config: BackendConfig) -> None:
-        super().__init__(config)
-        availability = self.probe()
-        if not availability:
-            raise BackendUnavailable(f"backend 'proc' unavailable: {availability.reason}")
+        super().__init__(config)  # not probed again: the caller chose this class through probe()
         self.interval_ns = parse_interval(config.option("interval"))
         self._clock = Clock()
         self._stamp = Stamp(self.name, self._clock)

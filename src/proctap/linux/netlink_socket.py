@@ -8,7 +8,9 @@ import socket
 
 from . import libc
 
-__all__ = ["BatchReceiver"]
+__all__ = ["BatchReceiver", "set_receive_buffer"]
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 class _IoVec(ctypes.Structure):
@@ -67,3 +69,14 @@ class BatchReceiver:
         count = libc.call(_recvmmsg, self._sock.fileno(), ctypes.addressof(msgs), self.batch, socket.MSG_DONTWAIT, None)
         size = self.slot_size
         return [(i * size, msgs[i].msg_len) for i in range(count)]
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a ``size``-byte receive buffer: SO_RCVBUFFORCE (CAP_NET_ADMIN: past net.core.rmem_max), else
+    SO_RCVBUF (capped by net.core.rmem_max).  Returns what the kernel granted (SO_RCVBUF reads back twice the
+    request: the kernel doubles it for bookkeeping, net/core/sock.c)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
