@@ -25,6 +25,7 @@ from typing import NamedTuple, TypeVar
 
 from ..errors import BackendUnavailable, DecodeError
 from . import cpus
+from .netlink_socket import set_receive_buffer
 
 __all__ = [
     "RawRecord",
@@ -299,7 +300,7 @@ class TaskstatsListener:
             raise BackendUnavailable(f"taskstats unavailable: cannot open a generic netlink socket ({exc})") from None
         try:
             self._sock.bind((0, 0))
-            self._set_buffer(buffer_bytes)
+            set_receive_buffer(self._sock, buffer_bytes)
             self.family = self._resolve_family()
             self._command(TASKSTATS_CMD_ATTR_REGISTER_CPUMASK)
         except BaseException:
@@ -307,12 +308,6 @@ class TaskstatsListener:
             raise
         self._sock.setblocking(False)
         self._registered = True
-
-    def _set_buffer(self, size: int) -> None:
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE (CAP_NET_ADMIN)
-        except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     def _transact(self, family: int, cmd: int, attrs: bytes) -> bytes:
         """Send a request with NLM_F_ACK; return the reply addressed to it (b"" when only acked).
