@@ -14,6 +14,7 @@ from ..backends import Backend, Feature, choose_backend
 from ..errors import ProctapError
 from ..events import EventKind
 from ..render import JsonRenderer, Renderer, TableRenderer
+from ..text import quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
 from . import common
 from .common import (
@@ -238,7 +239,7 @@ def run_watch(args: argparse.Namespace) -> int:
 def _start_message(args: argparse.Namespace, backend: str) -> str:
     kinds = ",".join(k.value for k in _ordered(args.events))
     scope = f" of pid {args.pid} and its descendants" if args.pid else ""
-    scope += f" named {args.comm}" if args.comm else ""
+    scope += f" named {quote_arg(args.comm)}" if args.comm else ""
     scope += " (threads included)" if args.threads else ""
     until = f" for {args.duration:g}s" if args.duration is not None else " (Ctrl-C to stop)"
     return f"{PROG}: watching {kinds}{scope} with backend {backend}{until}"

@@ -20,6 +20,7 @@ from types import FrameType
 from ..backends import Feature, choose_backend
 from ..errors import ProctapError
 from ..linux import procfs
+from ..text import quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher
 from .tree import ProcessTree
 
@@ -276,7 +277,7 @@ def run(opts: RunOptions) -> RunResult:
             if failure:
                 _, status = os.waitpid(session.pid, 0)
                 raise CommandFailed(
-                    f"cannot run {opts.argv[0]!r}: {os.strerror(int(failure))}", shell_exit_status(status)
+                    f"cannot run {quote_arg(opts.argv[0])}: {os.strerror(int(failure))}", shell_exit_status(status)
                 )
             _follow(session)
         stats = session.watcher.stats().as_dict()
