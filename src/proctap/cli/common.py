@@ -243,3 +243,8 @@ def silence_stdout() -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def add_switch(parser: argparse.ArgumentParser, name: str, *, default: bool, help: str) -> None:
+    """A ``--NAME/--no-NAME`` option."""
+    parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)

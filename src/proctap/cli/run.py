@@ -18,7 +18,7 @@ from typing import TextIO
 from ..errors import ProctapError
 from ..run.report import format_report, run_document, summary_line
 from ..run.session import CommandFailed, RunOptions, RunResult, run
-from .common import PROG, Subcommand, add_backend_arguments, count_arg, stderr
+from .common import PROG, Subcommand, add_backend_arguments, add_switch, count_arg, stderr
 
 __all__ = ["SUBCOMMAND", "add_arguments", "run_command"]
 
@@ -28,20 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML timeline of the tree")
     parser.add_argument("--report", metavar="FILE", help="write the text tree to FILE instead of stderr")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary line, not the tree")
-    parser.add_argument(
-        "--threads",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also follow threads (listed under their process)",
-    )
+    add_switch(parser, "--threads", default=False, help="also follow threads (listed under their process)")
     parser.add_argument(
         "--wait-all",
         action="store_true",
         help="after the command exits, wait until every process it started (daemons included) has exited too",
     )
-    parser.add_argument(
+    add_switch(
+        parser,
         "--accounting",
-        action=argparse.BooleanOptionalAction,
         default=True,
         help="CPU, peak RSS, I/O and context switches of each process from taskstats (default: on when available)",
     )

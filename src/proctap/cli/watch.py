@@ -60,9 +60,9 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated event types, or 'all' (default: {DEFAULT_EVENTS}; lost events are always shown). "
         f"Types: {kinds}",
     )
-    parser.add_argument(
+    common.add_switch(
+        parser,
         "--threads",
-        action=argparse.BooleanOptionalAction,
         default=False,
         help="also show threads: thread creation as 'clone' and thread exits (default: processes only)",
     )
