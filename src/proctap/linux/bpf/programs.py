@@ -200,13 +200,23 @@ def _scratch_slot(a: Asm, maps: MapFds) -> None:
     a.mov(R9, R0)
 
 
-def _check_tracked(a: Asm, maps: MapFds, tgid: Reg) -> None:
-    """Exit unless the tgid in register ``tgid`` is in the tracked map (pid-subtree filter)."""
-    a.stx(W, FP, SLOT_KEY, tgid)
+def _tracked_map_call(a: Asm, maps: MapFds, helper: Helper, *, value: bool = False) -> None:
+    """Call a map helper on the tracked map with the key at FP+SLOT_KEY (and, with ``value``, the value at
+    FP+SLOT_VAL, BPF_ANY)."""
     a.ld_map_fd(R1, maps.tracked)
     a.mov(R2, FP)
     a.add(R2, SLOT_KEY)
-    a.call(Helper.map_lookup_elem)
+    if value:
+        a.mov(R3, FP)
+        a.add(R3, SLOT_VAL)
+        a.mov(R4, BPF_ANY)
+    a.call(helper)
+
+
+def _check_tracked(a: Asm, maps: MapFds, tgid: Reg) -> None:
+    """Exit unless the tgid in register ``tgid`` is in the tracked map (pid-subtree filter)."""
+    a.stx(W, FP, SLOT_KEY, tgid)
+    _tracked_map_call(a, maps, Helper.map_lookup_elem)
     a.jeq(R0, 0, "out")
 
 
@@ -333,13 +343,7 @@ def fork_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
         a.ldx(W, R1, R7, lay.task_tgid)
         a.stx(W, FP, SLOT_KEY, R1)
         a.st(DW, FP, SLOT_VAL, 1)
-        a.ld_map_fd(R1, maps.tracked)
-        a.mov(R2, FP)
-        a.add(R2, SLOT_KEY)
-        a.mov(R3, FP)
-        a.add(R3, SLOT_VAL)
-        a.mov(R4, BPF_ANY)
-        a.call(Helper.map_update_elem)
+        _tracked_map_call(a, maps, Helper.map_update_elem, value=True)
         a.label("tracked")
     _scratch_slot(a, maps)
     _begin(a, rec.TYPE_FORK)
@@ -433,10 +437,7 @@ def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
         a.ldx(W, R1, R7, lay.task_tgid)
         _check_tracked(a, maps, R1)
         a.jeq(R8, 0, "still_tracked")
-        a.ld_map_fd(R1, maps.tracked)
-        a.mov(R2, FP)
-        a.add(R2, SLOT_KEY)
-        a.call(Helper.map_delete_elem)
+        _tracked_map_call(a, maps, Helper.map_delete_elem)
         a.label("still_tracked")
     _scratch_slot(a, maps)
     _begin(a, rec.TYPE_EXIT)
