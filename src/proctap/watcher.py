@@ -379,6 +379,7 @@ class Watcher:
         flt = self.filter
         table = self.table
         enrich = self.read_proc
+        by_comm = flt.comm is not None
         out: list[Event] = []
         for ev in events:
             kind = ev.kind.value
@@ -394,7 +395,8 @@ class Watcher:
             info = None
             if table is not None and type(ev) is not Exit:
                 info = table.update(ev)
-            accepted = in_scope and flt.comm_matches(ev)  # before an Exit leaves the table: comm is looked up
+            # before an Exit leaves the table: the comm filter looks the process up
+            accepted = in_scope and (not by_comm or flt.comm_matches(ev))
             if table is not None and type(ev) is Exit:
                 info = table.update(ev)
             if accepted:
