@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import proctap
+from eventlog import Collector
 from proctap.backends import AUTO_ORDER, BACKENDS, probe_all
 from proctap.events import exact_bytes
 
@@ -85,7 +86,7 @@ class Watch:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.out = LineReader(self.proc.stdout.fileno())
         self.err = LineReader(self.proc.stderr.fileno())
-        self.lines: list[str] = []  # stdout lines read so far
+        self.output: Collector[str] = Collector(self._read_lines)  # stdout lines read so far
         deadline = time.monotonic() + WAIT
         self.warnings: list[str] = []
         while (line := self.err.readline(deadline)) is not None and line.startswith("proctap: warning:"):
@@ -96,22 +97,41 @@ class Watch:
             rest = self.err.rest(time.monotonic() + 5)
             raise AssertionError(f"proctap watch did not start: {self.start_line!r} {rest!r}")
 
+    @property
+    def lines(self) -> list[str]:
+        return self.output.items
+
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines]
 
+    def _read_lines(self, wait: float) -> list[str]:
+        """The collector's source: the lines that arrive within ``wait``; fails at once when proctap has exited."""
+        if self.out.eof:
+            raise AssertionError(f"proctap watch ended its output; the last lines: {self.lines[-20:]}")
+        lines = []
+        line = self.out.readline(time.monotonic() + wait)
+        while line is not None:
+            lines.append(line)
+            line = self.out.readline(time.monotonic())  # the rest of what one read brought
+        return lines
+
     def wait_for(self, predicate: Callable[[Any], bool], what: str) -> Any:
         """Read output until a line (a dict in JSON mode, else the text) satisfies predicate; return it."""
-        seen = self.events() if self.json_mode else list(self.lines)
-        for item in seen:
-            if predicate(item):
-                return item
-        deadline = time.monotonic() + WAIT
-        while (line := self.out.readline(deadline)) is not None:
-            self.lines.append(line)
-            item = json.loads(line) if self.json_mode else line
-            if predicate(item):
-                return item
-        raise AssertionError(f"no {what} in proctap's output within {WAIT}s: {self.lines[-20:]}")
+        found: list[Any] = []
+        checked = 0
+
+        def done(lines: list[str]) -> bool:
+            nonlocal checked
+            for line in lines[checked:]:
+                item = json.loads(line) if self.json_mode else line
+                if predicate(item):
+                    found.append(item)
+                    return True
+            checked = len(lines)
+            return False
+
+        self.output.until(done, f"{what} in proctap's output")
+        return found[0]
 
     def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
         """Signal it, read the rest; returns (exit status, stderr after the start line)."""
