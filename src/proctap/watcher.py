@@ -112,11 +112,8 @@ class EventFilter:
             return False
         return self.threads or not (isinstance(event, (Fork, Exit)) and event.is_thread)
 
-    def accept(self, event: Event) -> bool:
-        """Whether the user wants ``event`` (call once per event, in stream order: it follows the subtree)."""
-        return self.in_scope(event) and self.comm_matches(event)
-
     def comm_matches(self, event: Event) -> bool:
+        """The comm filter: the event's comm, else the process table's comm or argv[0] basename."""
         if self.comm is None or isinstance(event, Lost):
             return True
         comm = getattr(event, "comm", None)
