@@ -18,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 from proctap.linux.tracefs.instance import Instance, find_tracefs
+from proctap.linux.tracefs.reader import read_pages
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "data", "tracefs")
 EVENTS = [
@@ -54,14 +55,7 @@ def main() -> None:
         pages = []
         page_size = inst.page_layout().page_size
         for cpu, fd in pipes.items():
-            while True:
-                try:
-                    buf = os.read(fd, page_size)
-                except BlockingIOError:
-                    break
-                if not buf:
-                    break
-                pages.append(struct.pack("=II", cpu, len(buf)) + buf)
+            pages.extend(struct.pack("=II", cpu, len(buf)) + buf for buf in read_pages(fd, page_size))
         with open(os.path.join(OUT, "pages.bin"), "wb") as f:
             f.write(b"".join(pages))
         facts["overrun_pages"] = capture_overrun(root)
@@ -89,14 +83,7 @@ def capture_overrun(root: str) -> int:
         pages = []
         page_size = inst.page_layout().page_size
         for cpu, fd in pipes.items():
-            while True:
-                try:
-                    buf = os.read(fd, page_size)
-                except BlockingIOError:
-                    break
-                if not buf:
-                    break
-                pages.append(struct.pack("=II", cpu, len(buf)) + buf)
+            pages.extend(struct.pack("=II", cpu, len(buf)) + buf for buf in read_pages(fd, page_size))
         with open(os.path.join(OUT, "pages_overrun.bin"), "wb") as f:
             f.write(b"".join(pages))
         return len(pages)

@@ -11,6 +11,7 @@ import select
 import struct
 import time
 import weakref
+from collections.abc import Iterator
 from operator import itemgetter
 
 from ...errors import ProctapError
@@ -19,7 +20,7 @@ from .format import PageLayout
 from .instance import Instance, find_tracefs, remove_stale_instances
 from .ring import decode_page
 
-__all__ = ["Loss", "Record", "TraceReader"]
+__all__ = ["Loss", "Record", "TraceReader", "read_pages"]
 
 Record = tuple[int, int, bytes, int, int]
 """``(timestamp_ns, event type id, page bytes, payload start, payload length)``."""
@@ -46,6 +47,19 @@ HOLD_NS = 2_000_000
 """How long after its timestamp a record may still be uncommitted: the ring buffer writes between reserve (which
 stamps) and commit with preemption off, so only interrupts (or a preempted vCPU) stretch it."""
 
+
+
+def read_pages(fd: int, page_size: int) -> Iterator[bytes]:
+    """The sub-buffer pages ready in one per-CPU ``trace_pipe_raw`` (opened non-blocking): one page per read,
+    until the kernel has no more."""
+    while True:
+        try:
+            buf = os.read(fd, page_size)
+        except BlockingIOError:
+            return
+        if not buf:
+            return
+        yield buf
 
 class TraceReader:
     """A private instance configured for low-cost reading: ``buffer_percent`` 0 (poll wakes on any data; the
@@ -124,13 +138,7 @@ class TraceReader:
         layout = self.layout
         type_id = _TYPE_ID.unpack_from
         for cpu, fd in self.instance.pipes.items():
-            while True:
-                try:
-                    buf = os.read(fd, page_size)
-                except BlockingIOError:
-                    break
-                if not buf:
-                    break
+            for buf in read_pages(fd, page_size):
                 self.pages_read += 1
                 page = decode_page(buf, layout)
                 if page.missed is not None:
