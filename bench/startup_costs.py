@@ -7,9 +7,11 @@ Prints, each a median over ``--rounds`` (run as root, from the repository):
 * time to close a bpf backend with each hook (the kernel's detach);
 * the BTF layout: parsed from /sys/kernel/btf/vmlinux against read from the cache;
 * ``proctap run -q -- true`` wall time with the bpf and the netlink backend;
-* writing the ``--json`` report of a 5000-process run, indented against compact.
+* writing the ``--json`` report of a 5000-process run, indented against compact;
+* per-event costs of the watcher's enrichment step (``enrich_exec`` of an Exec that carries only what the proc
+  connector says, and of one whose filename the kernel gave, as tracefs) and of the JSON form (``event_dict``).
 
-    python3 bench/startup_costs.py [--rounds 5] [--syscalls 1000000]
+    python3 bench/startup_costs.py [--rounds 5] [--syscalls 1000000] [--only events]
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ sys.path.insert(0, str(SRC))
 
 from proctap.backends.base import BackendConfig  # noqa: E402
 from proctap.backends.bpf import BpfBackend  # noqa: E402
-from proctap.events import EventKind  # noqa: E402
+from proctap.enrich import enrich_exec  # noqa: E402
+from proctap.events import EventKind, Exec, Exit, Origin, event_dict  # noqa: E402
 from proctap.linux.bpf import cache  # noqa: E402
 from proctap.linux.bpf.btf import VMLINUX, Btf  # noqa: E402
 from proctap.linux.bpf.programs import Layout  # noqa: E402
@@ -120,20 +123,51 @@ def report_costs(rounds: int) -> None:
     print(f"--json report of {processes} processes: indented {indented * 1000:.0f} ms, compact {compact * 1000:.0f} ms")
 
 
+def event_costs(rounds: int, count: int = 20_000) -> None:
+    """Microseconds per call, each the median of ``rounds`` timings of ``count`` calls on this very process."""
+    pid = os.getpid()
+    common = {"source": "bench", "timestamp_ns": 1, "wall_time": 1.0, "pid": pid, "tid": pid, "start_ns": 5}
+    bare = Exec(**common)  # type: ignore[arg-type]
+    with_file = Exec(**common, filename=sys.executable, filename_from=Origin.KERNEL, parent_pid=os.getppid())  # type: ignore[arg-type]
+    full = enrich_exec(bare)
+    exit_ev = Exit(**common, status=0, exit_code=0, lifetime_ns=1000, comm="python")  # type: ignore[arg-type]
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("enrich_exec, nothing known (netlink)", lambda: enrich_exec(bare)),
+        ("enrich_exec, filename and parent known (tracefs)", lambda: enrich_exec(with_file)),
+        ("event_dict of an enriched Exec", lambda: event_dict(full)),
+        ("event_dict of an Exit", lambda: event_dict(exit_ev)),
+    ]
+    print(f"per-event costs, median of {rounds} x {count} calls:")
+    for label, fn in cases:
+        each = median_s(rounds, lambda fn=fn: timed(lambda: [fn() for _ in range(count)])) / count
+        print(f"  {label:<50} {each * 1e6:6.1f} us")
+
+
+SECTIONS = ("syscalls", "close", "layout", "startup", "report", "events")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--syscalls", type=int, default=1_000_000, help="bytes dd copies one at a time")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
     args = parser.parse_args()
+    only = set(args.only or SECTIONS)
     if os.geteuid() != 0:
         raise SystemExit("run as root: the bpf backend needs it")
     # bytecode as an installed package has it, so start-up does not time the compiling of sources
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(SRC)], check=True, stdout=subprocess.DEVNULL)
-    syscall_costs(args.rounds, args.syscalls)
-    close_costs(args.rounds)
-    layout_costs(args.rounds)
-    startup_costs(args.rounds)
-    report_costs(args.rounds)
+    sections: dict[str, Callable[[], None]] = {
+        "syscalls": lambda: syscall_costs(args.rounds, args.syscalls),
+        "close": lambda: close_costs(args.rounds),
+        "layout": lambda: layout_costs(args.rounds),
+        "startup": lambda: startup_costs(args.rounds),
+        "report": lambda: report_costs(args.rounds),
+        "events": lambda: event_costs(args.rounds),
+    }
+    for name in SECTIONS:
+        if name in only:
+            sections[name]()
 
 
 if __name__ == "__main__":
