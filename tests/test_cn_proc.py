@@ -81,22 +81,35 @@ def test_builder_turns_captured_records_into_events() -> None:
     assert [e.pid for e in out if isinstance(e, Sid)] == [FACTS["comm_sid_uid"]]
 
 
+def with_seq(seq: int, cpu: int) -> bytes:
+    """A captured datagram renumbered: cn_msg.seq and proc_event.cpu."""
+    d = bytearray(captured()[0])
+    struct.pack_into("=I", d, NLMSGHDR.size + 8, seq)
+    struct.pack_into("=I", d, 40, cpu)
+    return bytes(d)
+
+
 def test_sequence_gap_on_one_cpu_is_reported_exactly() -> None:
-    base = captured()[0]
     builder = EventBuilder(Clock())
     out: list = []
-
-    def with_seq(seq: int, cpu: int) -> bytes:
-        d = bytearray(base)
-        struct.pack_into("=I", d, NLMSGHDR.size + 8, seq)
-        struct.pack_into("=I", d, 40, cpu)
-        return bytes(d)
-
     for seq, cpu in [(10, 0), (11, 0), (5, 1), (15, 0), (6, 1), (9, 1)]:
         builder.build(parse_datagram(with_seq(seq, cpu)), out)
     lost = [e for e in out if isinstance(e, Lost)]
     assert [(e.count, e.cpu) for e in lost] == [(3, 0), (2, 1)]
     assert builder.gap_lost == 5
+
+
+def test_an_overrun_before_a_cpus_first_event_is_reported_of_unknown_size() -> None:
+    """A CPU's counter starts at boot: losses before its first event received give no gap, so they are unknown."""
+    builder = EventBuilder(Clock())
+    out: list = []
+    builder.build(parse_datagram(with_seq(10, 0)), out)
+    builder.overrun()  # ENOBUFS: events of cpu 0 and of cpu 1 (never heard from yet) were dropped
+    for seq, cpu in [(14, 0), (7, 1), (8, 1)]:
+        builder.build(parse_datagram(with_seq(seq, cpu)), out)
+    lost = [(e.count, e.cpu) for e in out if isinstance(e, Lost)]
+    assert lost == [(3, 0), (None, 1)]
+    assert (builder.gap_lost, builder.unknown_lost) == (3, 1)
 
 
 def test_subscribe_message_layout() -> None:

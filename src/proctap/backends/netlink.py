@@ -81,7 +81,9 @@ class EventBuilder:
         self._deferred: dict[int, Exit] = {}  # pid -> the leader's exit, waiting for its other threads
         self._last_seq: dict[int, int] = {}
         self._ended: Exit | None = None  # a held-back process Exit released by its last thread's exit
+        self._overrun = False  # the socket overflowed at least once
         self.gap_lost = 0
+        self.unknown_lost = 0  # CPUs first heard from after an overrun: what they lost before cannot be counted
         self._handlers: dict[int, Callable[[ProcEventRecord], Event | None]] = {
             What.FORK: self._fork,
             What.EXEC: self._exec,
@@ -107,6 +109,12 @@ class EventBuilder:
                 if gap and gap < 0x80000000:
                     self.gap_lost += gap
                     out.append(self.stamp.lost(rec.timestamp_ns, gap, "netlink socket overrun (sequence gap)", rec.cpu))
+            elif self._overrun:
+                # The counter is per CPU and starts at boot: a CPU's losses show as a gap only after one of its
+                # events gave the baseline, and this CPU's first event came after the socket overflowed.
+                self.unknown_lost += 1
+                out.append(self.stamp.lost(rec.timestamp_ns, None, "netlink socket overrun before this CPU's first "
+                                           "event (count unknown)", rec.cpu))  # fmt: skip
         # Since cn_proc_ack() goes through send_msg() (6.x), acks of any listener's LISTEN/IGNORE take a number
         # from the per-CPU counter too: they count for the sequence above but are not events.
         handler = self._handlers.get(what)
@@ -117,6 +125,10 @@ class EventBuilder:
             if self._ended is not None:
                 out.append(self._ended)
                 self._ended = None
+
+    def overrun(self) -> None:
+        """The socket overflowed (ENOBUFS): the sequence gaps will count the loss, on CPUs already heard from."""
+        self._overrun = True
 
     @property
     def has_deferred(self) -> bool:
@@ -393,14 +405,16 @@ class NetlinkBackend(Backend):
             # With a kernel-side filter the sequence has gaps by design: the kernel only says "some were dropped".
             self._unknown_overruns += 1
             out.append(self.builder.stamp.lost(None, None, "netlink socket overrun (ENOBUFS; count unknown)"))
-        # Without a filter the per-CPU sequence gaps report the exact count when the next events arrive.
+        else:
+            # Without a filter the per-CPU sequence gaps report the exact count when the next events arrive.
+            self.builder.overrun()
 
     def stats(self) -> dict[str, int]:
         return {
             "buffer_bytes": self.buffer_bytes,
             "enobufs": self._enobufs,
             "lost_by_sequence": self.builder.gap_lost,
-            "lost_unknown": self._unknown_overruns,
+            "lost_unknown": self._unknown_overruns + self.builder.unknown_lost,
             "kernel_filter": 0 if self.kernel_filter is None else self.kernel_filter,
         }
 
