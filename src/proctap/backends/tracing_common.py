@@ -104,6 +104,7 @@ class TracingBackend(Backend):
         self._out: list[Event] = []  # the events of the records being read
         self._last_ts = 0  # the newest record read
         self._parents: dict[int, int] = {}  # pid -> parent's pid at fork
+        self._thread_starts: dict[int, int] = {}  # tid -> start (ns since boot) of a thread seen created
         self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
         kinds = config.events
         self._want_forks = EventKind.FORK in kinds
@@ -193,6 +194,7 @@ class TracingBackend(Backend):
         """Task ``tid`` was created by ``parent_tid`` (of process ``parent_tgid``)."""
         if is_thread:
             self.groups.new_task(tid, parent_tgid)
+            self._thread_starts[tid] = self.clock.since_boot(ts)
             if self._want_thread_forks:
                 self._emit(tid, Fork(**self.stamp(ts, parent_tgid, tid, self.starts.get(parent_tgid)),
                                      parent_pid=parent_tgid, parent_tid=parent_tid, is_thread=True, clone_flags=flags,
@@ -213,6 +215,7 @@ class TracingBackend(Backend):
         # After de_thread() the exec'ing thread has taken the leader's pid: pid is the tgid, old_pid its former tid.
         if old_pid != pid:
             self.groups.forget(old_pid)
+            self._thread_starts.pop(old_pid, None)  # it is the leader now: its end is the process's
         self.groups.new_task(pid, pid)
         self._leader_gone.pop(pid, None)
         self._exec_seen(pid)
@@ -233,8 +236,10 @@ class TracingBackend(Backend):
         self.groups.forget(tid)
         if tid != tgid:
             status = self._thread_status(tid, tgid, code)
+            thread_start = self._thread_starts.pop(tid, None)  # None: older than the watcher, start unknown
             if self._want_thread_exits:
-                self._emit(tid, self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid)))
+                self._emit(tid, self._exit_event(ts, tgid, tid, True, status, comm, self.starts.get(tgid),
+                                                 lifetime_from=thread_start))  # fmt: skip
             if not group_dead:
                 return
         elif not group_dead:
@@ -268,11 +273,15 @@ class TracingBackend(Backend):
         comm: str,
         start_ns: int | None,
         parent: int | None = None,
+        lifetime_from: int | None = None,
     ) -> Exit:
+        """``start_ns`` is the process's start (the key); a thread's lifetime runs from its own start,
+        ``lifetime_from`` (None: unknown), a process's from ``start_ns``."""
         exit_code = sig = None
         core = False
         if status is not None:
             exit_code, sig, core = decode_wait_status(status)
-        lifetime = None if start_ns is None else max(0, self.clock.since_boot(ts) - start_ns)
+        begin = lifetime_from if is_thread else start_ns
+        lifetime = None if begin is None else max(0, self.clock.since_boot(ts) - begin)
         return Exit(**self.stamp(ts, pid, tid, start_ns), is_thread=is_thread, status=status, exit_code=exit_code,
                     signal=sig, core_dumped=core, lifetime_ns=lifetime, comm=comm, parent_pid=parent)  # fmt: skip
