@@ -12,11 +12,12 @@ Strategies:
   timed           never poll: sleep 10 ms, drain, repeat
   percent25       buffer_percent 25 and poll() with a 10 ms timeout
 
-Usage (root): python3 bench/tracefs_wakeup.py [forks] [runs]
+Usage (root): python3 bench/tracefs_wakeup.py [forks] [runs]      (default: 5000 forks, 3 runs)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import select
 import shutil
@@ -126,9 +127,22 @@ def one_run(strategy: str, storm: str, n: int) -> tuple[float, float, int, float
     return usage.ru_utime + usage.ru_stime, wall, forks, reader_cpu
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("forks", nargs="?", type=positive, default=5000, help="forks per run (default 5000)")
+    parser.add_argument("runs", nargs="?", type=positive, default=3, help="runs per strategy (default 3)")
+    args = parser.parse_args()
+    n, runs = args.forks, args.runs
     tmp = tempfile.mkdtemp(prefix="proctap-bench-")
     try:
         storm = build_storm(tmp)
