@@ -17,6 +17,7 @@ import pytest
 
 import proctap
 from eventlog import EventLog
+from proctap.backends import backend_class
 from proctap.events import Exit, Fork, Lost
 from proctap.run.report import format_report, run_document
 from proctap.run.session import (
@@ -387,6 +388,8 @@ def test_a_busy_daemon_does_not_keep_proctap_waiting() -> None:
 
 
 def test_run_asks_bpf_for_the_failed_fork_hook_that_detaches_at_once() -> None:
-    assert run_backend_options(()) == (("fork_failed_hook", "raw"),)
-    assert run_backend_options((("uid", "0"),)) == (("uid", "0"), ("fork_failed_hook", "raw"))
-    assert run_backend_options((("fork_failed_hook", "syscalls"),)) == (("fork_failed_hook", "syscalls"),)
+    bpf, netlink = backend_class("bpf"), backend_class("netlink")
+    assert run_backend_options(bpf, ()) == (("fork_failed_hook", "raw"),)
+    assert run_backend_options(bpf, (("uid", "0"),)) == (("uid", "0"), ("fork_failed_hook", "raw"))
+    assert run_backend_options(bpf, (("fork_failed_hook", "syscalls"),)) == (("fork_failed_hook", "syscalls"),)
+    assert run_backend_options(netlink, ()) == ()  # an option netlink does not take is not added

@@ -5,16 +5,31 @@ from __future__ import annotations
 import importlib
 
 from ..errors import BackendUnavailable, ProctapError
-from .base import Availability, Backend, BackendConfig, Feature
+from .base import (
+    DEFAULT_ARGV_LIMIT,
+    MAX_ARGV_LIMIT,
+    Availability,
+    Backend,
+    BackendConfig,
+    BackendOption,
+    Feature,
+    OptionsSpec,
+    check_options,
+)
 
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "DEFAULT_ARGV_LIMIT",
+    "MAX_ARGV_LIMIT",
     "Availability",
     "Backend",
     "BackendConfig",
+    "BackendOption",
     "Feature",
+    "OptionsSpec",
     "backend_class",
+    "check_options",
     "choose_backend",
     "probe_all",
 ]

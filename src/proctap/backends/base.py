@@ -7,16 +7,32 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, TypedDict
 
+from ..errors import ProctapError
 from ..events import EventKind, Lost
 from ..linux.clock import Clock
 from ..linux.procfs import proc_start_ns
 
-__all__ = ["Availability", "Backend", "BackendConfig", "Common", "Feature", "Stamp", "StartTimes"]
+__all__ = [
+    "DEFAULT_ARGV_LIMIT",
+    "MAX_ARGV_LIMIT",
+    "Availability",
+    "Backend",
+    "BackendConfig",
+    "BackendOption",
+    "Common",
+    "Feature",
+    "OptionsSpec",
+    "Stamp",
+    "StartTimes",
+    "check_options",
+    "flag_option",
+    "int_option",
+]
 
 
 class Feature(str, Enum):
@@ -50,6 +66,10 @@ class Availability:
         return self.ok
 
 
+DEFAULT_ARGV_LIMIT = 4096
+MAX_ARGV_LIMIT = 131072  # bytes of argv a backend copies per exec (bpf: a per-CPU scratch buffer; tested here)
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """What the consumer wants; backends use it to filter in the kernel where they can.
@@ -64,7 +84,7 @@ class BackendConfig:
     root_pid: int | None = None
     threads: bool = True
     buffer_bytes: int | None = None
-    argv_limit: int = 4096
+    argv_limit: int = DEFAULT_ARGV_LIMIT
     options: tuple[tuple[str, str], ...] = ()
 
     def option(self, name: str, default: str | None = None) -> str | None:
@@ -73,6 +93,96 @@ class BackendConfig:
             if key == name:
                 return value
         return default
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One backend-specific option (``-o NAME=VALUE``): ``form`` shows its values (``N``, ``syscalls|raw``),
+    ``parse`` turns the text into the value the backend uses and raises ValueError with a reason when it is wrong."""
+
+    name: str
+    form: str
+    parse: Callable[[str], object]
+    help: str = ""
+
+    def usage(self) -> str:
+        return f"{self.name}={self.form}"
+
+
+# What ``options`` may be, from Python: a mapping, (name, value) pairs, or "NAME=VALUE" strings.
+OptionsSpec = Mapping[str, object] | Iterable[tuple[str, object] | str]
+
+
+def int_option(low: int, high: int | None = None) -> Callable[[str], int]:
+    """A parser for a whole number from ``low`` to ``high`` (None: no upper bound); ``0x`` prefixes allowed."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 0)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise ValueError(f"give a whole number {bound}")
+        return value
+
+    return parse
+
+
+_TRUE = ("1", "yes", "true", "on")
+_FALSE = ("0", "no", "false", "off")
+
+
+def flag_option(text: str) -> bool:
+    """A parser for a yes/no option: 1/yes/true/on or 0/no/false/off."""
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ValueError("give 1 or 0 (yes/no, true/false, on/off)")
+
+
+def _option_pairs(options: OptionsSpec) -> list[tuple[str, str]]:
+    if isinstance(options, Mapping):
+        return [(str(k), str(v)) for k, v in options.items()]
+    if isinstance(options, str):
+        options = [options]
+    pairs = []
+    for item in options:
+        if isinstance(item, str):
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise ProctapError(f"backend option {item!r} is not NAME=VALUE")
+        elif isinstance(item, tuple) and len(item) == 2:
+            name, value = str(item[0]), str(item[1])
+        else:
+            raise ProctapError(f"backend option {item!r}: give \"NAME=VALUE\" strings, (name, value) pairs or a dict")
+        pairs.append((name.strip(), value))
+    return pairs
+
+
+def check_options(backend: type[Backend], options: OptionsSpec) -> tuple[tuple[str, str], ...]:
+    """The options as (name, value) text pairs, each checked against what ``backend`` accepts.
+
+    Raises ProctapError (one line naming what the backend accepts) for an unknown or repeated name or a bad value.
+    """
+    accepted = {opt.name: opt for opt in backend.accepted_options}
+    pairs = _option_pairs(options)
+    seen: set[str] = set()
+    for name, value in pairs:
+        opt = accepted.get(name)
+        if opt is None:
+            if not accepted:
+                raise ProctapError(f"backend {backend.name} takes no options (got {name}={value})")
+            usage = ", ".join(o.usage() for o in backend.accepted_options)
+            raise ProctapError(f"backend {backend.name} has no option {name!r}: it accepts {usage}")
+        if name in seen:
+            raise ProctapError(f"backend option {name} given twice: give it once")
+        seen.add(name)
+        try:
+            opt.parse(value)
+        except ValueError as exc:
+            raise ProctapError(f"backend {backend.name} option {name}={value!r}: {exc}") from None
+    return tuple(pairs)
 
 
 class Backend(abc.ABC):
@@ -85,9 +195,21 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     features: ClassVar[frozenset[Feature]]
     description: ClassVar[str] = ""
+    accepted_options: ClassVar[tuple[BackendOption, ...]] = ()  # what ``-o NAME=VALUE`` may name
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
+
+    def option_value(self, name: str) -> object:
+        """The parsed value of an accepted option, or None when not given (the Watcher checked it already)."""
+        text = self.config.option(name)
+        if text is None:
+            return None
+        (opt,) = (o for o in self.accepted_options if o.name == name)
+        try:
+            return opt.parse(text)
+        except ValueError as exc:
+            raise ProctapError(f"backend {self.name} option {name}={text!r}: {exc}") from None
 
     @classmethod
     @abc.abstractmethod

@@ -44,7 +44,7 @@ from ..linux.bpf.syscall import (
 from ..linux.clock import Clock
 from ..linux.cpus import possible_cpu_count
 from ..linux.tracefs.instance import tracepoint_format
-from .base import Availability, Backend, BackendConfig, Feature, Stamp, StartTimes
+from .base import Availability, Backend, BackendConfig, BackendOption, Feature, Stamp, StartTimes, int_option
 
 __all__ = ["BpfBackend", "EventDecoder"]
 
@@ -64,21 +64,10 @@ def _ring_size(requested: int | None) -> int:
     return 1 << (size - 1).bit_length()
 
 
-def _int_option(config: BackendConfig, name: str) -> int | None:
-    value = config.option(name)
-    if value is None:
-        return None
-    try:
-        return int(value, 0)
-    except ValueError:
-        raise ProctapError(f"bpf option {name}={value!r} is not a number: give an integer") from None
-
-
-def _fork_failed_hook(config: BackendConfig) -> str:
-    hook = config.option("fork_failed_hook", "syscalls")
-    if hook not in FORK_FAILED_HOOKS:
-        raise ProctapError(f"bpf option fork_failed_hook={hook!r}: choose syscalls or raw")
-    return str(hook)
+def _hook_option(text: str) -> str:
+    if text not in FORK_FAILED_HOOKS:
+        raise ValueError(f"choose {' or '.join(FORK_FAILED_HOOKS)}")
+    return text
 
 
 def _unavailable_reason(exc: BpfError) -> str:
@@ -102,6 +91,12 @@ def _verifier_summary(log: str) -> str:
 class BpfBackend(Backend):
     name: ClassVar[str] = "bpf"
     description: ClassVar[str] = "eBPF programs on sched/task tracepoints, ring buffer (root, BTF)"
+    accepted_options: ClassVar[tuple[BackendOption, ...]] = (
+        BackendOption("uid", "N", int_option(0, 0xFFFF_FFFE), "only tasks whose current uid is N"),
+        BackendOption("cgroup_id", "N", int_option(1), "only tasks in the cgroup v2 cgroup with this id"),
+        BackendOption("wakeup_bytes", "BYTES", int_option(0), "wake the reader when this much is pending"),
+        BackendOption("fork_failed_hook", "syscalls|raw", _hook_option, "how ForkFailed is caught"),
+    )
     features: ClassVar[frozenset[Feature]] = frozenset(
         {
             Feature.FORK, Feature.THREADS, Feature.EXEC, Feature.EXEC_FILENAME_KERNEL, Feature.ARGV_KERNEL,
@@ -157,23 +152,27 @@ class BpfBackend(Backend):
             raise
 
     # -- setup -------------------------------------------------------------------------------------------------
+    def _int_value(self, name: str) -> int | None:
+        value = self.option_value(name)
+        return None if value is None else int(str(value))
+
     def _own(self, fd: int) -> int:
         self._fds.append(fd)
         return fd
 
     def _open(self) -> None:
         cfg = self.config
-        self._fork_failed_hook = _fork_failed_hook(cfg)  # checked even when ForkFailed is not wanted
+        self._fork_failed_hook = str(self.option_value("fork_failed_hook") or "syscalls")
         try:
             layout = self._layout = kernel_layout()
         except (OSError, KeyError, DecodeError) as exc:
             raise BackendUnavailable(f"bpf: cannot read the kernel BTF ({exc}): use another backend") from None
         ring_size = _ring_size(cfg.buffer_bytes)
-        wakeup = _int_option(cfg, "wakeup_bytes")
+        wakeup = self._int_value("wakeup_bytes")
         filters = progs.Filters(
             tracked=cfg.root_pid is not None,
-            uid=_int_option(cfg, "uid"),
-            cgroup_id=_int_option(cfg, "cgroup_id"),
+            uid=self._int_value("uid"),
+            cgroup_id=self._int_value("cgroup_id"),
             threads=cfg.threads,
             wakeup_threshold=ring_size // 2 if wakeup is None else wakeup,
         )

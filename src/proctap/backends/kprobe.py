@@ -33,7 +33,7 @@ from ..linux import procfs, sigterm
 from ..linux.tracefs import kprobe_events
 from ..linux.tracefs.instance import find_tracefs
 from ..linux.tracefs.reader import TraceReader
-from .base import Availability, BackendConfig, Feature
+from .base import Availability, BackendConfig, BackendOption, Feature, int_option
 from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs
 
 __all__ = ["KprobeBackend", "KprobeSet", "remove_stale_probes"]
@@ -126,6 +126,9 @@ class KprobeBackend(TracingBackend):
 
     name = "kprobe"
     description = "kprobe/kretprobe dynamic events on kernel_clone and do_exit via a tracefs instance (root)"
+    accepted_options = (
+        BackendOption("maxactive", "N", int_option(0, MAXACTIVE_MAX), "concurrent return probes (0: kernel default)"),
+    )
     features = TRACING_FEATURES | {Feature.CORE_DUMPED}
 
     @classmethod
@@ -144,7 +147,9 @@ class KprobeBackend(TracingBackend):
 
     def __init__(self, config: BackendConfig) -> None:
         # Not probed again here: the caller chose this class through probe(); a failure below says what failed.
-        self.maxactive = self._maxactive(config)
+        self.config = config
+        value = self.option_value("maxactive")
+        self.maxactive = DEFAULT_MAXACTIVE if value is None else int(str(value))
         super().__init__(config)
         root = self._reader.instance.root
         self.stale_removed = remove_stale_probes(root)
@@ -167,17 +172,6 @@ class KprobeBackend(TracingBackend):
             self.close()
             raise
         sigterm.close_on_sigterm(self, self.close)
-
-    @staticmethod
-    def _maxactive(config: BackendConfig) -> int:
-        value = config.option("maxactive", str(DEFAULT_MAXACTIVE))
-        try:
-            maxactive = int(value or "")
-        except ValueError:
-            maxactive = -1
-        if not 0 <= maxactive <= MAXACTIVE_MAX:
-            raise ProctapError(f"backend option maxactive={value!r}: give an integer from 0 (kernel default) to 4096")
-        return maxactive
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _place_probes(self, root: str) -> None:

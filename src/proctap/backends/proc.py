@@ -31,7 +31,7 @@ from ..linux.clock import Clock
 from ..linux.procfs import Stat, read_stat
 from ..linux.procfs import ticks_to_ns as _ticks_ns
 from ..linux.timerfd import TimerFd
-from .base import Availability, Backend, BackendConfig, Common, Feature, Stamp
+from .base import Availability, Backend, BackendConfig, BackendOption, Common, Feature, Stamp
 
 __all__ = [
     "RESERVED_PIDS",
@@ -98,6 +98,13 @@ def parse_interval(text: str | None) -> int:
     return value
 
 
+def _interval_option(text: str) -> int:
+    try:
+        return parse_interval(text)
+    except ProctapError:
+        raise ValueError("give 1ms to 10s, e.g. interval=50ms") from None
+
+
 def _periodic_timer(interval_ns: int) -> TimerFd:
     """The timerfd that paces the scans: expires every ``interval_ns``."""
     try:
@@ -162,6 +169,7 @@ class ProcScanBackend(Backend):
     name = "proc"
     features = frozenset({Feature.FORK, Feature.THREADS, Feature.EXEC, Feature.EXIT})
     description = "periodic /proc scans (any user); timestamps are scan times; counts the tasks it missed"
+    accepted_options = (BackendOption("interval", "DURATION", _interval_option, "time between scans (1ms to 10s)"),)
 
     @classmethod
     def probe(cls) -> Availability:

@@ -27,7 +27,7 @@ from ..errors import BackendUnavailable
 from ..events import EventKind, ForkFailed
 from ..linux.procfs import read_comm
 from ..linux.tracefs.instance import find_tracefs
-from .base import Availability, BackendConfig
+from .base import Availability, BackendConfig, BackendOption, flag_option
 from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs
 
 __all__ = ["ExitTracker", "TracefsBackend"]
@@ -117,6 +117,9 @@ class TracefsBackend(TracingBackend):
 
     name = "tracefs"
     description = "tracepoints through a private tracefs instance (root; no BPF needed)"
+    accepted_options = (
+        BackendOption("count_threads", "1|0", flag_option, "count each process's threads instead of group_dead"),
+    )
     features = TRACING_FEATURES
 
     @classmethod
@@ -162,7 +165,7 @@ class TracefsBackend(TracingBackend):
         self._count_threads = (
             exit_decoder is None
             or exit_decoder.event.field("group_dead") is None
-            or self.config.option("count_threads") == "1"
+            or self.option_value("count_threads") is True
         )
         if EventKind.EXIT in kinds:
             self._enable("syscalls", "sys_enter_exit", ("error_code",), self._on_exit_syscall)

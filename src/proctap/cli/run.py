@@ -116,6 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
         wait_all=args.wait_all,
         accounting=args.accounting,
         latency=args.latency,
+        argv_limit=args.argv_limit,
         buffer_bytes=args.buffer,
         backend_options=tuple(args.backend_option),
     )

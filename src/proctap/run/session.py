@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from ..backends import Feature, choose_backend
+from ..backends import DEFAULT_ARGV_LIMIT, Backend, Feature, choose_backend
 from ..errors import ProctapError
 from ..linux import procfs
+from ..linux.clock import Clock
 from ..text import quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher
 from .tree import ProcessTree
@@ -30,6 +31,7 @@ KERNEL_ARGV_LATENCY_S = 0.05
 ROOT_EXIT_GRACE_S = 1.0  # after reaping the command, how long to wait for its Exit event
 FINAL_DRAIN_S = 0.5  # without --wait-all: how long to keep collecting events after the command ended
 LIVENESS_CHECK_S = 1.0  # --wait-all: how often to look in /proc for processes whose Exit never came
+SWEEP_GRACE_S = 0.05  # how long a process found gone in /proc may take to have its Exit event delivered
 _START_SLACK_NS = 50_000_000  # /proc start times have clock-tick precision (10 ms)
 
 
@@ -51,6 +53,7 @@ class RunOptions:
     latency: float | None = None  # None: run_latency(backend)
     buffer_bytes: int | None = None
     backend_options: tuple[tuple[str, str], ...] = ()
+    argv_limit: int = DEFAULT_ARGV_LIMIT
 
 
 @dataclass
@@ -150,10 +153,22 @@ def run_latency(features: frozenset[Feature]) -> float:
     return KERNEL_ARGV_LATENCY_S if Feature.ARGV_KERNEL in features else DEFAULT_LATENCY_S
 
 
-def run_backend_options(given: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def exact_times(features: frozenset[Feature]) -> bool:
+    """Whether a backend's timestamps are when things happened rather than when a scan noticed them.
+
+    A backend that reports the status of every exit hooks the exit itself (bpf, netlink, tracefs, kprobe), so its
+    events carry the kernel's time of each fork, exec and exit.  One that cannot (proc) finds changes by scanning /proc
+    now and then: its timestamps are scan times (docs/proc-backend.md), and a task found gone died at some time
+    before the scan that found it gone.
+    """
+    return Feature.EXIT_STATUS in features
+
+
+def run_backend_options(backend: type[Backend], given: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """The user's backend options, plus what suits a watcher that lives as long as one command: bpf's failed-fork
     hook that detaches at once (the per-syscall one costs ~0.3 s to close, a quarter of a one-second build)."""
-    if any(name == "fork_failed_hook" for name, _ in given):
+    accepted = {opt.name for opt in backend.accepted_options}
+    if "fork_failed_hook" not in accepted or any(name == "fork_failed_hook" for name, _ in given):
         return given
     return (*given, ("fork_failed_hook", "raw"))
 
@@ -166,6 +181,7 @@ class _Session:
         self.pid = 0
         self.tree = ProcessTree(0, 0)
         backend = choose_backend(opts.backend)
+        self.exact_times = exact_times(backend.features)
         self.latency = run_latency(backend.features) if opts.latency is None else opts.latency
         # Watch our own subtree: the command's fork, exec and everything after are seen (no race), and the
         # kernel's timestamp of that fork is the root's start.
@@ -175,9 +191,10 @@ class _Session:
             pid=os.getpid(),
             threads=opts.threads,
             buffer_bytes=opts.buffer_bytes,
+            argv_limit=opts.argv_limit,
             latency=self.latency,
             accounting=opts.accounting,
-            options=run_backend_options(opts.backend_options),
+            options=run_backend_options(backend, opts.backend_options),
         )
         if not opts.accounting:
             self.accounting_note: str | None = "accounting disabled (--no-accounting)"
@@ -192,7 +209,14 @@ class _Session:
         start_ns = time.monotonic_ns()
         self.pid, err_fd = _spawn(argv)
         self.watcher.follow(self.pid)  # even if its Fork event is lost in a burst
-        self.tree = ProcessTree(self.pid, start_ns, tuple(argv), creator=os.getpid())
+        self.tree = ProcessTree(
+            self.pid,
+            start_ns,
+            tuple(argv),
+            creator=os.getpid(),
+            exact_times=self.exact_times,
+            boot_offset_ns=Clock().boot_offset_ns,
+        )
         return err_fd
 
     def close(self) -> None:
@@ -232,7 +256,20 @@ class _Session:
             return False
         self.status = status
         self.reaped_ns = time.monotonic_ns()
+        self.check_live()
         return True
+
+    def check_live(self) -> None:
+        """Right after the reap, look in /proc at every process of the tree whose Exit has not come: one alive now
+        outlived the command (whatever the backend's timestamps say); one gone was gone by now."""
+        assert self.reaped_ns is not None
+        tree = self.tree
+        for node in [n for n in tree.live.values() if n is not tree.root]:
+            now = max(time.monotonic_ns(), self.reaped_ns + 1)
+            if self.gone(node.pid, node.boot_start_ns):
+                tree.seen_dead(node.pid, time.monotonic_ns())
+            else:
+                tree.seen_alive(node.pid, now)
 
     @staticmethod
     def gone(pid: int, boot_start_ns: int | None) -> bool:
@@ -244,16 +281,35 @@ class _Session:
         return boot_start_ns is not None and abs(st.start_ns - boot_start_ns) > _START_SLACK_NS
 
     def sweep_gone(self) -> None:
-        """Live nodes whose process is gone although no Exit came: drain once more, then mark them unknown."""
-        suspects = [n.pid for n in self.tree.live.values() if self.gone(n.pid, n.boot_start_ns)]
+        """Live nodes whose process is gone although no Exit came: give the backend time to report them (a scanning
+        backend: until its next scan), then mark those still missing as exit unseen.  Those alive are noted alive."""
+        tree = self.tree
+        suspects = []
+        for node in [n for n in tree.live.values() if n is not tree.root]:
+            now = time.monotonic_ns()
+            if self.gone(node.pid, node.boot_start_ns):
+                tree.seen_dead(node.pid, time.monotonic_ns())
+                suspects.append(node.pid)
+            else:
+                tree.seen_alive(node.pid, now)
         if not suspects:
             return
-        time.sleep(0.05)
-        self.step(0)
+        deadline = time.monotonic() + SWEEP_GRACE_S + self.scan_interval()
+        while any(pid in tree.live for pid in suspects):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.step(min(left, SWEEP_GRACE_S))
         for pid in suspects:
-            node = self.tree.live.get(pid)
+            node = tree.live.get(pid)
             if node is not None and self.gone(pid, node.boot_start_ns):
-                self.tree.mark_gone(pid)
+                tree.mark_gone(pid, node.dead_by_ns)
+
+    def scan_interval(self) -> float:
+        """How long a scanning backend may take to notice a change (its ``interval_us`` counter); 0 for others."""
+        if self.exact_times:
+            return 0.0
+        return self.watcher.stats().backend.get("interval_us", 0) / 1e6
 
 
 def run(opts: RunOptions) -> RunResult:
@@ -314,7 +370,7 @@ def _follow(session: _Session) -> None:
     # The command is reaped; its Exit event may still be in flight (the proc connector reports after
     # exit_notify, kernel/exit.c), so give it a moment before falling back to the status waitpid gave.
     assert session.status is not None and session.reaped_ns is not None
-    deadline = time.monotonic() + ROOT_EXIT_GRACE_S
+    deadline = time.monotonic() + max(ROOT_EXIT_GRACE_S, session.scan_interval())
     while not tree.root.ended and time.monotonic() < deadline:
         session.step(0.05)
     tree.end_root(session.status, session.reaped_ns)
@@ -331,4 +387,4 @@ def _follow(session: _Session) -> None:
         while session.step(0.02) and time.monotonic() < deadline:
             pass
         session.sweep_gone()
-    tree.mark_outliving()
+    tree.finish()
