@@ -34,7 +34,7 @@ ENV = {**os.environ, "PYTHONPATH": str(SRC)}
 ENV.pop("PROCTAP_DEBUG", None)
 BACKEND = "netlink"  # the CLI is tested on one dependable backend; the backends have their own conformance tests
 WAIT = 30.0  # generous bound for anything to show up; never a timing assertion
-SUMMARY = re.compile(r"^proctap: (\d+\.\d+)s with backend (\w+): (\d+) events shown(?: \(([^)]*)\))?; (.*)$")
+SUMMARY = re.compile(r"^proctap: (\d+\.\d+)s with backend (\w+): (\d+) events? shown(?: \(([^)]*)\))?; (.*)$")
 
 
 def proctap_cmd(*args: str) -> list[str]:
@@ -540,7 +540,25 @@ def test_head_closes_json_pipe_quietly() -> None:
         (["watch", "--duration", "1e12"], "at most 1e+07 seconds"),
         (["watch", "--buffer", "99999G"], "less than 2G"),
         (["watch", "--buffer", "lots"], "not a size"),
-        (["watch", "--bogus-flag"], "unrecognized arguments"),
+        (["watch", "--bogus-flag"], "unrecognized arguments: --bogus-flag (see 'proctap watch --help')"),
+        (["run", "--bogus-flag", "--", "true"], "(see 'proctap run --help')"),
+        (["watch", "--events", "all,bogus"], "unknown event type 'bogus'"),
+        (["watch", "--events", "bogus,all"], "unknown event type 'bogus'"),
+        (["watch", "--comm", ""], "give a program name"),
+        (["watch", "--comm", " "], "give a program name"),
+        (["watch", "--duration", "0"], "more than 0"),
+        (["watch", "--argv-limit", "1M"], "more than 131072 bytes"),
+        (["watch", "--argv-limit", "-1"], "--argv-limit"),
+        # backend options: each backend says what it accepts
+        (["watch", "-b", "bpf", "-o", "foo=bar"], "backend bpf has no option 'foo': it accepts uid=N, cgroup_id=N"),
+        (["watch", "-b", "netlink", "-o", "interval=50ms"], "backend netlink takes no options"),
+        (["watch", "-b", "tracefs", "-o", "count_threads=maybe"], "give 1 or 0"),
+        (["watch", "-b", "bpf", "-o", "uid=-1"], "uid='-1': give a whole number from 0"),
+        (["watch", "-b", "bpf", "-o", "wakeup_bytes=-5"], "wakeup_bytes='-5': give a whole number 0 or more"),
+        (["watch", "-b", "proc", "-o", "interval=50ms", "-o", "interval=abc"], "interval given twice"),
+        (["watch", "-b", "proc", "-o", "interval=abc"], "interval='abc': give 1ms to 10s"),
+        (["watch", "-o", "novalue"], "is not NAME=VALUE"),
+        (["run", "-b", "netlink", "-o", "interval=5ms", "--", "true"], "backend netlink takes no options"),
         (["frobnicate"], "invalid choice"),
         (["watch", "--pid", "999999999"], "no process with pid 999999999"),
     ],
@@ -577,6 +595,36 @@ def test_warns_about_kinds_the_backend_cannot_report() -> None:
     lines = proc.stderr.splitlines()
     assert lines[0] == f"proctap: warning: backend {BACKEND} cannot report fork_failed (see 'proctap backends')"
     assert lines[1].startswith("proctap: watching fork_failed,exec,lost with backend")
+
+
+def test_quiet_keeps_warnings() -> None:
+    """docs/cli.md: -q leaves nothing on stderr but warnings and errors."""
+    from proctap.backends import Feature, backend_class
+
+    assert Feature.COMM not in backend_class("bpf").features  # the premise of this test
+    proc = run_proctap("watch", "-q", "--backend", "bpf", "--events", "comm", "--duration", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "proctap: warning: backend bpf cannot report comm (see 'proctap backends')\n"
+
+
+def test_a_backend_option_that_names_a_yes_no_value_counts() -> None:
+    """``count_threads=yes`` was silently ignored (only ``1`` counted)."""
+    with proctap.watch(backend="tracefs", options={"count_threads": "yes"}) as w:
+        assert w.backend.option_value("count_threads") is True
+    with proctap.watch(backend="tracefs", options=["count_threads=off"]) as w:
+        assert w.backend.option_value("count_threads") is False
+
+
+def test_summary_counts_read_in_the_right_number() -> None:
+    from proctap.cli.watch import print_summary
+    from proctap.watcher import WatchStats
+
+    stats = WatchStats("netlink", lost=1, lost_unknown=1)
+    with contextlib.redirect_stderr(io := __import__("io").StringIO()):
+        print_summary(stats, {"exec": 1}, 1.0)
+    assert io.getvalue() == (
+        "proctap: 1.00s with backend netlink: 1 event shown (exec 1); LOST 1 event + 1 overrun of unknown size\n"
+    )
 
 
 def test_unavailable_backend_is_one_line() -> None:

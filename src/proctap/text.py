@@ -44,9 +44,20 @@ __all__ = [
     "format_program",
     "format_size",
     "format_status",
+    "plural",
     "quote_arg",
     "sanitize",
 ]
+
+
+# -- counts -------------------------------------------------------------------------------------------------------
+
+_PLURALS = {"process": "processes", "child": "children"}
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 event``, ``2 events``, ``0 processes``: the count and the noun in the number it takes."""
+    return f"{count} {noun if count == 1 else _PLURALS.get(noun, noun + 's')}"
 
 
 # -- control characters and undecodable bytes ---------------------------------------------------------------------
@@ -227,7 +238,7 @@ def format_lost(event: Lost) -> str:
         details.append(f"cpu {event.cpu}")
     if event.count is None:
         return "LOST events (" + ", ".join(["count unknown", *details]) + ")"
-    return f"LOST {event.count} events" + (" (" + ", ".join(details) + ")" if details else "")
+    return f"LOST {plural(event.count, 'event')}" + (" (" + ", ".join(details) + ")" if details else "")
 
 
 def format_change(event: Event) -> str:

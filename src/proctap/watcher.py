@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from .accounting import ExitAccounting
-from .backends import Backend, BackendConfig, choose_backend
+from .backends import (
+    DEFAULT_ARGV_LIMIT,
+    MAX_ARGV_LIMIT,
+    Backend,
+    BackendConfig,
+    OptionsSpec,
+    check_options,
+    choose_backend,
+)
 from .enrich import enrich_exec
 from .errors import BackendUnavailable, ProctapError
 from .events import Event, EventKind, Exec, Exit, Fork, Lost
@@ -58,6 +66,7 @@ def parse_kinds(spec: Iterable[KindSpec] | str | None) -> frozenset[EventKind]:
     if isinstance(spec, str):
         spec = [s for s in spec.split(",") if s.strip()]
     kinds: set[EventKind] = set()
+    every = False
     for item in spec:
         if isinstance(item, EventKind):
             kinds.add(item)
@@ -66,12 +75,15 @@ def parse_kinds(spec: Iterable[KindSpec] | str | None) -> frozenset[EventKind]:
         else:
             name = str(item).strip().lower().replace("-", "_")
             if name == "all":
-                return frozenset(EventKind)
+                every = True  # still check the other names: "all,bogus" is as wrong as "bogus,all"
+                continue
             try:
                 kinds.add(EventKind(name))
             except ValueError:
                 valid = ", ".join(k.value for k in EventKind)
                 raise ProctapError(f"unknown event type {item!r}: choose from {valid} or all") from None
+    if every:
+        return frozenset(EventKind)
     kinds.add(EventKind.LOST)  # never silent
     return frozenset(kinds)
 
@@ -143,7 +155,9 @@ class WatchStats:
     ``received``: events from the backend by kind (before filters); ``delivered``: events handed to the user;
     ``lost``: events the kernel reported dropped (exact counts summed); ``lost_unknown``: overruns whose size the
     kernel did not tell; ``backend``: the backend's own counters; ``accounting_overruns``: taskstats socket overflows
-    (records dropped, count unknown; with ``accounting=True``).
+    (records dropped, count unknown; with ``accounting=True``); ``drains``: how many times the backend was read (in
+    a storm, far fewer than the events: each drain takes what piled up during ``latency``, whatever the filters
+    keep).
     """
 
     backend_name: str
@@ -153,6 +167,7 @@ class WatchStats:
     lost_unknown: int = 0
     backend: dict[str, int] = field(default_factory=dict)
     accounting_overruns: int = 0
+    drains: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -163,6 +178,7 @@ class WatchStats:
             "lost_unknown": self.lost_unknown,
             "backend_stats": dict(self.backend),
             "accounting_overruns": self.accounting_overruns,
+            "drains": self.drains,
         }
 
 
@@ -179,7 +195,10 @@ class Watcher:
     event (``Origin.PROC``).  ``track``: keep a process table (:meth:`read_with_info`, :meth:`process_info`), learnt
     from /proc for the processes that exist at the start.  ``accounting``: add taskstats figures (CPU, peak RSS, I/O,
     context switches) to Exit events; needs CAP_NET_ADMIN: where taskstats is unavailable a RuntimeWarning says why
-    and Exit events carry no accounting (``accounting_note`` keeps the reason).
+    and Exit events carry no accounting (``accounting_note`` keeps the reason).  ``options``: backend-specific
+    options (``proctap backends`` lists them), as a dict (``{"interval": "50ms"}``), ``(name, value)`` pairs or
+    ``"NAME=VALUE"`` strings; an option the backend does not accept, a repeated one or a bad value raises
+    ProctapError naming what the backend accepts.
     """
 
     def __init__(
@@ -192,16 +211,20 @@ class Watcher:
         comm: str | None = None,
         buffer_bytes: int | None = None,
         read_proc: bool = True,
-        argv_limit: int = 4096,
+        argv_limit: int = DEFAULT_ARGV_LIMIT,
         latency: float = DEFAULT_LATENCY_S,
         track: bool = False,
         accounting: bool = False,
-        options: Iterable[tuple[str, str]] = (),
+        options: OptionsSpec = (),
     ) -> None:
         kinds = parse_kinds(events)
         _check_pid(pid)
+        if comm is not None and not comm.strip():
+            raise ProctapError("comm must name a program (e.g. comm='make'): an empty name matches nothing")
         if latency < 0:
             raise ProctapError("latency must be >= 0 seconds")
+        if not 0 <= argv_limit <= MAX_ARGV_LIMIT:
+            raise ProctapError(f"argv_limit must be 0 to {MAX_ARGV_LIMIT} bytes")
         cls = choose_backend(backend) if isinstance(backend, str) else backend
         self.read_proc = read_proc
         self.table: ProcessTable | None = ProcessTable(read_proc) if (track or comm is not None) else None
@@ -216,7 +239,7 @@ class Watcher:
             threads=threads,
             buffer_bytes=buffer_bytes,
             argv_limit=argv_limit,
-            options=tuple(options),
+            options=check_options(cls, options),
         )
         self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm, table=self.table)
         self.latency = latency
@@ -366,6 +389,7 @@ class Watcher:
         """The one enrichment step: every backend event is counted and filtered; the delivered ones (and those the
         process table needs) are enriched from /proc and given accounting."""
         events = self.backend.read_events()
+        self._stats.drains += 1
         self._busy = bool(events)
         accounting = self._accounting
         if not events:

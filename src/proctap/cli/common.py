@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
-from ..backends import BACKENDS
+from ..backends import BACKENDS, DEFAULT_ARGV_LIMIT, MAX_ARGV_LIMIT
 from ..errors import ProctapError
 from ..events import EventKind
 from ..watcher import parse_kinds
@@ -104,6 +104,21 @@ def pid_arg(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a process id: give a positive number")
     return value
+
+
+def argv_limit_arg(text: str) -> int:
+    """``--argv-limit``: bytes, 0 to MAX_ARGV_LIMIT (``4K`` forms allowed)."""
+    value = 0 if text.strip() == "0" else size_arg(text)
+    if value > MAX_ARGV_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_ARGV_LIMIT} bytes")
+    return value
+
+
+def comm_arg(text: str) -> str:
+    """A program name for ``--comm``: not empty (an empty name would match nothing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a program name, e.g. --comm make (an empty name matches nothing)")
+    return text
 
 
 def seconds_arg(text: str) -> float:
@@ -204,7 +219,8 @@ def count_arg(text: str) -> int:
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, *, latency_default: float | None, latency_help: str) -> None:
-    """``-b/--backend``, ``--buffer``, ``--latency`` and ``-o/--backend-option``: the same for every subcommand."""
+    """``-b/--backend``, ``--buffer``, ``--latency``, ``--argv-limit`` and ``-o/--backend-option``: the same for every
+    subcommand."""
     parser.add_argument(
         "-b",
         "--backend",
@@ -221,6 +237,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, latency_default: f
     )
     parser.add_argument(
         "--latency", type=latency_arg, default=latency_default, metavar="SECONDS", help=latency_help
+    )
+    parser.add_argument(
+        "--argv-limit",
+        type=argv_limit_arg,
+        default=DEFAULT_ARGV_LIMIT,
+        metavar="BYTES",
+        help=f"bytes of each exec's arguments captured in the kernel (bpf; others read /proc, which has no limit); "
+        f"longer ones are marked truncated (default: {DEFAULT_ARGV_LIMIT}, at most {MAX_ARGV_LIMIT})",
     )
     parser.add_argument(
         "-o",

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in SUBCOMMANDS:
         child = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
         command.add_arguments(child)
-        child.set_defaults(_run=command.run)
+        child.set_defaults(_run=command.run, _parser=child)
     return parser
 
 
@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``proctap`` console script; returns the exit status."""
     warnings.showwarning = _show_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand's parser, so the hint is 'proctap watch --help'
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR

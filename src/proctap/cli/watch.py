@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import shutil
@@ -14,7 +15,7 @@ from ..backends import Backend, Feature, choose_backend
 from ..errors import ProctapError
 from ..events import EventKind
 from ..render import JsonRenderer, Renderer, TableRenderer
-from ..text import quote_arg
+from ..text import plural, quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
 from . import common
 from .common import (
@@ -23,6 +24,7 @@ from .common import (
     OutputClosed,
     StopSignals,
     Subcommand,
+    comm_arg,
     duration_arg,
     kinds_arg,
     os_error_message,
@@ -67,13 +69,16 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
         help="also show threads: thread creation as 'clone' and thread exits (default: processes only)",
     )
     parser.add_argument("-p", "--pid", type=pid_arg, help="only this process and its descendants (present and future)")
-    parser.add_argument("-c", "--comm", metavar="NAME", help="only processes whose name (comm or argv[0]) is NAME")
+    parser.add_argument(
+        "-c", "--comm", type=comm_arg, metavar="NAME", help="only processes whose name (comm or argv[0]) is NAME"
+    )
     common.add_backend_arguments(
         parser,
         latency_default=DEFAULT_LATENCY_S,
         latency_help=f"how long events may wait in the kernel buffer while they keep coming (default: "
         f"{DEFAULT_LATENCY_S:g}); longer costs the watched tasks less in a fork storm",
     )
+
 
 def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
     add_watch_arguments(parser)
@@ -83,7 +88,15 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-w", "--wide", action="store_true", help="do not truncate table lines to the terminal width")
     parser.add_argument("--no-header", action="store_true", help="table without its header line")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no start message and no summary on stderr")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no start message and no summary on stderr (warnings still print)"
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="at the end, print the watcher's counters as one JSON object on stderr (received per kind, delivered, "
+        "lost, drains, the backend's own counters)",
+    )
     parser.add_argument(
         "--accounting",
         action="store_true",
@@ -92,6 +105,13 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- watch -----------------------------------------------------------------------------------------------------
+
+
+def table_needs_tracking(kinds: frozenset[EventKind]) -> bool:
+    """Whether table lines for these kinds need the process table (an exiting process's command, parent and
+    lifetime; a fork's or a rename's command).  Exec lines carry their own, so ``-e exec`` keeps the backend's kernel
+    filter (the table would make every backend deliver forks and exits too)."""
+    return bool(kinds - {EventKind.EXEC, EventKind.LOST})
 
 
 def open_watcher(args: argparse.Namespace, *, track: bool, accounting: bool = False) -> Watcher:
@@ -107,6 +127,7 @@ def open_watcher(args: argparse.Namespace, *, track: bool, accounting: bool = Fa
             comm=args.comm,
             buffer_bytes=args.buffer,
             latency=args.latency,
+            argv_limit=args.argv_limit,
             track=track,
             accounting=accounting,
             options=args.backend_option,
@@ -117,8 +138,6 @@ def open_watcher(args: argparse.Namespace, *, track: bool, accounting: bool = Fa
 
 def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args: argparse.Namespace) -> None:
     """Say so when the user asked for something the backend cannot see (not for the default set)."""
-    if getattr(args, "quiet", False):
-        return
     missing = [k.value for k in _ordered(kinds) if k in _KIND_FEATURE and _KIND_FEATURE[k] not in backend.features]
     if kinds in (kinds_arg(DEFAULT_EVENTS), frozenset(EventKind)):  # defaults and "all" mean "what you can"
         missing = []
@@ -201,13 +220,13 @@ def print_summary(stats: WatchStats, shown: dict[str, int], elapsed: float) -> N
     if stats.lost or stats.lost_unknown:
         parts = []
         if stats.lost:
-            parts.append(f"{stats.lost} events")
+            parts.append(plural(stats.lost, "event"))
         if stats.lost_unknown:
-            parts.append(f"{stats.lost_unknown} overrun{'s' if stats.lost_unknown > 1 else ''} of unknown size")
+            parts.append(f"{plural(stats.lost_unknown, 'overrun')} of unknown size")
         lost = "LOST " + " + ".join(parts)
     else:
         lost = "nothing lost"
-    shown_text = f"{total} events shown" + (f" ({by_kind})" if by_kind else "")
+    shown_text = f"{plural(total, 'event')} shown" + (f" ({by_kind})" if by_kind else "")
     stderr(f"{PROG}: {elapsed:.2f}s with backend {stats.backend_name}: {shown_text}; {lost}")
 
 
@@ -216,7 +235,8 @@ def run_watch(args: argparse.Namespace) -> int:
     renderer = make_renderer(args, out)
     shown: dict[str, int] = {}
     with StopSignals() as stop:
-        watcher = open_watcher(args, track=not args.json, accounting=args.accounting)
+        track = not args.json and table_needs_tracking(args.events)
+        watcher = open_watcher(args, track=track, accounting=args.accounting)
         started = time.monotonic()
         try:
             if not args.quiet:
@@ -231,8 +251,11 @@ def run_watch(args: argparse.Namespace) -> int:
             raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
         finally:
             watcher.close()
+        stats = watcher.stats()
         if not args.quiet:
-            print_summary(watcher.stats(), shown, time.monotonic() - started)
+            print_summary(stats, shown, time.monotonic() - started)
+        if args.stats:
+            stderr(json.dumps(stats.as_dict(), sort_keys=True))
     return 0 if stop.signum is None else 128 + stop.signum
 
 
