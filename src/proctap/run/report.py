@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..events import Accounting, accounting_dict, json_text, json_texts
-from ..text import elide, format_elapsed, format_program, format_size, format_status, sanitize
+from ..text import elide, format_elapsed, format_program, format_size, format_status, plural, sanitize
 from .session import RunResult
 from .tree import LostRecord, Outcome, ProcessNode
 
@@ -94,10 +94,11 @@ def _list(argv: tuple[str, ...] | None) -> list[str] | None:
 
 def _counts(nodes: Iterable[ProcessNode]) -> dict[str, int]:
     counts = {o.value: 0 for o in Outcome}
-    extra = {"processes": 0, "threads": 0, "fork_failures": 0, "outlived_root": 0, "core_dumps": 0}
+    extra = {"processes": 0, "threads": 0, "fork_failures": 0, "outlived_root": 0, "core_dumps": 0, "exit_unseen": 0}
     for node in nodes:
         extra["processes"] += 1
         counts[node.outcome.value] += 1
+        extra["exit_unseen"] += _exit_unseen(node)
         extra["threads"] += len(node.threads)
         extra["fork_failures"] += len(node.fork_failures)
         extra["outlived_root"] += node.outlived_root
@@ -148,12 +149,17 @@ def format_argv(node: ProcessNode, limit: int = 100) -> str:
     return elide(format_program(node.argv, node.filename, node.comm), limit)
 
 
+def _exit_unseen(node: ProcessNode) -> bool:
+    """Gone without its Exit event (lost); the other unknown outcome is an Exit that came without a status."""
+    return node.outcome is Outcome.UNKNOWN and not node.exit_seen
+
+
 def _status(node: ProcessNode) -> str:
     outcome = node.outcome
     if outcome is Outcome.RUNNING:
         return "running"
     if outcome is Outcome.UNKNOWN:
-        return "exit unseen"
+        return "exit unseen" if not node.exit_seen else "exit ?"
     return format_status(node.exit_code, node.signal, node.core_dumped, core=" core")
 
 
@@ -193,19 +199,21 @@ def _visible(walk: list[tuple[ProcessNode, int]], limit: int) -> set[int]:
 
 def summary_line(result: RunResult) -> str:
     counts = _counts(result.tree.nodes())
-    parts = [f"{counts['processes']} processes"]
-    detail = [f"{counts[o.value]} {label}" for o, label in (
-        (Outcome.OK, "ok"), (Outcome.FAILED, "failed"), (Outcome.SIGNALED, "killed by a signal"),
-        (Outcome.RUNNING, "still running"), (Outcome.UNKNOWN, "exit unseen"),
-    ) if counts[o.value]]  # fmt: skip
+    parts = [plural(counts["processes"], "process")]
+    counts["no_status"] = counts[Outcome.UNKNOWN.value] - counts["exit_unseen"]
+    detail = [f"{counts[key]} {label}" for key, label in (
+        ("ok", "ok"), ("failed", "failed"), ("signaled", "killed by a signal"), ("running", "still running"),
+        ("no_status", "status unknown"), ("exit_unseen", "exit unseen"),
+    ) if counts[key]]  # fmt: skip
     if detail:
         parts[0] += " (" + ", ".join(detail) + ")"
     if counts["threads"]:
-        parts.append(f"{counts['threads']} threads")
-    parts.append(f"{counts['fork_failures']} failed forks")
+        parts.append(plural(counts["threads"], "thread"))
+    parts.append(plural(counts["fork_failures"], "failed fork"))
     lost = sum(rec.count or 0 for rec in result.tree.lost)
     unknown = sum(1 for rec in result.tree.lost if rec.count is None)
-    parts.append(f"{lost} events lost" + (f" (+{unknown} overruns of unknown size)" if unknown else ""))
+    overruns = f" (+{plural(unknown, 'overrun')} of unknown size)" if unknown else ""
+    parts.append(f"{plural(lost, 'event')} lost{overruns}")
     root = result.tree.root
     return (
         f"proctap run: {format_argv(root, 60)} -> {_status(root)} (exit status {result.exit_status}) after "
@@ -241,12 +249,17 @@ def format_report(result: RunResult, *, limit: int = 500, width: int = 160, note
             hidden += 1
             continue
         if hidden:
-            lines.append(" " * 63 + "  " * hidden_depth + f"… {hidden} more processes (all ended well)")
+            lines.append(_hidden_line(hidden, hidden_depth))
             hidden = 0
         lines.extend(_node_lines(node, depth, base, width, id(node) in orphans))
     if hidden:
-        lines.append(" " * 63 + "  " * hidden_depth + f"… {hidden} more processes (all ended well)")
+        lines.append(_hidden_line(hidden, hidden_depth))
     return lines
+
+
+def _hidden_line(hidden: int, depth: int) -> str:
+    noun = "process" if hidden == 1 else "processes"
+    return " " * 63 + "  " * depth + f"… {hidden} more {noun} (all ended well)"
 
 
 def _lost_lines(lost: list[LostRecord], base: int) -> list[str]:
@@ -258,9 +271,9 @@ def _lost_lines(lost: list[LostRecord], base: int) -> list[str]:
     for reason, recs in by_reason.items():
         counted = sum(r.count for r in recs if r.count is not None)
         unknown = sum(1 for r in recs if r.count is None)
-        what = f"{counted} events lost" if counted else "events lost"
+        what = f"{plural(counted, 'event')} lost" if counted else "events lost"
         if unknown:
-            what += f" (+{unknown} overrun{'s' if unknown > 1 else ''} of unknown size)"
+            what += f" (+{plural(unknown, 'overrun')} of unknown size)"
         first = (recs[0].timestamp_ns - base) / 1e9
         last = (recs[-1].timestamp_ns - base) / 1e9
         when = f"at +{first:.3f}s" if len(recs) == 1 else f"in {len(recs)} bursts from +{first:.3f}s to +{last:.3f}s"

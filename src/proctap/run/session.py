@@ -23,7 +23,7 @@ from ..linux import procfs
 from ..linux.clock import Clock
 from ..text import quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher
-from .tree import ProcessTree
+from .tree import ProcessNode, ProcessTree
 
 __all__ = ["CommandFailed", "RunOptions", "RunResult", "run", "shell_exit_status"]
 
@@ -282,28 +282,27 @@ class _Session:
 
     def sweep_gone(self) -> None:
         """Live nodes whose process is gone although no Exit came: give the backend time to report them (a scanning
-        backend: until its next scan), then mark those still missing as exit unseen.  Those alive are noted alive."""
+        backend: until its next scan, at most ROOT_EXIT_GRACE_S), then mark those still missing as exit unseen.
+        Those found alive are noted alive."""
         tree = self.tree
-        suspects = []
+        suspects: list[ProcessNode] = []
         for node in [n for n in tree.live.values() if n is not tree.root]:
             now = time.monotonic_ns()
             if self.gone(node.pid, node.boot_start_ns):
                 tree.seen_dead(node.pid, time.monotonic_ns())
-                suspects.append(node.pid)
+                suspects.append(node)
             else:
                 tree.seen_alive(node.pid, now)
-        if not suspects:
-            return
-        deadline = time.monotonic() + SWEEP_GRACE_S + self.scan_interval()
-        while any(pid in tree.live for pid in suspects):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self.step(min(left, SWEEP_GRACE_S))
-        for pid in suspects:
-            node = tree.live.get(pid)
-            if node is not None and self.gone(pid, node.boot_start_ns):
-                tree.mark_gone(pid, node.dead_by_ns)
+
+        def missing() -> list[ProcessNode]:
+            return [n for n in suspects if tree.live.get(n.pid) is n]
+
+        deadline = time.monotonic() + SWEEP_GRACE_S + min(self.scan_interval(), ROOT_EXIT_GRACE_S)
+        while missing() and time.monotonic() < deadline:
+            self.step(max(0.0, min(deadline - time.monotonic(), SWEEP_GRACE_S)))
+        for node in missing():
+            if self.gone(node.pid, node.boot_start_ns):
+                tree.mark_gone(node.pid, node.dead_by_ns)
 
     def scan_interval(self) -> float:
         """How long a scanning backend may take to notice a change (its ``interval_us`` counter); 0 for others."""
@@ -370,7 +369,7 @@ def _follow(session: _Session) -> None:
     # The command is reaped; its Exit event may still be in flight (the proc connector reports after
     # exit_notify, kernel/exit.c), so give it a moment before falling back to the status waitpid gave.
     assert session.status is not None and session.reaped_ns is not None
-    deadline = time.monotonic() + max(ROOT_EXIT_GRACE_S, session.scan_interval())
+    deadline = time.monotonic() + ROOT_EXIT_GRACE_S
     while not tree.root.ended and time.monotonic() < deadline:
         session.step(0.05)
     tree.end_root(session.status, session.reaped_ns)
