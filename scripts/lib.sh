@@ -46,4 +46,30 @@ python_env() {
     # an editable install has no bytecode yet: compile it now so no start-up compiles sources (and none has to
     # when PYTHONDONTWRITEBYTECODE is set)
     "$PY" -m compileall -q src/proctap >/dev/null
+    system_python_path
+}
+
+# system_python_path: let the machine's own interpreters import this checkout's proctap (`python3 -m proctap`,
+# `import proctap`) without the virtualenv: proctap needs nothing beyond the standard library, so a .pth file
+# naming src/ in the interpreter's site directory is the whole installation.  Interpreters: `python3` on PATH, and
+# /usr/local/bin/python3 and /usr/bin/python3 (what `sudo python3` finds through sudo's secure_path).  Rewritten
+# on every run (the checkout may have moved); removed from an interpreter older than 3.10, which cannot run proctap.
+system_python_path() {
+    local src="$PWD/src" seen=" " py exe site
+    for py in "$(command -v python3 || true)" /usr/local/bin/python3 /usr/bin/python3; do
+        [ -n "$py" ] && [ -x "$py" ] || continue
+        # skip virtualenvs (they install proctap themselves) and interpreters already handled (symlinks, shims)
+        exe=$("$py" -c 'import sys; print(sys.executable if sys.prefix == sys.base_prefix else "")' 2>/dev/null) \
+            || continue
+        [ -n "$exe" ] || continue
+        case "$seen" in *" $exe "*) continue ;; esac
+        seen="$seen$exe "
+        site=$("$py" -c 'import site; print(site.getsitepackages()[0])') || continue
+        if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+            mkdir -p "$site" && printf '%s\n' "$src" >"$site/proctap-src.pth" \
+                || echo "warning: could not write $site/proctap-src.pth" >&2
+        else
+            rm -f "$site/proctap-src.pth"
+        fi
+    done
 }
