@@ -19,7 +19,7 @@ import errno as _errno
 import re
 import signal as _signal
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple, get_args, get_origin, get_type_hints
@@ -32,6 +32,8 @@ __all__ = [
     "Event",
     "EventKind",
     "Exec",
+    "ExecFailed",
+    "Existing",
     "Exit",
     "Fork",
     "ForkFailed",
@@ -60,6 +62,7 @@ class EventKind(str, Enum):
     FORK = "fork"
     FORK_FAILED = "fork_failed"
     EXEC = "exec"
+    EXEC_FAILED = "exec_failed"
     EXIT = "exit"
     COMM = "comm"
     UID = "uid"
@@ -67,6 +70,7 @@ class EventKind(str, Enum):
     SID = "sid"
     PTRACE = "ptrace"
     COREDUMP = "coredump"
+    EXISTING = "existing"
     LOST = "lost"
 
     def __str__(self) -> str:
@@ -78,6 +82,9 @@ class Origin(str, Enum):
 
     KERNEL = "kernel"  # captured by the kernel at the moment of the event
     PROC = "proc"  # read from /proc after the event: may already describe a later state of the task
+    SNAPSHOT = "snapshot"  # read from /proc when the watcher started (the process predates it)
+    INHERITED = "inherited"  # the parent's, copied at fork: true until the process exec's
+    SYNTHETIC = "synthetic"  # made up by a repair after lost events (a process found gone, or found unseen)
 
     def __str__(self) -> str:
         return self.value
@@ -166,6 +173,9 @@ class Event:
     pid: int
     tid: int
     start_ns: int | None = None
+    # The process as the watcher's cache knew it at this event (proctap.cache.Process), set by the watcher once
+    # the event is applied; not part of the event's JSON (``--context`` adds the parent and ancestors).
+    process: Any = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> TaskKey | None:
@@ -247,6 +257,31 @@ class Exec(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExecFailed(Event):
+    """An execve/execveat that returned an error: ``pid``/``tid`` are the caller, which goes on running its old
+    program.  ``filename``/``argv`` are what it tried to run where the backend captured them (bpf: at the syscall's
+    entry), else ``None``; ``errno`` is the positive error number (``ENOENT``, ``EACCES``, ``ENOEXEC``...).
+
+    Only backends that see the syscall's return value report it (bpf, tracefs, kprobe).
+    """
+
+    kind: ClassVar[EventKind] = EventKind.EXEC_FAILED
+    json_derived: ClassVar[tuple[str, ...]] = ("errno_name",)
+
+    errno: int
+    filename: str | None = None
+    argv: tuple[str, ...] | None = None
+    argc: int | None = None
+    argv_truncated: bool = False
+    syscall: str | None = None
+    comm: str | None = None
+
+    @property
+    def errno_name(self) -> str | None:
+        return errno_name(self.errno)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Exit(Event):
     """A task ended.  ``is_thread`` True: one thread of a process ended, the process lives on; False: the process
     ended (its last thread exited).
@@ -268,6 +303,7 @@ class Exit(Event):
     parent_pid: int | None = None
     comm: str | None = None
     accounting: Accounting | None = None
+    synthetic: bool = False  # made by a repair: the process was found gone after lost events; status unknown
 
     @property
     def signal_name(self) -> str | None:
@@ -332,6 +368,25 @@ class Coredump(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Existing(Event):
+    """A process proctap learnt from /proc rather than from an event: one that was running when the watcher started
+    (``reason`` ``"snapshot"``, ``watch --snapshot``: parents before children, then the live stream), or one found
+    after lost events hid its fork (``"repair"``).  ``timestamp_ns`` is when /proc was read; ``filename`` is its
+    executable (/proc/PID/exe); fields /proc would not give (a kernel thread's exe, another user's) are ``None``.
+    """
+
+    kind: ClassVar[EventKind] = EventKind.EXISTING
+
+    reason: str
+    parent_pid: int | None = None
+    comm: str | None = None
+    filename: str | None = None
+    argv: tuple[str, ...] | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lost(Event):
     """The kernel dropped events.  ``count`` is exact when the kernel makes it countable, ``None`` when it only said
     that something was dropped.  ``cpu`` names the CPU whose events were lost where known; ``reason`` says which
@@ -346,7 +401,8 @@ class Lost(Event):
 
 
 EVENT_CLASSES: dict[EventKind, type[Event]] = {
-    cls.kind: cls for cls in (Fork, ForkFailed, Exec, Exit, Comm, Uid, Gid, Sid, Ptrace, Coredump, Lost)
+    cls.kind: cls
+    for cls in (Fork, ForkFailed, Exec, ExecFailed, Exit, Comm, Uid, Gid, Sid, Ptrace, Coredump, Existing, Lost)
 }
 
 
@@ -456,7 +512,7 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 def _plan(cls: type[Event]) -> _Plan:
     hints = get_type_hints(cls)
-    names = tuple(f.name for f in fields(cls))
+    names = tuple(f.name for f in fields(cls) if f.name not in _NOT_IN_JSON)
     parts: dict[str, list[str]] = {"lists": [], "enums": [], "records": [], "texts": []}
     for name in names:
         types = [t for t in (get_args(hints[name]) or (hints[name],)) if t is not type(None)]
@@ -480,6 +536,7 @@ def _plan(cls: type[Event]) -> _Plan:
 
 
 _PLANS: dict[type[Event], _Plan] = {}
+_NOT_IN_JSON = frozenset({"process"})
 _ACCOUNTING_NAMES = tuple(f.name for f in fields(Accounting))
 _accounting_values = _getter(_ACCOUNTING_NAMES)
 

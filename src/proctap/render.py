@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol, TextIO
 
-from .events import Event, Exec, Exit, Fork, Lost, event_dict
+from .events import Event, Exec, ExecFailed, Existing, Exit, Fork, Lost, event_dict
 from .process_table import ProcessInfo
 from .text import format_accounting, format_change, format_command, format_duration, format_exit, format_lost, sanitize
 
@@ -45,6 +45,8 @@ _KIND_LABEL = {
     "fork": "fork",
     "fork_failed": "forkfail",
     "exec": "exec",
+    "exec_failed": "execfail",
+    "existing": "existing",
     "exit": "exit",
     "comm": "comm",
     "uid": "uid",
@@ -125,6 +127,19 @@ class TableRenderer:
             if ended.accounting is not None:
                 text += "  " + format_accounting(ended.accounting)
             lifetime = format_duration(self._lifetime(ended, info))
+        elif cls is ExecFailed:
+            failed: ExecFailed = event  # type: ignore[assignment]
+            label = "execfail"
+            argv = failed.argv
+            truncated = failed.argv_truncated
+            name = failed.errno_name or "?"
+            text = name if failed.filename is None else f"{name} {sanitize(failed.filename)}"
+        elif cls is Existing:
+            found: Existing = event  # type: ignore[assignment]
+            label = "existing"
+            ppid = found.parent_pid
+            argv = found.argv
+            text = "" if found.filename is None else sanitize(found.filename)
         elif cls is Lost:
             line = f"{stamp} {format_lost(event)}"  # type: ignore[arg-type]
             return f"\x1b[1;31m{line}\x1b[0m" if self.color else line

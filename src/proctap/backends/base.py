@@ -47,6 +47,8 @@ class Feature(str, Enum):
     EXIT_STATUS = "exit_status"  # Exit.status / exit_code / signal for every exit
     CORE_DUMPED = "core_dumped"  # Exit.core_dumped is reliable
     FORK_FAILED = "fork_failed"  # ForkFailed events (sees the fork path's return value)
+    EXEC_FAILED = "exec_failed"  # ExecFailed events (sees execve/execveat's return value)
+    EXEC_FAILED_ARGS = "exec_failed_args"  # ExecFailed.filename/argv captured at the syscall's entry
     COMM = "comm"  # Comm events
     CREDENTIALS = "credentials"  # Uid / Gid events
     SID = "sid"  # Sid events

@@ -39,6 +39,7 @@ __all__ = ["SUBCOMMAND", "add_watch_arguments", "make_renderer", "open_watcher",
 _KIND_FEATURE = {
     EventKind.FORK: Feature.FORK,
     EventKind.FORK_FAILED: Feature.FORK_FAILED,
+    EventKind.EXEC_FAILED: Feature.EXEC_FAILED,
     EventKind.EXEC: Feature.EXEC,
     EventKind.EXIT: Feature.EXIT,
     EventKind.COMM: Feature.COMM,
