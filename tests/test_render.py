@@ -183,7 +183,7 @@ def test_json_renderer_is_to_dict() -> None:
 
 def _full_events() -> list[object]:
     """One event of every kind with every field set (and one with the optional ones left None)."""
-    from proctap.events import Accounting, Coredump, Gid, Origin, Ptrace, Sid, Uid
+    from proctap.events import Accounting, Coredump, ExecFailed, Existing, Gid, Origin, Ptrace, Sid, Uid
 
     base = {**COMMON, "pid": 42, "tid": 43, "start_ns": 77}
     acct = Accounting(cpu_user_us=1, cpu_system_us=2, elapsed_us=3, peak_rss_kb=4, per_process=True)
@@ -201,6 +201,8 @@ def _full_events() -> list[object]:
         Sid(**base),
         Ptrace(**base, tracer_pid=1, tracer_tid=1, attached=True),
         Coredump(**base, parent_pid=1, parent_tid=1),
+        ExecFailed(**base, errno=2, filename="/nope", argv=("nope", "-x"), argc=2, syscall="execve", comm="sh"),
+        Existing(**base, reason="snapshot", parent_pid=1, comm="c", filename="/bin/c", argv=("c",), uid=0, gid=0),
         Lost(**COMMON, pid=0, tid=0, count=3, reason="r", cpu=1),
     ]  # fmt: skip
 
