@@ -1,4 +1,4 @@
-"""Every example in README.md and docs/*.md runs, so the docs cannot drift from the code.
+"""Every example in README.md, bench/README.md and docs/*.md runs, so the docs cannot drift from the code.
 
 The examples are the fenced blocks of the markdown, by their label:
 
@@ -50,7 +50,7 @@ from proctap.render import TableRenderer
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_FILES = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TIMEOUT = float(os.environ.get("PROCTAP_TEST_TIMEOUT", "30"))
 WORKLOAD = "while :; do sh -c 'exit 3'; sleep 0.1; done"
 # A two-file C program for the commands that run make.
