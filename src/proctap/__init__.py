@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .backends import Availability, Backend, BackendConfig, Feature, choose_backend, probe_all
 from .errors import BackendUnavailable, DecodeError, ProctapError
 from .events import (
@@ -67,6 +69,19 @@ __all__ = [
     "awatch",
     "choose_backend",
     "decode_wait_status",
+    "export",
     "probe_all",
     "watch",
 ]
+
+if TYPE_CHECKING:
+    from . import export
+
+
+def __getattr__(name: str) -> object:
+    """``proctap.export`` (OTLP, Prometheus) is imported on first use: it pulls in urllib and http.server."""
+    if name == "export":
+        import importlib
+
+        return importlib.import_module(".export", __name__)
+    raise AttributeError(f"module 'proctap' has no attribute {name!r}")

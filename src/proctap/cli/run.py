@@ -18,6 +18,7 @@ from typing import TextIO
 from ..errors import ProctapError
 from ..run.report import format_report, run_document, summary_line
 from ..run.session import CommandFailed, RunOptions, RunResult, run
+from . import export_options
 from .common import PROG, Subcommand, add_backend_arguments, add_switch, count_arg, stderr
 
 __all__ = ["SUBCOMMAND", "add_arguments", "run_command"]
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         latency_help="how long events may wait in the kernel while they keep coming (default: 0.05 with a backend "
         "that captures argv in the kernel, bpf; else 0.01)",
     )
+    export_options.add_run_export_arguments(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
 
 
@@ -120,9 +122,11 @@ def run_command(args: argparse.Namespace) -> int:
         buffer_bytes=args.buffer,
         backend_options=tuple(args.backend_option),
     )
-    for option, path in (("--json", args.json), ("--html", args.html), ("--report", args.report)):
+    for option, path in (("--json", args.json), ("--html", args.html), ("--report", args.report),
+                         ("--trace-event", args.trace_event)):  # fmt: skip
         if path is not None:
             check_output_path(option, path)
+    export_options.check_run_export(args)
     try:
         result = run(opts)
     except CommandFailed as exc:
@@ -138,6 +142,10 @@ def run_command(args: argparse.Namespace) -> int:
             from ..run.timeline import render_html  # only here: it is not needed for any other output
 
             _write("--html", args.html, render_html(doc))
+    if args.trace_event:
+        _write("--trace-event", args.trace_event, export_options.trace_event_text(result))
+    if args.otlp:
+        export_options.export_run(args, result)
     return result.exit_status
 
 

@@ -9,15 +9,16 @@ import select
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from ..backends import Backend, Feature, choose_backend
 from ..errors import ProctapError
-from ..events import EventKind
+from ..events import Event, EventKind
 from ..render import JsonRenderer, Renderer, TableRenderer
 from ..text import plural, quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
-from . import common
+from . import common, export_options
 from .common import (
     DEFAULT_EVENTS,
     PROG,
@@ -103,6 +104,7 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add CPU, peak RSS, I/O and context switches to exit events (taskstats; needs CAP_NET_ADMIN)",
     )
+    export_options.add_export_arguments(parser)
 
 
 # -- watch -----------------------------------------------------------------------------------------------------
@@ -169,9 +171,12 @@ def pump(
     output: TextIO | None = None,
     counts: dict[str, int] | None = None,
     stop: StopSignals | None = None,
+    sink: Callable[[list[Event]], list[Event]] | None = None,
+    on_signal: Callable[[], bool] | None = None,
 ) -> None:
     """Render events until ``duration`` elapses (None: forever) or ``stop`` caught a signal; raises OutputClosed when
-    ``output``'s reader goes away.
+    ``output``'s reader goes away.  ``sink`` gets each batch after the watcher (the exporters) and may add events to
+    show (their losses); ``on_signal()`` True means the signal was dealt with (SIGHUP reopened --output): go on.
 
     Batches come from the watcher's drain loop (:meth:`Watcher.read`), each written with one write call; the signal
     pipe and the output's error state (POLLERR on the write end of a closed pipe) cut its waits short, so a closed
@@ -182,11 +187,13 @@ def pump(
     out_fd = _pollable_fd(output)
     if out_fd is not None:
         wake.append((out_fd, 0))  # only POLLERR/POLLHUP: the reader went away
-    while stop is None or stop.signum is None:
+    while stop is None or stop.signum is None or (on_signal is not None and on_signal()):
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return
         pairs = watcher.read_with_info(remaining, wake=wake)
+        if sink is not None:
+            pairs += [(ev, None) for ev in sink([ev for ev, _ in pairs])]
         if pairs:
             renderer.render_batch(pairs)
             if counts is not None:
@@ -232,7 +239,8 @@ def print_summary(stats: WatchStats, shown: dict[str, int], elapsed: float) -> N
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    out = sys.stdout
+    out = export_options.open_output(args.output) or sys.stdout
+    export = None
     renderer = make_renderer(args, out)
     shown: dict[str, int] = {}
     with StopSignals() as stop:
@@ -240,11 +248,18 @@ def run_watch(args: argparse.Namespace) -> int:
         watcher = open_watcher(args, track=track, accounting=args.accounting)
         started = time.monotonic()
         try:
+            export = export_options.WatchExport.open(args, watcher.backend_name)
             if not args.quiet:
                 stderr(_start_message(args, watcher.backend_name))
+                if export is not None:
+                    stderr(export.start_note())
             if not args.json and not args.no_header:
                 renderer.header()
-            pump(watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop)
+            pump(
+                watcher, renderer, duration=args.duration, output=out, counts=shown, stop=stop,
+                sink=None if export is None else export.sink.consume,
+                on_signal=lambda: export_options.handle_hangup(stop, out),
+            )  # fmt: skip
         except BrokenPipeError:
             raise
         except OSError as exc:  # writing failed: a full disk, a vanished terminal...
@@ -252,11 +267,12 @@ def run_watch(args: argparse.Namespace) -> int:
             raise ProctapError(f"cannot write the output: {exc.strerror or exc}") from None
         finally:
             watcher.close()
+            exported = {} if export is None else export.close(renderer, shown, quiet=args.quiet)
         stats = watcher.stats()
         if not args.quiet:
             print_summary(stats, shown, time.monotonic() - started)
         if args.stats:
-            stderr(json.dumps(stats.as_dict(), sort_keys=True))
+            stderr(json.dumps({**stats.as_dict(), **exported}, sort_keys=True))
     return 0 if stop.signum is None else 128 + stop.signum
 
 

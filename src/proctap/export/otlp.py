@@ -1,0 +1,461 @@
+"""The OpenTelemetry (OTLP/JSON) form of proctap's data: pure functions, no I/O but reading the host's identity.
+
+* :func:`log_record`: one event as an OTLP log record (``eventName`` ``proctap.<kind>``, ``timeUnixNano`` the
+  event's wall time, severity, attributes named by the OpenTelemetry semantic conventions where one exists and
+  ``proctap.*`` otherwise), built on :func:`proctap.events.event_dict` (the one JSON form of an event);
+  :func:`logs_request` wraps records into an ``ExportLogsServiceRequest``.
+* :func:`tree_spans`: a ``proctap run`` process tree as spans (one per process, parent span = parent process);
+  :func:`traces_request` wraps them into an ``ExportTraceServiceRequest``; :func:`parse_traceparent` reads a W3C
+  ``TRACEPARENT`` so the tree nests under the caller's span.
+
+The encoding is OTLP's JSON mapping (opentelemetry-proto, ``docs/specs/otlp``): lowerCamelCase field names, 64-bit
+integers as decimal strings, enums as numbers, trace and span ids as hex.  docs/export.md lists every attribute.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..events import Event, EventKind, Exit, event_dict, json_text, json_texts
+from ..text import format_command, format_exit, format_lost, format_status, sanitize
+
+if TYPE_CHECKING:
+    from ..run.tree import ProcessNode, ProcessTree
+
+__all__ = [
+    "SCOPE",
+    "SEVERITY_INFO",
+    "SEVERITY_WARN",
+    "any_value",
+    "attributes",
+    "endpoint",
+    "event_attributes",
+    "log_record",
+    "logs_request",
+    "parse_traceparent",
+    "resource_attributes",
+    "span_name",
+    "traces_request",
+    "tree_spans",
+]
+
+SEVERITY_INFO = 9  # SEVERITY_NUMBER_INFO
+SEVERITY_WARN = 13  # SEVERITY_NUMBER_WARN
+SPAN_KIND_INTERNAL = 1
+STATUS_ERROR = 2
+SCOPE = {"name": "proctap", "version": __version__}
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+# event_dict field -> attribute name, where the semantic conventions have one (registry: process.*, thread.*,
+# error.*, cpu.*).  ``uid``/``gid`` of Fork/Exec/Existing are the *real* ids (what bpf_get_current_uid_gid and
+# /proc's first Uid column give); a Uid event carries both.  Fields listed with None are not attributes (they are
+# the record's own fields or the resource's).  Every other field becomes ``proctap.<field>``, so fields added to
+# the events later are exported without a change here.
+_SEMCONV: dict[str, str | None] = {
+    "event": None,  # eventName
+    "source": None,  # the resource's proctap.backend
+    "wall_time": None,  # timeUnixNano
+    "pid": "process.pid",
+    "tid": "thread.id",
+    "parent_pid": "process.parent_pid",
+    "filename": "process.executable.path",
+    "argv": "process.command_args",
+    "argc": "process.args_count",
+    "exit_code": "process.exit.code",
+    "uid": "process.real_user.id",
+    "ruid": "process.real_user.id",
+    "euid": "process.user.id",
+    "errno_name": "error.type",
+    "cpu": "cpu.logical_number",
+    "cwd": "process.working_directory",
+    "container_id": "container.id",
+}
+
+
+# -- the resource ---------------------------------------------------------------------------------------------------
+
+
+def _machine_id() -> str | None:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text:
+            return text
+    return None
+
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm32", "ppc64le": "ppc64", "s390x": "s390x"}
+
+
+def resource_attributes(backend: str | None = None, extra: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The resource every record is sent under: ``service.name`` proctap, ``service.version``, ``host.name``,
+    ``host.id`` (/etc/machine-id), ``host.arch``, ``os.type``, ``proctap.backend``; ``extra`` adds or overrides
+    (``OTEL_RESOURCE_ATTRIBUTES`` is read by the callers)."""
+    attrs: dict[str, Any] = {
+        "service.name": "proctap",
+        "service.version": __version__,
+        "host.name": socket.gethostname(),
+        "host.id": _machine_id(),
+        "host.arch": _ARCH.get(platform.machine(), platform.machine()),
+        "os.type": "linux",
+        "proctap.backend": backend,
+    }
+    if extra:
+        attrs.update(extra)
+    return attributes(attrs.items())
+
+
+def env_resource_attributes(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``k=v,k2=v2``, values percent-decoded) and ``OTEL_SERVICE_NAME``, as the
+    OpenTelemetry SDKs read them; malformed pairs are skipped."""
+    from urllib.parse import unquote
+
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(value.strip())
+    if env.get("OTEL_SERVICE_NAME", "").strip():
+        out["service.name"] = env["OTEL_SERVICE_NAME"].strip()
+    return out
+
+
+# -- values ---------------------------------------------------------------------------------------------------------
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    """A Python value as an OTLP ``AnyValue``: str, bool, int (int64 as a decimal string; beyond int64 a string),
+    float, a list or tuple (``arrayValue``), a dict (``kvlistValue``); text is made valid UTF-8."""
+    tp = type(value)
+    if tp is str:
+        return {"stringValue": value if value.isascii() else json_text(value)}
+    if tp is bool:
+        return {"boolValue": value}
+    if tp is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return {"intValue": str(value)}
+        return {"stringValue": str(value)}
+    if tp is float:
+        return {"doubleValue": value}
+    if tp is list or tp is tuple:
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    if tp is dict:
+        return {"kvlistValue": {"values": attributes(value.items())}}
+    if value is None:
+        return {}
+    return {"stringValue": json_text(str(value))}
+
+
+def attributes(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """``KeyValue`` list from (name, value) pairs, leaving out None values."""
+    return [{"key": key, "value": any_value(value)} for key, value in pairs if value is not None]
+
+
+def _iso8601(ns: int) -> str:
+    """Epoch nanoseconds as ISO 8601 UTC with microseconds (``2026-11-29T21:28:02.244607Z``)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+
+
+class _Clock:
+    """CLOCK_BOOTTIME -> epoch, for ``process.creation.time`` (``start_ns`` is nanoseconds since boot)."""
+
+    boot_wall_ns: int | None = None
+
+    @classmethod
+    def boot_to_wall(cls, boot_ns: int) -> int:
+        if cls.boot_wall_ns is None:
+            cls.boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        return boot_ns + cls.boot_wall_ns
+
+
+# -- log records ----------------------------------------------------------------------------------------------------
+
+
+def event_attributes(event: Event, fields: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The attributes of one event's log record (``fields``: its :func:`event_dict`, when the caller has it)."""
+    data = event_dict(event) if fields is None else fields
+    out: list[dict[str, Any]] = []
+    add = out.append
+    for name, value in data.items():
+        if value is None:
+            continue
+        key = _SEMCONV.get(name, "")
+        if key is None:
+            continue
+        if name == "raw_b64":
+            for field, raw in value.items():
+                add({"key": f"proctap.raw_b64.{field}", "value": any_value(raw)})
+            continue
+        if name == "accounting":
+            for field, figure in value.items():
+                if figure is not None:
+                    add({"key": f"proctap.accounting.{field}", "value": any_value(figure)})
+            continue
+        add({"key": key or f"proctap.{name}", "value": any_value(value)})
+    if data.get("start_ns") is not None:
+        add({"key": "process.creation.time", "value": {"stringValue": _iso8601(_Clock.boot_to_wall(data["start_ns"]))}})
+    filename = data.get("filename")
+    if filename:
+        add({"key": "process.executable.name", "value": any_value(filename.rsplit("/", 1)[-1])})
+    if event.kind is EventKind.EXIT and not data.get("is_thread"):
+        add({"key": "process.exit.time", "value": {"stringValue": _iso8601(_wall_ns(event))}})
+    return out
+
+
+def _wall_ns(event: Event) -> int:
+    """The event's wall time in epoch nanoseconds (``wall_time`` is the kernel's timestamp on the wall clock;
+    a float of seconds, so within a quarter of a microsecond)."""
+    return round(event.wall_time * 1e9)
+
+
+def severity(event: Event) -> int:
+    """WARN for what went wrong (a failed fork or exec, a non-zero exit or death by signal, a loss), else INFO."""
+    kind = event.kind
+    if kind is EventKind.EXIT:
+        ended: Exit = event  # type: ignore[assignment]
+        return SEVERITY_WARN if ended.signal is not None or (ended.exit_code or 0) != 0 else SEVERITY_INFO
+    if kind in (EventKind.FORK_FAILED, EventKind.LOST) or kind.value == "exec_failed":
+        return SEVERITY_WARN
+    return SEVERITY_INFO
+
+
+def body(event: Event, fields: Mapping[str, Any]) -> str:
+    """A one-line human summary (the record's body): ``exec 1234: make -j2``, ``exit 1234: exit 2``, ``fork 1234
+    from 1200``, ``LOST 12 events (...)``."""
+    kind = event.kind.value
+    pid = event.pid
+    if kind == "lost":
+        return format_lost(event)  # type: ignore[arg-type]
+    if kind == "exit":
+        what = f"thread {event.tid} " if fields.get("is_thread") else ""
+        return f"exit {pid}: {what}{format_exit(event)}"  # type: ignore[arg-type]
+    if kind == "fork":
+        if fields.get("is_thread"):
+            return f"clone {pid}: thread {event.tid}"
+        return f"fork {pid} from {fields.get('parent_pid')}"
+    argv = fields.get("argv")
+    if argv is not None or fields.get("filename") is not None:
+        command = format_command(argv, fields.get("comm"), bool(fields.get("argv_truncated")))
+        text = command or sanitize(fields.get("filename") or "")
+        if fields.get("errno_name"):
+            text = f"{fields['errno_name']} {text}"
+        return f"{kind} {pid}: {text}"
+    if fields.get("errno_name"):
+        return f"{kind} {pid}: {fields['errno_name']}"
+    return f"{kind} {pid}"
+
+
+def log_record(event: Event, observed_ns: int | None = None) -> dict[str, Any]:
+    """One event as an OTLP ``LogRecord`` (JSON mapping)."""
+    fields = event_dict(event)
+    record: dict[str, Any] = {
+        "timeUnixNano": str(_wall_ns(event)),
+        "severityNumber": severity(event),
+        "severityText": "WARN" if severity(event) == SEVERITY_WARN else "INFO",
+        "eventName": f"proctap.{fields['event']}",
+        "body": {"stringValue": json_text(body(event, fields))},
+        "attributes": event_attributes(event, fields),
+    }
+    if observed_ns is not None:
+        record["observedTimeUnixNano"] = str(observed_ns)
+    return record
+
+
+def logs_request(records: list[dict[str, Any]], resource: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ``ExportLogsServiceRequest`` of ``records`` under one resource and proctap's scope."""
+    return {
+        "resourceLogs": [{"resource": {"attributes": resource}, "scopeLogs": [{"scope": SCOPE, "logRecords": records}]}]
+    }
+
+
+# -- endpoints ------------------------------------------------------------------------------------------------------
+
+
+def endpoint(url: str, signal: str) -> str:
+    """The URL to POST ``signal`` (``logs``/``traces``) to: ``/v1/<signal>`` appended when ``url`` has no path (the
+    OTLP/HTTP exporters' rule for a base endpoint), else ``url`` as given."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path=f"/v1/{signal}"))
+    return url
+
+
+# -- traces: a process tree -----------------------------------------------------------------------------------------
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """``(trace_id, parent_span_id)`` of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``); None when
+    absent or malformed (version ff, all-zero ids), so a bad variable starts a new trace rather than failing."""
+    if not value:
+        return None
+    match = _TRACEPARENT.fullmatch(value.strip().lower())
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags = match.groups()
+    if version == "ff" or trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id
+
+
+def _new_id(nbytes: int) -> str:
+    while True:
+        value = os.urandom(nbytes)
+        if any(value):
+            return value.hex()
+
+
+def span_name(node: ProcessNode) -> str:
+    """The program a process ran, short: the basename of its executable, else of argv[0], else its comm."""
+    if node.filename:
+        return sanitize(node.filename.rsplit("/", 1)[-1])
+    if node.argv:
+        return sanitize(node.argv[0].rsplit("/", 1)[-1]) or "?"
+    return sanitize(node.comm) if node.comm else "?"
+
+
+def _node_attributes(node: ProcessNode, wall_offset_ns: int) -> list[dict[str, Any]]:
+    data: dict[str, Any] = {"argv": None if node.argv is None else list(node.argv), "filename": node.filename}
+    if node.comm is not None:
+        data["comm"] = node.comm
+    json_texts(data, ("argv", "filename", "comm"))
+    pairs: list[tuple[str, Any]] = [
+        ("process.pid", node.pid),
+        ("process.parent_pid", node.ppid),
+        ("process.command_args", data["argv"]),
+        ("process.args_count", None if node.argv is None else len(node.argv)),
+        ("process.executable.path", data["filename"]),
+        ("process.executable.name", None if not node.filename else node.filename.rsplit("/", 1)[-1]),
+        ("proctap.comm", data.get("comm")),
+        ("process.exit.code", node.exit_code),
+        ("proctap.signal", node.signal),
+        ("proctap.signal_name", node.signal_name),
+        ("proctap.core_dumped", node.core_dumped or None),
+        ("proctap.outcome", node.outcome.value),
+        ("proctap.exit_seen", node.exit_seen),
+        ("proctap.outlived_root", node.outlived_root or None),
+        ("proctap.threads", len(node.threads) or None),
+        ("proctap.key", None if node.boot_start_ns is None else f"{node.pid}@{node.boot_start_ns}"),
+    ]
+    for name, raw in data.get("raw_b64", {}).items():
+        pairs.append((f"proctap.raw_b64.{name}", raw))
+    if node.start_ns is not None:
+        pairs.append(("process.creation.time", _iso8601(node.start_ns + wall_offset_ns)))
+    if node.ended and node.end_ns is not None:
+        pairs.append(("process.exit.time", _iso8601(node.end_ns + wall_offset_ns)))
+    if node.accounting is not None:
+        from ..events import accounting_dict
+
+        pairs.extend((f"proctap.accounting.{k}", v) for k, v in accounting_dict(node.accounting).items())
+    return attributes(pairs)
+
+
+def _node_events(node: ProcessNode, wall_offset_ns: int) -> list[dict[str, Any]]:
+    events = []
+    for record in node.execs:
+        data = json_texts({"argv": None if record.argv is None else list(record.argv), "filename": record.filename},
+                          ("argv", "filename"))  # fmt: skip
+        events.append(
+            {
+                "timeUnixNano": str(record.timestamp_ns + wall_offset_ns),
+                "name": "exec",
+                "attributes": attributes(
+                    [("process.executable.path", data["filename"]), ("process.command_args", data["argv"])]
+                ),
+            }
+        )
+    for failure in node.fork_failures:
+        events.append(
+            {
+                "timeUnixNano": str(failure.timestamp_ns + wall_offset_ns),
+                "name": "fork_failed",
+                "attributes": attributes(
+                    [
+                        ("error.type", failure.errno_name),
+                        ("thread.id", failure.tid),
+                        ("proctap.syscall", failure.syscall),
+                    ]
+                ),
+            }
+        )
+    return events
+
+
+def tree_spans(
+    tree: ProcessTree,
+    *,
+    wall_offset_ns: int,
+    end_ns: int,
+    trace_id: str | None = None,
+    parent_span_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """One OTLP ``Span`` per process of ``tree``, parents before children.
+
+    Times: the tree's monotonic ns plus ``wall_offset_ns`` (epoch - monotonic); a process still running (or whose
+    end is unknown) ends at ``end_ns`` (monotonic, the report's time).  The root's parent is ``parent_span_id``
+    (from ``TRACEPARENT``), every other process's its parent process's span; a process whose parent's fork was
+    not seen (lost events) hangs under the root.  Status ERROR for a non-zero exit or death by a signal.
+    """
+    trace = trace_id or _new_id(16)
+    ids: dict[int, str] = {}
+    root_id = _new_id(8)
+    spans: list[dict[str, Any]] = []
+    for node, _depth in tree.walk():
+        span_id = root_id if node is tree.root else _new_id(8)
+        ids[id(node)] = span_id
+        if node is tree.root:
+            parent = parent_span_id
+        elif node.parent is not None:
+            parent = ids.get(id(node.parent), root_id)
+        else:
+            parent = root_id
+        start = node.start_ns if node.start_ns is not None else tree.root.start_ns or end_ns
+        end = node.end_ns if node.ended and node.end_ns is not None else end_ns
+        end = max(end, start)
+        span: dict[str, Any] = {
+            "traceId": trace,
+            "spanId": span_id,
+            "name": span_name(node),
+            "kind": SPAN_KIND_INTERNAL,
+            "startTimeUnixNano": str(start + wall_offset_ns),
+            "endTimeUnixNano": str(end + wall_offset_ns),
+            "attributes": _node_attributes(node, wall_offset_ns),
+        }
+        if parent:
+            span["parentSpanId"] = parent
+        events = _node_events(node, wall_offset_ns)
+        if events:
+            span["events"] = events
+        if node.signal is not None or (node.exit_code or 0) != 0:
+            span["status"] = {
+                "code": STATUS_ERROR,
+                "message": format_status(node.exit_code, node.signal, node.core_dumped),
+            }
+        spans.append(span)
+    return spans
+
+
+def traces_request(spans: Sequence[dict[str, Any]], resource: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ``ExportTraceServiceRequest`` of ``spans`` under one resource and proctap's scope."""
+    return {
+        "resourceSpans": [
+            {"resource": {"attributes": resource}, "scopeSpans": [{"scope": SCOPE, "spans": list(spans)}]}
+        ]
+    }
