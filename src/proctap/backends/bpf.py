@@ -117,6 +117,9 @@ class BpfBackend(Backend):
             tp = kernel_layout().tracepoints["sched_process_exec"]
             fds.append(load_program(ProgType.TRACING, a.assemble(), "proctap_probe",
                                     expected_attach_type=BPF_TRACE_RAW_TP, attach_btf_id=tp))  # fmt: skip
+            # Attached as the constructor will (a program that does nothing, detached when its link fd closes):
+            # a policy (LSM, lockdown) may allow loading and refuse attaching.
+            fds.append(raw_tracepoint_open(fds[-1]))
         except BpfError as exc:
             reason = _unavailable_reason(exc)
             with contextlib.suppress(OSError), open("/proc/sys/kernel/unprivileged_bpf_disabled") as f:
@@ -126,7 +129,7 @@ class BpfBackend(Backend):
         except (OSError, KeyError, DecodeError) as exc:
             return Availability(False, f"cannot use the kernel BTF: {exc}")
         finally:
-            for fd in fds:
+            for fd in reversed(fds):
                 os.close(fd)
         return Availability(True)
 

@@ -34,7 +34,7 @@ from ..linux.tracefs import kprobe_events
 from ..linux.tracefs.instance import find_tracefs
 from ..linux.tracefs.reader import TraceReader
 from .base import Availability, BackendConfig, BackendOption, Feature, int_option
-from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs
+from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs, not_writable
 
 __all__ = ["KprobeBackend", "KprobeSet", "remove_stale_probes"]
 
@@ -141,8 +141,10 @@ class KprobeBackend(TracingBackend):
         machine = os.uname().machine
         if machine not in kprobe_events.ARCH_ARG_REGISTERS:
             return Availability(False, f"no argument-register table for {machine}: use tracefs or netlink")
-        if not os.access(os.path.join(root, "kprobe_events"), os.W_OK):
-            return Availability(False, f"cannot define kprobe events in {root}: run as root")
+        for name, action in (("kprobe_events", "define kprobe events"), ("instances", "create tracefs instances")):
+            refused = not_writable(root, os.path.join(root, name), action)
+            if refused is not None:
+                return refused
         return Availability(True)
 
     def __init__(self, config: BackendConfig) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import socket
+import struct
 import time
 import warnings
 from collections.abc import Callable
@@ -269,6 +270,13 @@ def _kernel_has_event_filter() -> bool:
         return False
 
 
+NOT_INITIAL_NETNS = (
+    "the proc connector only exists in the initial network namespace: run proctap there (e.g. nsenter -t 1 -n) "
+    "or use --backend tracefs"
+)
+_EMPTY_MESSAGE = struct.pack("=IHHII", 16, 3, 0, 0, 0)  # struct nlmsghdr alone: len 16, NLMSG_DONE, no payload
+
+
 def _open_socket() -> socket.socket:
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
@@ -308,7 +316,17 @@ class NetlinkBackend(Backend):
             sock = _open_socket()
         except BackendUnavailable as exc:
             return Availability(False, str(exc))
-        sock.close()
+        try:
+            # An empty netlink message (no cn_msg): the connector drops it unread (drivers/connector/connector.c
+            # cn_rx_skb), but only the initial network namespace has the connector to take it, so elsewhere the
+            # send fails like the subscription would, and nothing is subscribed here.
+            sock.send(_EMPTY_MESSAGE)
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:
+                return Availability(False, NOT_INITIAL_NETNS)
+            return Availability(False, f"cannot send to the proc connector: {exc.strerror}")
+        finally:
+            sock.close()
         # Kernels before 6.6 refuse LISTEN without CAP_NET_ADMIN (drivers/connector/cn_proc.c); later ones allow it.
         if not _kernel_has_event_filter() and not procfs.has_capability(procfs.CAP_NET_ADMIN):
             return Availability(False, "subscribing to the proc connector needs CAP_NET_ADMIN on kernels < 6.6 "
@@ -357,10 +375,7 @@ class NetlinkBackend(Backend):
             self.sock.send(build_subscribe(McastOp.LISTEN, event_mask=mask))
         except OSError as exc:
             if exc.errno == errno.ECONNREFUSED:
-                raise BackendUnavailable(
-                    "the proc connector only exists in the initial network namespace: run proctap there "
-                    "(e.g. nsenter -t 1 -n) or use --backend tracefs"
-                ) from None
+                raise BackendUnavailable(NOT_INITIAL_NETNS) from None
             raise BackendUnavailable(f"cannot subscribe to the proc connector: {exc.strerror}") from None
         self._listening = True
 

@@ -28,7 +28,7 @@ from ..events import EventKind, ForkFailed
 from ..linux.procfs import read_comm
 from ..linux.tracefs.instance import find_tracefs
 from .base import Availability, BackendConfig, BackendOption, flag_option
-from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs
+from .tracing_common import CLONE_THREAD, TRACING_FEATURES, TracingBackend, no_tracefs, not_writable
 
 __all__ = ["ExitTracker", "TracefsBackend"]
 
@@ -127,8 +127,9 @@ class TracefsBackend(TracingBackend):
         root = find_tracefs()
         if root is None:
             return no_tracefs(cls.name)
-        if not os.access(os.path.join(root, "instances"), os.W_OK):
-            return Availability(False, f"cannot create tracefs instances in {root}: run as root")
+        refused = not_writable(root, os.path.join(root, "instances"), "create tracefs instances")
+        if refused is not None:
+            return refused
         for event in _REQUIRED_EVENTS:
             if not os.path.exists(os.path.join(root, "events", event, "format")):
                 hint = " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)" if event.startswith("syscalls/") else ""

@@ -15,7 +15,15 @@ from ..linux.tracefs.instance import TRACEFS_MOUNTS
 from ..linux.tracefs.reader import TraceReader
 from .base import Availability, Backend, BackendConfig, Feature, Stamp, StartTimes
 
-__all__ = ["CLONE_PARENT", "CLONE_THREAD", "TRACING_FEATURES", "TaskGroups", "TracingBackend", "no_tracefs"]
+__all__ = [
+    "CLONE_PARENT",
+    "CLONE_THREAD",
+    "TRACING_FEATURES",
+    "TaskGroups",
+    "TracingBackend",
+    "no_tracefs",
+    "not_writable",
+]
 
 CLONE_THREAD = 0x10000  # include/uapi/linux/sched.h
 CLONE_PARENT = 0x8000
@@ -34,11 +42,29 @@ TRACING_FEATURES = frozenset(
 
 
 def no_tracefs(backend: str) -> Availability:
-    """Why ``backend`` cannot work when no tracefs was found: not mounted, or not readable by this user."""
+    """Why ``backend`` cannot work when no tracefs was found: not mounted, or not readable by this user.
+
+    Access is checked with the effective ids and capabilities (what opening the files will use), not the real ids
+    access(2) checks by default: a user granted CAP_DAC_OVERRIDE can use tracefs.
+    """
     for mount in TRACEFS_MOUNTS:
-        if os.path.isdir(mount) and not os.access(mount, os.R_OK | os.X_OK):
+        if os.path.isdir(mount) and not os.access(mount, os.R_OK | os.X_OK, effective_ids=True):
             return Availability(False, f"cannot read {mount}: the {backend} backend needs root")
     return Availability(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing (as root)")
+
+
+def not_writable(root: str, path: str, action: str) -> Availability | None:
+    """Why ``action`` on ``path`` (in the tracefs mounted at ``root``) will fail, or None when it can be done:
+    a read-only mount (root cannot write either), else permissions (effective ids and capabilities)."""
+    if os.access(path, os.W_OK, effective_ids=True):
+        return None
+    try:
+        read_only = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return Availability(False, f"{root} is mounted read-only, so proctap cannot {action}: remount it read-write")
+    return Availability(False, f"cannot {action} in {root}: run as root")
 
 
 class TaskGroups:

@@ -276,9 +276,17 @@ def has_capability(cap: int) -> bool:
 
 
 # -- namespaces of this process ------------------------------------------------------------------------------------
+PROC_PID_INIT_INO = 0xEFFFFFFC  # include/linux/proc_ns.h: the initial PID namespace's fixed inode number
+
+
 def in_child_pid_namespace() -> bool:
-    """Whether this process runs in a PID namespace below the initial one: NSpid then lists one pid per level
-    (Linux >= 4.1; False on older kernels, and when /proc is unreadable)."""
+    """Whether this process runs in a PID namespace below the initial one: /proc/self/ns/pid is not the initial
+    namespace's inode (right whichever pid namespace mounted /proc), else NSpid lists one pid per level (a /proc of
+    this namespace shows only its own level).  False when /proc is unreadable."""
+    try:
+        return os.readlink("/proc/self/ns/pid") != f"pid:[{PROC_PID_INIT_INO}]"
+    except OSError:
+        pass
     status = read_status()
     return status is not None and len(status.get("NSpid", "").split()) > 1
 
