@@ -261,13 +261,14 @@ class _Session:
 
     def check_live(self) -> None:
         """Right after the reap, look in /proc at every process of the tree whose Exit has not come: one alive now
-        outlived the command (whatever the backend's timestamps say); one gone was gone by now."""
+        outlived the command (whatever the backend's timestamps say); one gone is taken as gone by the reap (the
+        look follows it by microseconds), which bounds its end when the backend's times are scan times."""
         assert self.reaped_ns is not None
         tree = self.tree
         for node in [n for n in tree.live.values() if n is not tree.root]:
             now = max(time.monotonic_ns(), self.reaped_ns + 1)
             if self.gone(node.pid, node.boot_start_ns):
-                tree.seen_dead(node.pid, time.monotonic_ns())
+                tree.seen_dead(node.pid, self.reaped_ns)
             else:
                 tree.seen_alive(node.pid, now)
 

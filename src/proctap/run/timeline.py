@@ -108,7 +108,7 @@ button{font:inherit;padding:1px 8px}
  <div id="summary"></div>
  <div id="warnings"></div>
  <div class="bar">
-  <span class="legend"><span style="background:#43a047"></span>exit 0<span style="background:#fb8c00"></span>exit &ne; 0<span style="background:#e53935"></span>signal<span style="background:#1e88e5"></span>still running<span style="background:#9e9e9e"></span>exit unseen<span style="background:#000;width:2px"></span>exec<span style="background:#d500f9;width:3px"></span>failed fork</span>
+  <span class="legend"><span style="background:#43a047"></span>exit 0<span style="background:#fb8c00"></span>exit &ne; 0<span style="background:#e53935"></span>signal<span style="background:#1e88e5"></span>still running<span style="background:#9e9e9e"></span>exit unseen or status unknown<span style="background:#000;width:2px"></span>exec<span style="background:#d500f9;width:3px"></span>failed fork</span>
   <span><button id="zin" title="Zoom in (Ctrl+wheel)">+</button> <button id="zout" title="Zoom out">&minus;</button> <button id="zfit">Fit</button></span>
   <span>Click a name to fold its children.</span>
   <span id="proctap-status" data-rows="0" data-visible="0" data-drawn="0" data-errors="0">loading</span>
@@ -160,7 +160,7 @@ function fmtSize(b) {
 function statusText(p) {
   switch (p.outcome) {
     case "running": return "still running";
-    case "unknown": return "exit unseen (event lost?)";
+    case "unknown": return p.exit_seen ? "ended, status unknown (the backend did not report it)" : "exit unseen (event lost?)";
     case "signaled": return "killed by " + (p.signal_name || ("signal " + p.signal)) + (p.core_dumped ? " (core dumped)" : "");
     default: return "exit " + p.exit_code;
   }
@@ -173,7 +173,8 @@ const c = doc.counts || {};
 document.getElementById("summary").textContent =
   "exit status " + doc.exit_status + " \u00b7 " + fmtDur(doc.root_end_offset_ns) + " \u00b7 " + N + " processes (" +
   (c.ok || 0) + " ok, " + (c.failed || 0) + " failed, " + (c.signaled || 0) + " killed, " + (c.running || 0) +
-  " still running, " + (c.unknown || 0) + " exit unseen) \u00b7 " + (c.fork_failures || 0) + " failed forks \u00b7 backend " +
+  " still running, " + ((c.unknown || 0) - (c.exit_unseen || 0)) + " status unknown, " + (c.exit_unseen || 0) +
+  " exit unseen) \u00b7 " + (c.fork_failures || 0) + " failed forks \u00b7 backend " +
   doc.backend + " \u00b7 accounting " + (doc.accounting_source || "none") + " \u00b7 started " +
   new Date((doc.started_wall || 0) * 1000).toISOString();
 const warn = [];
@@ -313,7 +314,7 @@ function details(p) {
   const lines = [TEXT.commands[p.id]];
   if (TEXT.files[p.id] !== null) lines.push("file: " + TEXT.files[p.id]);
   lines.push("parent pid: " + (p.ppid === null ? "?" : p.ppid) + (p.parent === null && p.ppid !== null ? " (fork not seen)" : ""));
-  lines.push("start: +" + fmtDur(p.start_offset_ns) + "   duration: " + (p.end_offset_ns === null ? "still running" : fmtDur(p.duration_ns)));
+  lines.push("start: +" + fmtDur(p.start_offset_ns) + "   duration: " + (p.outcome === "running" ? "still running" : fmtDur(p.duration_ns)));
   lines.push("status: " + statusText(p) + (p.outlived_root ? "   (outlived the command)" : ""));
   const a = p.accounting;
   if (a) {

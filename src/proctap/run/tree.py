@@ -220,6 +220,8 @@ class ProcessTree:
         parent = self.live.get(ev.parent_pid)
         node = ProcessNode(pid=ev.pid, ppid=ev.parent_pid, start_ns=self._start(ev, parent), boot_start_ns=ev.start_ns)
         node.alive_ns = ev.timestamp_ns
+        if parent is not None and self.exact_times:
+            self._alive(parent, ev.timestamp_ns)  # it forked then (a scan only shows the child's ppid: maybe a zombie)
         if parent is not None:
             node.parent = parent
             node.comm = parent.comm
