@@ -140,7 +140,8 @@ def attrs(message: Any) -> dict[str, Any]:
 
 class Sink:
     """Records every POST (path, headers, gunzipped body, arrival time) and answers 200, or what ``script`` says for
-    the next requests: a list of (status, headers) consumed one per request."""
+    the next requests: a list of (status, headers) consumed one per request (status 0: close the connection without
+    an answer)."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -163,6 +164,9 @@ class Sink:
                             "at": time.monotonic(),
                         }
                     )
+                if status == 0:  # the connection drops without an answer (a receiver dying mid-request)
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
