@@ -34,6 +34,16 @@ def _header_arg(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _listen_arg(text: str) -> str:
+    from ..export.prometheus import parse_listen_address
+
+    try:
+        parse_listen_address(text)
+    except ProctapError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _queue_arg(text: str) -> int:
     value = count_arg(text)
     if value < 1:
@@ -66,6 +76,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics",
+        type=_listen_arg,
         metavar="ADDR:PORT",
         help="serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 (':9464': every address)",
     )

@@ -36,7 +36,7 @@ class TopPrograms:
     (counted in a candidate table of at most ``candidates`` names, cleared when full), while fewer than ``limit``
     programs have one; every other exec counts under ``other``.  Labels are never taken back, so each series only
     grows (a Prometheus counter), and programs that run often get a label while one-off programs stay in ``other``.
-    Execs of a program before it got its label stay counted in ``other``."""
+    A program's execs before the one that gave it its label stay counted in ``other``."""
 
     def __init__(self, limit: int = DEFAULT_COMM_LIMIT, promote_after: int = 3, candidates: int = 4096) -> None:
         self.limit = limit
@@ -51,17 +51,16 @@ class TopPrograms:
         if name in counts:
             counts[name] += 1
             return
+        if len(counts) < self.limit:
+            seen = self._candidates.get(name, 0) + 1
+            if seen >= self.promote_after:
+                self._candidates.pop(name, None)
+                counts[name] = 1  # this exec is its label's first; the earlier ones stay in "other"
+                return
+            if len(self._candidates) >= self.candidates_max:
+                self._candidates.clear()
+            self._candidates[name] = seen
         self.other += 1
-        if len(counts) >= self.limit:
-            return
-        seen = self._candidates.get(name, 0) + 1
-        if seen >= self.promote_after:
-            self._candidates.pop(name, None)
-            counts[name] = 0  # from now on: its earlier execs stay in "other"
-            return
-        if len(self._candidates) >= self.candidates_max:
-            self._candidates.clear()
-        self._candidates[name] = seen
 
 
 def _escape(value: str) -> str:
@@ -262,7 +261,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``127.0.0.1:9464``, ``[::1]:9464``, ``:9464`` for every address) -> (host, port)."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ProctapError(f"bad --metrics address {text!r}: give ADDR:PORT, e.g. 127.0.0.1:9464 or :9464")
+        raise ProctapError(f"bad address {text!r}: give ADDR:PORT, e.g. 127.0.0.1:9464 or :9464")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port_text)
