@@ -24,7 +24,7 @@ from typing import TextIO
 
 from .. import __version__
 from ..errors import BackendUnavailable, ProctapError
-from . import backends, run, watch
+from . import backends, run, top, watch
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -41,7 +41,12 @@ from .common import (
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS: tuple[Subcommand, ...] = (watch.SUBCOMMAND, run.SUBCOMMAND, backends.SUBCOMMAND)  # --help order
+SUBCOMMANDS: tuple[Subcommand, ...] = (  # --help order
+    watch.SUBCOMMAND,
+    top.SUBCOMMAND,
+    run.SUBCOMMAND,
+    backends.SUBCOMMAND,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
