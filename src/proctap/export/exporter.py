@@ -129,11 +129,9 @@ class OtlpExporter:
 
     # -- encoding (the sender thread) -----------------------------------------------------------------------------
     def _encode(self, events: list[Event]) -> bytes:
-        observed = str(time.time_ns())
-        records = [otlp.log_record(ev) for ev in events]
-        for record in records:
-            record["observedTimeUnixNano"] = observed
-        return _ENCODE(otlp.logs_request(records, self._resource)).encode("utf-8", "surrogatepass")
+        observed = time.time_ns()
+        record = otlp.log_record_json
+        return otlp.logs_request_json([record(ev, observed) for ev in events], self._resource).encode("ascii")
 
     def _lost(self, count: int, reason: str) -> Lost:
         now = time.monotonic_ns()

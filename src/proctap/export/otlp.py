@@ -14,12 +14,14 @@ integers as decimal strings, enums as numbers, trace and span ids as hex.  docs/
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import re
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -36,9 +38,10 @@ __all__ = [
     "any_value",
     "attributes",
     "endpoint",
-    "event_attributes",
     "log_record",
+    "log_record_json",
     "logs_request",
+    "logs_request_json",
     "parse_traceparent",
     "resource_attributes",
     "span_name",
@@ -183,37 +186,97 @@ class _Clock:
 
 
 # -- log records ----------------------------------------------------------------------------------------------------
+#
+# The hot path (a fork storm's every event) writes the JSON text of a record directly: each attribute's key is
+# encoded once ("prefix") and values go through the C string encoder, several times faster than building the nested
+# dicts and encoding them.  :func:`log_record` (the dict) is parsed from the same text: one encoder.
+
+_esc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_PREFIXES: dict[str, str | None] = {}  # event_dict field -> '{"key":"<name>","value":' (None: not an attribute)
 
 
-def event_attributes(event: Event, fields: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The attributes of one event's log record (``fields``: its :func:`event_dict`, when the caller has it)."""
-    data = event_dict(event) if fields is None else fields
-    out: list[dict[str, Any]] = []
-    add = out.append
-    for name, value in data.items():
+def _prefix(name: str) -> str | None:
+    try:
+        return _PREFIXES[name]
+    except KeyError:
+        pass
+    key = _SEMCONV.get(name, "")
+    prefix = None if key is None else _attr_prefix(key or f"proctap.{name}")
+    _PREFIXES[name] = prefix
+    return prefix
+
+
+def _attr_prefix(key: str) -> str:
+    return '{"key":' + _esc(key) + ',"value":'
+
+
+def _json_value(value: Any) -> str:
+    """A Python value as the JSON text of an OTLP ``AnyValue`` (the text of :func:`any_value`)."""
+    tp = type(value)
+    if tp is str:
+        return '{"stringValue":' + _esc(value if value.isascii() else json_text(value)) + "}"
+    if tp is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return '{"intValue":"' + str(value) + '"}'
+        return '{"stringValue":"' + str(value) + '"}'
+    if tp is bool:
+        return '{"boolValue":true}' if value else '{"boolValue":false}'
+    if tp is list or tp is tuple:
+        return '{"arrayValue":{"values":[' + ",".join(map(_json_value, value)) + "]}}"
+    if tp is float:
+        return '{"doubleValue":' + repr(value) + "}" if math.isfinite(value) else _json_value(repr(value))
+    if tp is dict:
+        pairs = ",".join(_attr_prefix(k) + _json_value(v) + "}" for k, v in value.items() if v is not None)
+        return '{"kvlistValue":{"values":[' + pairs + "]}}"
+    if value is None:
+        return "{}"
+    return _json_value(str(value))
+
+
+def _attributes_json(event: Event, fields: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    add = parts.append
+    for name, value in fields.items():
         if value is None:
             continue
-        key = _SEMCONV.get(name, "")
-        if key is None:
+        prefix = _PREFIXES[name] if name in _PREFIXES else _prefix(name)
+        if prefix is None:
             continue
-        if name == "raw_b64":
-            for field, raw in value.items():
-                add({"key": f"proctap.raw_b64.{field}", "value": any_value(raw)})
+        tp = type(value)
+        if tp is int and _INT64_MIN <= value <= _INT64_MAX:  # the common cases inline: no call per attribute
+            add(prefix + '{"intValue":"' + str(value) + '"}}')
             continue
-        if name == "accounting":
-            for field, figure in value.items():
-                if figure is not None:
-                    add({"key": f"proctap.accounting.{field}", "value": any_value(figure)})
+        if tp is bool:
+            add(prefix + ('{"boolValue":true}}' if value else '{"boolValue":false}}'))
             continue
-        add({"key": key or f"proctap.{name}", "value": any_value(value)})
-    if data.get("start_ns") is not None:
-        add({"key": "process.creation.time", "value": {"stringValue": _iso8601(_Clock.boot_to_wall(data["start_ns"]))}})
-    filename = data.get("filename")
+        if tp is str and value.isascii():
+            add(prefix + '{"stringValue":' + _esc(value) + "}}")
+            continue
+        if tp is dict:
+            if name == "raw_b64":
+                for field, raw in value.items():
+                    add(_attr_prefix(f"proctap.raw_b64.{field}") + _json_value(raw) + "}")
+                continue
+            if name == "accounting":
+                for field, figure in value.items():
+                    if figure is not None:
+                        add(_attr_prefix(f"proctap.accounting.{field}") + _json_value(figure) + "}")
+                continue
+        add(prefix + _json_value(value) + "}")
+    start = fields.get("start_ns")
+    if start is not None:
+        add(_CREATION + _esc(_iso8601(_Clock.boot_to_wall(start))) + "}}")
+    filename = fields.get("filename")
     if filename:
-        add({"key": "process.executable.name", "value": any_value(filename.rsplit("/", 1)[-1])})
-    if event.kind is EventKind.EXIT and not data.get("is_thread"):
-        add({"key": "process.exit.time", "value": {"stringValue": _iso8601(_wall_ns(event))}})
-    return out
+        add(_EXE_NAME + _esc(json_text(filename.rsplit("/", 1)[-1])) + "}}")
+    if event.kind is EventKind.EXIT and not fields.get("is_thread"):
+        add(_EXIT_TIME + _esc(_iso8601(_wall_ns(event))) + "}}")
+    return ",".join(parts)
+
+
+_CREATION = _attr_prefix("process.creation.time") + '{"stringValue":'
+_EXE_NAME = _attr_prefix("process.executable.name") + '{"stringValue":'
+_EXIT_TIME = _attr_prefix("process.exit.time") + '{"stringValue":'
 
 
 def _wall_ns(event: Event) -> int:
@@ -259,20 +322,24 @@ def body(event: Event, fields: Mapping[str, Any]) -> str:
     return f"{kind} {pid}"
 
 
-def log_record(event: Event, observed_ns: int | None = None) -> dict[str, Any]:
-    """One event as an OTLP ``LogRecord`` (JSON mapping)."""
+def log_record_json(event: Event, observed_ns: int | None = None) -> str:
+    """One event as the JSON text of an OTLP ``LogRecord``: ``eventName`` ``proctap.<kind>``, ``timeUnixNano`` the
+    event's wall time, ``observedTimeUnixNano`` (when given: when proctap sent it), severity, a one-line body and
+    the attributes (docs/export.md)."""
     fields = event_dict(event)
-    record: dict[str, Any] = {
-        "timeUnixNano": str(_wall_ns(event)),
-        "severityNumber": severity(event),
-        "severityText": "WARN" if severity(event) == SEVERITY_WARN else "INFO",
-        "eventName": f"proctap.{fields['event']}",
-        "body": {"stringValue": json_text(body(event, fields))},
-        "attributes": event_attributes(event, fields),
-    }
-    if observed_ns is not None:
-        record["observedTimeUnixNano"] = str(observed_ns)
-    return record
+    level = severity(event)
+    observed = "" if observed_ns is None else f'"observedTimeUnixNano":"{observed_ns}",'
+    return (
+        f'{{"timeUnixNano":"{_wall_ns(event)}",{observed}"severityNumber":{level},'
+        f'"severityText":"{"WARN" if level == SEVERITY_WARN else "INFO"}","eventName":"proctap.{fields["event"]}",'
+        f'"body":{{"stringValue":{_esc(json_text(body(event, fields)))}}},'
+        f'"attributes":[{_attributes_json(event, fields)}]}}'
+    )
+
+
+def log_record(event: Event, observed_ns: int | None = None) -> dict[str, Any]:
+    """One event as an OTLP ``LogRecord`` dict (JSON mapping): :func:`log_record_json`, decoded."""
+    return json.loads(log_record_json(event, observed_ns))  # type: ignore[no-any-return]
 
 
 def logs_request(records: list[dict[str, Any]], resource: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,6 +347,16 @@ def logs_request(records: list[dict[str, Any]], resource: list[dict[str, Any]]) 
     return {
         "resourceLogs": [{"resource": {"attributes": resource}, "scopeLogs": [{"scope": SCOPE, "logRecords": records}]}]
     }
+
+
+def logs_request_json(records: Iterable[str], resource: list[dict[str, Any]]) -> str:
+    """:func:`logs_request` as JSON text, from records' JSON text (:func:`log_record_json`)."""
+    head = json.dumps({"attributes": resource}, separators=(",", ":"), ensure_ascii=True)
+    scope = json.dumps(SCOPE, separators=(",", ":"))
+    return (
+        '{"resourceLogs":[{"resource":' + head + ',"scopeLogs":[{"scope":' + scope + ',"logRecords":['
+        + ",".join(records) + "]}]}]}"
+    )  # fmt: skip
 
 
 # -- endpoints ------------------------------------------------------------------------------------------------------
