@@ -25,8 +25,8 @@ from eventlog import collect
 from proctap.backends.base import BackendConfig
 from proctap.backends.bpf import BpfBackend, EventDecoder, _verifier_summary
 from proctap.errors import DecodeError, ProctapError
-from proctap.events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Lost, Origin
-from proctap.linux.bpf import cache
+from proctap.events import Event, EventKind, Exec, ExecFailed, Exit, Fork, ForkFailed, Lost, Origin
+from proctap.linux.bpf import cache, programs
 from proctap.linux.bpf import records as rec
 from proctap.linux.bpf.btf import ENUM, FUNC_PROTO, STRUCT, TYPEDEF, vmlinux
 from proctap.linux.bpf.insn import DW, FP, R0, R1, R2, Asm, AsmError, Helper, W
@@ -293,6 +293,32 @@ def test_decode_exec_record() -> None:
     assert t.argv_truncated and t.argv == ("x", "", "a ")
 
 
+def exec_failed_record(fname: bytes, args: bytes, argc: int, *, syscall: int = 0, ret: int = -2, flags: int = 0,
+                       **fields: int) -> bytes:  # fmt: skip
+    return make_record(rec.TYPE_EXEC_FAILED, fname + args, len_a=len(fname), len_b=len(args),
+                       aux32=syscall | argc << 16, aux64=ret & (2**64 - 1), flags=flags, **fields)  # fmt: skip
+
+
+def test_decode_exec_failed_record() -> None:
+    (r,) = decode(exec_failed_record(b"/no/such\0", b"x\0\0a b\0\xff\0", 4, syscall=1, ret=-13, start=77))
+    assert isinstance(r, ExecFailed)
+    assert (r.pid, r.tid, r.start_ns) == (2, 3, 77)
+    assert r.errno == 13 and r.errno_name == "EACCES" and r.syscall == "execveat" and r.comm == "comm"
+    assert r.filename == "/no/such" and r.argv == ("x", "", "a b", "\udcff") and r.argc == 4
+    assert not r.argv_truncated
+    # cut by the argv limit: what fitted, the true argc
+    (t,) = decode(exec_failed_record(b"/x\0", b"x\0ab\0", 7, flags=rec.FLAG_ARGV_TRUNCATED))
+    assert isinstance(t, ExecFailed)
+    assert t.argv == ("x", "ab") and t.argc == 7 and t.argv_truncated and t.errno_name == "ENOENT"
+    # more arguments than the program counts; argv unreadable; the filename unreadable; an empty argv
+    (u,) = decode(exec_failed_record(b"/x\0", b"", 640, flags=rec.FLAG_ARGV_TRUNCATED | rec.FLAG_ARGC_UNKNOWN))
+    assert isinstance(u, ExecFailed) and u.argc is None and u.argv == () and u.argv_truncated
+    (v,) = decode(exec_failed_record(b"", b"", 1, flags=rec.FLAG_ARGV_UNREADABLE))
+    assert isinstance(v, ExecFailed) and v.filename is None and v.argv is None and not v.argv_truncated
+    (w,) = decode(exec_failed_record(b"\0", b"", 0))
+    assert isinstance(w, ExecFailed) and w.filename == "" and w.argv == () and w.argc == 0
+
+
 def test_decode_rejects_malformed() -> None:
     with pytest.raises(DecodeError):
         decode(b"\0" * 95)
@@ -306,6 +332,14 @@ def test_decode_rejects_malformed() -> None:
         decode(make_record(rec.TYPE_EXEC, b"a\0b\0", len_a=0, len_b=2))
     with pytest.raises(DecodeError):
         decode(make_record(rec.TYPE_EXEC, b"ab", len_a=0, len_b=2))  # complete argv without NUL
+    with pytest.raises(DecodeError):
+        decode(exec_failed_record(b"/x\0", b"a\0", 1) + b"extra")  # more bytes than announced
+    with pytest.raises(DecodeError):
+        decode(exec_failed_record(b"/x", b"a\0", 1))  # filename without NUL
+    with pytest.raises(DecodeError):
+        decode(exec_failed_record(b"/x\0", b"a", 1))  # argv without NUL
+    with pytest.raises(DecodeError):
+        decode(exec_failed_record(b"/x\0", b"a\0", 2))  # complete argv, wrong argc
 
 
 @settings(max_examples=400, deadline=None)
@@ -317,11 +351,12 @@ def test_fuzz_decoder_raw_bytes(data: bytes) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(
-    rtype=st.sampled_from([rec.TYPE_FORK, rec.TYPE_EXEC, rec.TYPE_EXIT, rec.TYPE_FORK_FAILED, 0, 5]),
+    rtype=st.sampled_from([rec.TYPE_FORK, rec.TYPE_EXEC, rec.TYPE_EXIT, rec.TYPE_FORK_FAILED, rec.TYPE_EXEC_FAILED,
+                           0, 6]),
     payload=st.binary(max_size=200),
     len_a=st.integers(0, 2**32 - 1),
     len_b=st.integers(0, 2**32 - 1),
-    flags=st.integers(0, 3),
+    flags=st.integers(0, 7),
 )
 def test_fuzz_decoder_structured(rtype: int, payload: bytes, len_a: int, len_b: int, flags: int) -> None:
     data = make_record(rtype, payload, len_a=len_a, len_b=len_b, flags=flags)
@@ -332,6 +367,8 @@ def test_fuzz_decoder_structured(rtype: int, payload: bytes, len_a: int, len_b: 
     for r in events:
         if isinstance(r, Exec) and r.argv is not None:
             assert r.argv_truncated == (len(payload) - len_a < len_b)
+        if isinstance(r, ExecFailed):
+            assert len_a + len_b == len(payload) and (r.filename is None) == (len_a == 0)
 
 
 @needs_bpf
@@ -350,6 +387,27 @@ def test_decode_captured_records() -> None:
     # the exit of the last (here the only) thread: the process Exit, named after its leader
     exits = [r for r in decoded if isinstance(r, Exit) and r.comm == "echo"]
     assert exits and exits[0].status == 0 and not exits[0].is_thread and exits[0].pid == exits[0].tid
+
+
+def test_decode_captured_exec_failed_records() -> None:
+    """A child's failed execs, captured from the kernel (``capture_bpf_records.py exec_failed``): ENOENT with an
+    awkward argv, EACCES, fexecve (execveat with an empty name) and a NULL argv."""
+    blob = (DATA / "bpf_exec_failed_records.bin").read_bytes()
+    pos = 0
+    decoded: list[Event] = []
+    decoder = EventDecoder(Clock())
+    while pos < len(blob):
+        (length,) = struct.unpack_from("<I", blob, pos)
+        decoder.decode(blob, pos + 4, length, decoded)
+        pos += 4 + length
+    assert all(isinstance(r, ExecFailed) for r in decoded) and len({r.pid for r in decoded}) == 1
+    got = [(r.errno_name, r.filename, r.argv, r.argc, r.syscall) for r in decoded if isinstance(r, ExecFailed)]
+    assert got == [
+        ("ENOENT", "/nonexistent/proctap", ("tried", "", "a b", "\udcff"), 4, "execve"),
+        ("EACCES", "/etc/passwd", ("passwd",), 1, "execve"),
+        ("EACCES", "", ("by-fd",), 1, "execveat"),
+        ("ENOENT", "/nonexistent/null-argv", (), 0, "execve"),
+    ]
 
 
 # -- ring buffer --------------------------------------------------------------------------------------------------
@@ -641,6 +699,92 @@ def test_fork_failed_falls_back_to_the_raw_hook_without_tracefs(monkeypatch: pyt
 def test_fork_failed_hook_option_is_checked() -> None:
     with pytest.raises(ProctapError, match="fork_failed_hook='perf': choose syscalls or raw"):
         BpfBackend(BackendConfig(events=frozenset({EventKind.EXIT}), options=(("fork_failed_hook", "perf"),)))
+
+
+EXEC_FAILS_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    for argv in (["short", "", "a b"], [str(i) for i in range(int(sys.argv[1]))]):
+        try:
+            os.execv("/nonexistent/proctap", argv)
+        except OSError:
+            pass
+    os.execv("/bin/true", ["true"])
+    """
+)
+
+
+def failed_execs(events: list[Event], pid: int) -> list[ExecFailed]:
+    return [e for e in events if isinstance(e, ExecFailed) and e.pid == pid]
+
+
+@needs_bpf
+@pytest.mark.parametrize("hook", ["syscalls", "raw"])
+def test_failed_execs(hook: str) -> None:
+    """Both hooks, alone and next to ForkFailed: a short argv whole, a long one cut at argv_limit with its true
+    argc, then a successful exec that gives an Exec and no ExecFailed."""
+    for kinds in ({EventKind.EXEC_FAILED, EventKind.EXEC, EventKind.EXIT}, {EventKind.EXEC_FAILED, EventKind.EXIT,
+                                                                           EventKind.FORK_FAILED}):  # fmt: skip
+        with backend(events=frozenset(kinds), argv_limit=64, options=(("fork_failed_hook", hook),)) as b:
+            assert b.stats()["exec_failed_syscalls"] == 2
+            p = subprocess.Popen([sys.executable, "-c", EXEC_FAILS_CHILD, "300"])
+            p.wait()
+            events = collect(b, exited(p.pid))
+        short, long = failed_execs(events, p.pid)
+        assert short.argv == ("short", "", "a b") and short.argc == 3 and not short.argv_truncated
+        assert short.filename == "/nonexistent/proctap" and short.errno_name == "ENOENT" and short.syscall == "execve"
+        assert long.argc == 300 and long.argv_truncated and long.argv is not None
+        assert len("\0".join(long.argv)) < 64 and long.argv[:-1] == tuple(str(i) for i in range(len(long.argv) - 1))
+        if EventKind.EXEC in kinds:  # the exec that worked is an Exec (and no ExecFailed: two above, no third)
+            assert [e.filename for e in events if isinstance(e, Exec) and e.pid == p.pid][-1] == "/bin/true"
+
+
+@needs_bpf
+def test_exec_failed_argc_beyond_what_is_counted() -> None:
+    n = programs.EXEC_ARGS_MAX + programs.EXEC_ARGS_COUNTED + 1
+    with backend(events=frozenset({EventKind.EXEC_FAILED, EventKind.EXIT})) as b:
+        p = subprocess.Popen([sys.executable, "-c", EXEC_FAILS_CHILD, str(n)])
+        p.wait()
+        events = collect(b, exited(p.pid))
+    _, many = failed_execs(events, p.pid)
+    assert many.argc is None and many.argv_truncated
+    assert many.argv == tuple(str(i) for i in range(programs.EXEC_ARGS_MAX))
+
+
+@needs_bpf
+def test_exec_failed_only_when_wanted_and_filtered_in_the_kernel() -> None:
+    with backend(events=frozenset({EventKind.EXEC, EventKind.FORK_FAILED})) as b:
+        assert b.stats()["exec_failed_syscalls"] == 0
+        assert not [n for n in proctap_programs() if n.startswith("proctap_ef_")]
+    # the uid filter: a failed exec of another user is not reported
+    kinds = frozenset({EventKind.EXEC_FAILED, EventKind.EXIT})
+    with backend(events=kinds, options=(("uid", "4242"), ("fork_failed_hook", "raw"))) as b:
+        other = subprocess.Popen(["/bin/sh", "-c", "exec /nonexistent/as-root"], stderr=subprocess.DEVNULL)
+        other.wait()
+        mine = subprocess.Popen(["/bin/sh", "-c", "exec /nonexistent/as-4242"], user=4242, group=4242,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        mine.wait()
+        events = collect(b, exited(mine.pid))
+    assert [(e.filename, e.errno_name) for e in failed_execs(events, mine.pid)] == [("/nonexistent/as-4242", "ENOENT")]
+    assert not failed_execs(events, other.pid)
+    # the pid subtree
+    root = subprocess.Popen(["/bin/sh", "-c", "read x; /nonexistent/in-subtree; exit 0"], stdin=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        with backend(events=kinds, root_pid=root.pid) as b:
+            outsider = subprocess.Popen([sys.executable, "-c", EXEC_FAILS_CHILD, "1"])
+            outsider.wait()
+            assert root.stdin is not None
+            root.stdin.write(b"go\n")
+            root.stdin.close()
+            root.wait()
+            events = collect(b, exited(root.pid))
+    finally:
+        root.kill()
+        root.wait()
+    assert not failed_execs(events, outsider.pid)
+    inside = [e for e in events if isinstance(e, ExecFailed)]
+    assert inside and all(e.filename == "/nonexistent/in-subtree" for e in inside)
 
 
 OTHER_FAILING_SYSCALLS_CHILD = textwrap.dedent(

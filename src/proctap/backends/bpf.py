@@ -4,9 +4,10 @@ event, delivered through one BPF ring buffer read by mmap.  No compiler, no BCC,
 Backend options (``--backend-option NAME=VALUE``): ``uid=N`` only tasks whose current uid is N; ``cgroup_id=N`` only
 tasks in the cgroup v2 cgroup with that id (the inode number of its directory, ``stat -c %i``); ``wakeup_bytes=N``
 force a reader wakeup when more than N bytes are pending (default: half the ring); ``fork_failed_hook=syscalls``
-(the default: perf events on the syscalls/sys_exit_{clone,...} tracepoints, nearly free for other syscalls but slow
-to close, ~0.3 s) or ``raw`` (one program on the raw sys_exit tracepoint: closes at once but adds ~0.13 us to every
-syscall on the machine; what ``proctap run`` uses, and the fallback without tracefs).
+(the default: perf events on the syscalls/sys_exit_{clone,...,execve,execveat} tracepoints, nearly free for other
+syscalls but slow to close, ~0.3 s) or ``raw`` (one program on the raw sys_exit tracepoint: closes at once but adds
+~0.13 us to every syscall on the machine; what ``proctap run`` uses, and the fallback without tracefs).  The hook
+serves ForkFailed and ExecFailed alike; either is only attached when its kind is wanted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from typing import ClassVar
 
 from ..errors import BackendUnavailable, DecodeError, ProctapError
-from ..events import Event, EventKind, Exec, Exit, Fork, ForkFailed, Origin, decode_wait_status
+from ..events import Event, EventKind, Exec, ExecFailed, Exit, Fork, ForkFailed, Origin, decode_wait_status
 from ..linux import procfs
 from ..linux.bpf import programs as progs
 from ..linux.bpf import records as rec
@@ -51,6 +52,7 @@ __all__ = ["BpfBackend", "EventDecoder"]
 DEFAULT_RING_BYTES = 8 << 20
 TRACKED_MAX = 1 << 16
 FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # ForkFailed.syscall by the index the program writes
+EXEC_SYSCALLS = progs.EXEC_SYSCALLS  # ExecFailed.syscall by the index the program writes
 FORK_FAILED_HOOKS = ("syscalls", "raw")
 MISSES_INTERVAL_S = 1.0
 _U64 = struct.Struct("=Q")
@@ -100,7 +102,8 @@ class BpfBackend(Backend):
     features: ClassVar[frozenset[Feature]] = frozenset(
         {
             Feature.FORK, Feature.THREADS, Feature.EXEC, Feature.EXEC_FILENAME_KERNEL, Feature.ARGV_KERNEL,
-            Feature.EXIT, Feature.EXIT_STATUS, Feature.CORE_DUMPED, Feature.FORK_FAILED, Feature.LOSS_EXACT,
+            Feature.EXIT, Feature.EXIT_STATUS, Feature.CORE_DUMPED, Feature.FORK_FAILED, Feature.EXEC_FAILED,
+            Feature.EXEC_FAILED_ARGS, Feature.LOSS_EXACT,
         }
     )  # fmt: skip
 
@@ -147,6 +150,7 @@ class BpfBackend(Backend):
         self._records = 0
         self._decode_errors = 0
         self._fork_syscalls: list[str] = []
+        self._exec_syscalls: list[str] = []
         self._notes: list[str] = []
         try:
             self._open()
@@ -183,8 +187,8 @@ class BpfBackend(Backend):
         try:
             maps = progs.MapFds(
                 ringbuf=self._own(create_map(MapType.RINGBUF, 0, 0, ring_size, "proctap_ring")),
-                scratch=self._own(create_map(MapType.ARRAY, 4, progs.scratch_size(argv_limit), self._ncpus,
-                                             "proctap_scratch")),
+                scratch=self._own(create_map(MapType.ARRAY, 4, progs.scratch_size(
+                    argv_limit, exec_failed=EventKind.EXEC_FAILED in cfg.events), self._ncpus, "proctap_scratch")),
                 lost=self._own(create_map(MapType.PERCPU_ARRAY, 4, 8, 1, "proctap_lost")),
                 tracked=self._own(create_map(MapType.HASH, 4, 8, TRACKED_MAX, "proctap_tracked"))
                 if filters.tracked else -1,
@@ -228,17 +232,30 @@ class BpfBackend(Backend):
                                 progs.exec_program(layout, maps, filters, argv_limit))  # fmt: skip
         if EventKind.EXIT in kinds or filters.tracked:
             self._attach_tp_btf(layout, "sched_process_exit", "proctap_exit", progs.exit_program(layout, maps, filters))
-        if EventKind.FORK_FAILED in kinds:
-            self._attach_fork_failed(layout, maps, filters)
+        if EventKind.FORK_FAILED in kinds or EventKind.EXEC_FAILED in kinds:
+            self._attach_failed_syscalls(layout, maps, filters, argv_limit)
 
-    def _attach_fork_failed(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters) -> None:
+    def _attach_failed_syscalls(
+        self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters, argv_limit: int
+    ) -> None:
+        """ForkFailed and ExecFailed, each where wanted: through the syscalls tracepoints (the default), else (by
+        choice, or for what they could not give) one program on the raw sys_exit tracepoint."""
+        kinds = self.config.events
+        want_fork = EventKind.FORK_FAILED in kinds
+        want_exec = EventKind.EXEC_FAILED in kinds
         if self._fork_failed_hook == "syscalls":
-            self._attach_fork_failed_syscalls(maps, filters)
-            if self._fork_syscalls:
-                return
-            self._notes.append("fork_failed through syscalls tracepoints unavailable (tracefs not mounted?): "
-                               "using the raw sys_exit tracepoint")  # fmt: skip
-        self._attach_fork_failed_raw(layout, maps, filters)
+            if want_fork:
+                self._attach_fork_failed_syscalls(maps, filters)
+            if want_exec:
+                self._attach_exec_failed_syscalls(layout, maps, filters, argv_limit)
+            want_fork = want_fork and not self._fork_syscalls
+            want_exec = want_exec and not self._exec_syscalls
+            for kind, wanted in (("fork_failed", want_fork), ("exec_failed", want_exec)):
+                if wanted:
+                    self._notes.append(f"{kind} through syscalls tracepoints unavailable (tracefs not mounted?): "
+                                       "using the raw sys_exit tracepoint")  # fmt: skip
+        if want_fork or want_exec:
+            self._attach_failed_raw(layout, maps, filters, argv_limit, want_fork, want_exec)
 
     def _attach_fork_failed_syscalls(self, maps: progs.MapFds, filters: progs.Filters) -> None:
         """One program per syscalls/sys_exit_<fork syscall> tracepoint, through perf events: the kernel runs
@@ -249,29 +266,57 @@ class BpfBackend(Backend):
             if fmt is None or ret is None:
                 continue
             code = progs.fork_failed_program(maps, filters, index, ret.offset)
-            fd = self._own(load_program(ProgType.TRACEPOINT, code, f"proctap_ff_{syscall}"))
-            self._prog_fds.append(fd)
-            try:
-                self._own(perf_event_open_tracepoint(fmt.id, fd))
-            except BpfError as exc:  # not fatal: everything but ForkFailed still works
-                self._notes.append(f"fork_failed on {syscall} unavailable: {exc}")
-                continue
-            self._fork_syscalls.append(syscall)
+            if self._attach_perf(fmt.id, code, f"proctap_ff_{syscall}", "fork_failed", syscall):
+                self._fork_syscalls.append(syscall)
 
-    def _attach_fork_failed_raw(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters) -> None:
-        """One tp_btf program on the raw sys_exit tracepoint: closes at once, but runs for every syscall."""
-        if not layout.fork_syscalls or "sys_exit" not in layout.tracepoints:
-            self._notes.append(f"fork_failed unavailable: no fork syscall table for {os.uname().machine} "
-                               "or no sys_exit tracepoint")  # fmt: skip
+    def _attach_exec_failed_syscalls(
+        self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters, argv_limit: int
+    ) -> None:
+        """One program per syscalls/sys_exit_{execve,execveat} tracepoint, like the ForkFailed ones; the filename
+        and argv come from the caller's registers (bpf_task_pt_regs) and memory."""
+        if -1 in layout.regs_args:
             return
-        syscalls = {nr: FORK_SYSCALLS.index(name) for name, nr in layout.fork_syscalls.items()}
+        for index, syscall in enumerate(EXEC_SYSCALLS):
+            fmt = tracepoint_format("syscalls", f"sys_exit_{syscall}")
+            ret = None if fmt is None else fmt.field("ret")
+            if fmt is None or ret is None:
+                continue
+            code = progs.exec_failed_program(layout, maps, filters, index, ret.offset, argv_limit)
+            if self._attach_perf(fmt.id, code, f"proctap_ef_{syscall}", "exec_failed", syscall):
+                self._exec_syscalls.append(syscall)
+
+    def _attach_perf(self, tracepoint_id: int, code: bytes, prog_name: str, kind: str, syscall: str) -> bool:
+        fd = self._own(load_program(ProgType.TRACEPOINT, code, prog_name))
+        self._prog_fds.append(fd)
         try:
-            self._attach_tp_btf(layout, "sys_exit", "proctap_ffail",
-                                progs.fork_failed_raw_program(layout, maps, filters, syscalls))  # fmt: skip
-        except BpfError as exc:  # not fatal: everything but ForkFailed still works
-            self._notes.append(f"fork_failed unavailable: {exc}")
+            self._own(perf_event_open_tracepoint(tracepoint_id, fd))
+        except BpfError as exc:  # not fatal: everything else still works
+            self._notes.append(f"{kind} on {syscall} unavailable: {exc}")
+            return False
+        return True
+
+    def _attach_failed_raw(
+        self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters, argv_limit: int, want_fork: bool,
+        want_exec: bool,
+    ) -> None:  # fmt: skip
+        """One tp_btf program on the raw sys_exit tracepoint: closes at once, but runs for every syscall."""
+        machine = os.uname().machine
+        fork = {nr: FORK_SYSCALLS.index(name) for name, nr in layout.fork_syscalls.items()} if want_fork else {}
+        execs = {nr: EXEC_SYSCALLS.index(name) for name, nr in layout.exec_syscalls.items()} if want_exec else {}
+        raw_tp = "sys_exit" in layout.tracepoints
+        for kind, wanted, table in (("fork_failed", want_fork, fork), ("exec_failed", want_exec, execs)):
+            if wanted and (not table or not raw_tp):
+                self._notes.append(f"{kind} unavailable: no syscall table for {machine} or no sys_exit tracepoint")
+        if not raw_tp or not (fork or execs):
             return
-        self._fork_syscalls = sorted(layout.fork_syscalls)
+        try:
+            code = progs.failed_syscalls_raw_program(layout, maps, filters, fork, execs, argv_limit)
+            self._attach_tp_btf(layout, "sys_exit", "proctap_ffail", code)
+        except BpfError as exc:  # not fatal: everything but ForkFailed/ExecFailed still works
+            self._notes.append(f"fork_failed/exec_failed unavailable: {exc}")
+            return
+        self._fork_syscalls = sorted(FORK_SYSCALLS[i] for i in fork.values())
+        self._exec_syscalls = sorted(EXEC_SYSCALLS[i] for i in execs.values())
 
     # -- the Backend interface ---------------------------------------------------------------------------------
     def fileno(self) -> int:
@@ -326,6 +371,7 @@ class BpfBackend(Backend):
             "decode_errors": self._decode_errors,
             "ring_bytes": 0 if self._ring is None else self._ring.size,
             "fork_failed_syscalls": len(self._fork_syscalls),
+            "exec_failed_syscalls": len(self._exec_syscalls),
         }
 
     # -- loss ----------------------------------------------------------------------------------------------------
@@ -421,6 +467,18 @@ class EventDecoder:
             out.append(ForkFailed(
                 **self.stamp(ts, tgid, tid, self._starts.get(tgid)), errno=-ret,
                 syscall=FORK_SYSCALLS[aux32] if aux32 < len(FORK_SYSCALLS) else None, comm=self._comm(comm),
+            ))  # fmt: skip
+        elif rtype == rec.TYPE_EXEC_FAILED:
+            payload = data[offset + HEADER_SIZE : offset + length]
+            tried, argv, truncated = rec.decode_exec_failed_payload(payload, len_a, len_b, flags)
+            index, argc = aux32 & 0xFFFF, aux32 >> 16
+            if argv is not None and not truncated and argc != len(argv):
+                raise DecodeError(f"BPF exec-failed record: argc {argc} but {len(argv)} arguments")
+            ret = aux64 - (1 << 64) if aux64 >= 1 << 63 else aux64
+            out.append(ExecFailed(
+                **self.stamp(ts, tgid, tid, start), errno=-ret, filename=tried, argv=argv,
+                argc=None if flags & rec.FLAG_ARGC_UNKNOWN else argc, argv_truncated=truncated,
+                syscall=EXEC_SYSCALLS[index] if index < len(EXEC_SYSCALLS) else None, comm=self._comm(comm),
             ))  # fmt: skip
         else:
             raise DecodeError(f"unknown BPF record type {rtype}")

@@ -96,6 +96,7 @@ class Helper(IntEnum):
     ringbuf_discard = 133
     ringbuf_query = 134
     get_current_task_btf = 158
+    task_pt_regs = 175
 
 
 # Opcode classes and fields (include/uapi/linux/bpf_common.h, bpf.h)

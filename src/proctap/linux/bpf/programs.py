@@ -9,9 +9,14 @@
 * ``proctap_ff_<syscall>``: classic tracepoints ``syscalls/sys_exit_{clone,clone3,fork,vfork}`` with ret < 0,
   attached through perf events: nearly free for other syscalls (the kernel tests a bitmap before running anything),
   but each takes 60-80 ms to close (a grace period per tracepoint).
+* ``proctap_ef_<syscall>``: classic tracepoints ``syscalls/sys_exit_{execve,execveat}`` with ret < 0 (attached like
+  the ForkFailed ones): the filename and argv the caller passed, read at the exit from its registers
+  (``bpf_task_pt_regs``) and its memory.  A failed exec has not touched either: the caller goes on running its old
+  program, so no per-task copy taken at the syscall's entry is needed (nor a program on every exec's entry).
 * ``proctap_ffail``: the alternative for short-lived watchers (``fork_failed_hook=raw``, used by ``proctap run``)
   or without tracefs: tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint those events hang on), one link that
-  closes at once, but it runs for every syscall on the machine (+0.13 us each; bench/startup_costs.py).
+  closes at once, but it runs for every syscall on the machine (+0.13 us each; bench/startup_costs.py).  One
+  program serves both failed forks and failed execs.
 
 All write :mod:`records` into one ring buffer through a per-CPU scratch slot, with NO_WAKEUP unless the ring was
 empty (the first record after a drain wakes the reader) or more than half full.  A failed output increments a per-CPU
@@ -26,10 +31,11 @@ from dataclasses import dataclass
 
 from . import records as rec
 from .btf import TYPEDEF, Btf
-from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, Helper, Reg, W
+from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, B, Helper, Reg, W
 
-__all__ = ["FNAME_MAX", "SYSCALL_ABI", "Filters", "Layout", "MapFds", "SyscallAbi", "exec_program", "exit_program",
-           "fork_failed_program", "fork_failed_raw_program", "fork_program", "scratch_size"]  # fmt: skip
+__all__ = ["EXEC_ARGS_MAX", "EXEC_SYSCALLS", "FNAME_MAX", "SYSCALL_ABI", "Filters", "Layout", "MapFds", "SyscallAbi",
+           "exec_failed_program", "exec_program", "exit_program", "failed_syscalls_raw_program", "fork_failed_program",
+           "fork_program", "scratch_size"]  # fmt: skip
 
 FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
@@ -43,6 +49,18 @@ SLOT_KEY = -8  # u32 map keys
 SLOT_VAL = -16  # u64 value for map updates
 SLOT_CONS = -24  # u64 consumer position seen before the output
 SLOT_FLAGS = -32  # u64 wakeup flags of the output
+SLOT_FNAME_PTR = -40  # a failed exec's filename (user address)
+SLOT_ARGV_PTR = -48  # a failed exec's argv (user address of the pointer array)
+SLOT_ARG_PTR = -56  # argv[i], read from the caller's memory
+
+# Failed execs: the syscalls by the index the programs write, which of the syscall's arguments are the filename and
+# argv (fs/exec.c: execve(filename, argv, envp), execveat(dirfd, filename, argv, envp, flags)), and how many argv
+# pointers the program follows (bounded loops the verifier walks): EXEC_ARGS_MAX arguments copied while argv_limit
+# allows, then up to EXEC_ARGS_COUNTED more only counted; argc beyond is unknown.
+EXEC_SYSCALLS = ("execve", "execveat")
+EXEC_SYSCALL_ARGS = {"execve": (0, 1), "execveat": (1, 2)}
+EXEC_ARGS_MAX = 128
+EXEC_ARGS_COUNTED = 512
 
 
 @dataclass(frozen=True)
@@ -53,14 +71,20 @@ class SyscallAbi:
     fork_syscalls: dict[str, int]  # name -> number
     compat_word: str  # task_struct path of the word that marks a compat (32-bit) task
     compat_mask: int
+    exec_syscalls: dict[str, int]  # execve, execveat -> number
+    arg_regs: tuple[tuple[str, int], ...]  # the syscall's first three arguments at sys_exit: (pt_regs member, index)
 
 
 SYSCALL_ABI = {
-    # arch/x86/entry/syscalls/syscall_64.tbl; TS_COMPAT in arch/x86/include/asm/thread_info.h
-    "x86_64": SyscallAbi("orig_ax", {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}, "thread_info.status", 0x2),
-    # include/uapi/asm-generic/unistd.h; TIF_32BIT in arch/arm64/include/asm/thread_info.h
-    "aarch64": SyscallAbi("syscallno", {"clone": 220, "clone3": 435}, "thread_info.flags", 1 << 22),
-}
+    # arch/x86/entry/syscalls/syscall_64.tbl; TS_COMPAT in arch/x86/include/asm/thread_info.h; the arguments stay in
+    # di, si, dx (rax gets the return value)
+    "x86_64": SyscallAbi("orig_ax", {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}, "thread_info.status", 0x2,
+                         {"execve": 59, "execveat": 322}, (("di", 0), ("si", 0), ("dx", 0))),
+    # include/uapi/asm-generic/unistd.h; TIF_32BIT in arch/arm64/include/asm/thread_info.h; x0 gets the return value,
+    # the first argument stays in orig_x0 (arch/arm64/include/asm/syscall.h syscall_get_arguments)
+    "aarch64": SyscallAbi("syscallno", {"clone": 220, "clone3": 435}, "thread_info.flags", 1 << 22,
+                          {"execve": 221, "execveat": 281}, (("orig_x0", 0), ("regs", 1), ("regs", 2))),
+}  # fmt: skip
 TRACEPOINTS = ("task_newtask", "sched_process_exec", "sched_process_exit", "sys_exit")
 
 
@@ -95,6 +119,14 @@ class Layout:
     regs_syscall_nr_size: int
     compat_flags: int
     compat_mask: int
+    exec_syscalls: dict[str, int]  # execve/execveat numbers (empty: unknown architecture)
+    regs_arg0: int  # where pt_regs keeps the syscall's arguments 0-2 at sys_exit (-1: unknown)
+    regs_arg1: int
+    regs_arg2: int
+
+    @property
+    def regs_args(self) -> tuple[int, int, int]:
+        return self.regs_arg0, self.regs_arg1, self.regs_arg2
 
     @classmethod
     def from_btf(cls, btf: Btf, machine: str) -> Layout:
@@ -114,6 +146,10 @@ class Layout:
         abi = SYSCALL_ABI.get(machine)
         regs_nr = None if abi is None else btf.member("pt_regs", abi.regs_nr)
         exit_params = btf.func_params("btf_trace_sched_process_exit")  # (void *__data, task[, group_dead])
+        arg_offsets = [-1, -1, -1]
+        if abi is not None:
+            with contextlib.suppress(KeyError):
+                arg_offsets = [btf.member("pt_regs", name).offset + 8 * index for name, index in abi.arg_regs]
         return cls(
             task_tgid=off("task_struct", "tgid"),
             task_pid=off("task_struct", "pid"),
@@ -139,6 +175,10 @@ class Layout:
             regs_syscall_nr_size=0 if regs_nr is None else regs_nr.size,
             compat_flags=-1 if abi is None else off_or_missing("task_struct", abi.compat_word),
             compat_mask=0 if abi is None else abi.compat_mask,
+            exec_syscalls={} if abi is None or regs_nr is None or -1 in arg_offsets else dict(abi.exec_syscalls),
+            regs_arg0=arg_offsets[0],
+            regs_arg1=arg_offsets[1],
+            regs_arg2=arg_offsets[2],
         )
 
     def to_json(self) -> dict[str, object]:
@@ -181,8 +221,10 @@ class MapFds:
     tracked: int  # HASH u32 tgid -> u64 (or -1 when not filtering)
 
 
-def scratch_size(argv_limit: int) -> int:
-    return rec.HEADER_SIZE + FNAME_MAX + argv_limit
+def scratch_size(argv_limit: int, *, exec_failed: bool = False) -> int:
+    """Bytes of one per-CPU record slot.  A failed exec's argv is read one string at a time, each at most what is
+    left of ``argv_limit``: the verifier cannot relate the offset to that size, so the slot leaves room for both."""
+    return rec.HEADER_SIZE + FNAME_MAX + argv_limit * (2 if exec_failed else 1)
 
 
 # -- building blocks ---------------------------------------------------------------------------------------------
@@ -478,36 +520,79 @@ def fork_failed_program(maps: MapFds, filters: Filters, syscall_index: int, ret_
     a.ldx(DW, R7, R1, ret_offset)
     a.jsge(R7, 0, "out")
     _fork_failed_record(a, maps, filters, syscall_index)
+    _output(a, maps, filters, None)
     return a.assemble()
 
 
-def fork_failed_raw_program(lay: Layout, maps: MapFds, filters: Filters, syscalls: dict[int, int]) -> bytes:
-    """tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint under every syscalls:sys_exit_*): a fork syscall that
-    returned < 0.  ``syscalls`` maps this architecture's syscall numbers to the index written to aux32."""
+def exec_failed_program(
+    lay: Layout, maps: MapFds, filters: Filters, syscall_index: int, ret_offset: int, argv_limit: int
+) -> bytes:
+    """For a classic ``syscalls/sys_exit_{execve,execveat}`` tracepoint (``syscall_index`` into EXEC_SYSCALLS,
+    ``ret_offset`` from its format file): the caller's registers through bpf_task_pt_regs (Linux >= 5.15)."""
+    fname_arg, argv_arg = EXEC_SYSCALL_ARGS[EXEC_SYSCALLS[syscall_index]]
+    a = Asm()
+    a.ldx(DW, R7, R1, ret_offset)
+    a.jsge(R7, 0, "out")
+    a.call(Helper.get_current_task_btf)
+    a.mov(R1, R0)
+    a.call(Helper.task_pt_regs)
+    _stash_exec_args(a, lay, R0, fname_arg, argv_arg)
+    _exec_failed_record(a, lay, maps, filters, syscall_index, argv_limit)
+    _output(a, maps, filters, R8)
+    return a.assemble()
+
+
+def failed_syscalls_raw_program(
+    lay: Layout, maps: MapFds, filters: Filters, fork_syscalls: dict[int, int], exec_syscalls: dict[int, int],
+    argv_limit: int,
+) -> bytes:  # fmt: skip
+    """tp_btf ``sys_exit(regs, ret)`` (the raw tracepoint under every syscalls:sys_exit_*): a fork or exec syscall
+    that returned < 0.  ``fork_syscalls``/``exec_syscalls`` map this architecture's syscall numbers to the index
+    written to aux32 (either may be empty)."""
     a = Asm()
     a.ldx(DW, R7, R1, 8)  # ret
     a.jsge(R7, 0, "out")
-    a.ldx(DW, R2, R1, 0)  # regs
-    a.ldx(DW if lay.regs_syscall_nr_size == 8 else W, R6, R2, lay.regs_syscall_nr)
-    for nr, index in sorted(syscalls.items()):
-        a.jne(R6, nr, f"not_{nr}")
+    a.ldx(DW, R6, R1, 0)  # regs
+    a.ldx(DW if lay.regs_syscall_nr_size == 8 else W, R2, R6, lay.regs_syscall_nr)
+    for nr, index in sorted(fork_syscalls.items()):
+        a.jne(R2, nr, f"not_{nr}")
         a.mov(R6, index)
         a.ja("fork_syscall")
         a.label(f"not_{nr}")
+    for nr, index in sorted(exec_syscalls.items()):
+        a.jne(R2, nr, f"not_{nr}")
+        _stash_exec_args(a, lay, R6, *EXEC_SYSCALL_ARGS[EXEC_SYSCALLS[index]])
+        a.mov(R6, index)
+        a.ja("exec_syscall")
+        a.label(f"not_{nr}")
     a.ja("out")
-    a.label("fork_syscall")
-    if lay.compat_flags >= 0:
-        # a compat (32-bit) task numbers its syscalls differently: ia32's 57 is setpgid, not fork
-        a.call(Helper.get_current_task_btf)
-        a.ldx(W, R1, R0, lay.compat_flags)
-        a.jset(R1, lay.compat_mask, "out")
-    _fork_failed_record(a, maps, filters, R6)
+    if fork_syscalls:
+        a.label("fork_syscall")
+        _not_compat(a, lay)
+        _fork_failed_record(a, maps, filters, R6)
+        a.mov(R8, rec.HEADER_SIZE)
+        if exec_syscalls:
+            a.ja("send")
+    if exec_syscalls:
+        a.label("exec_syscall")
+        _not_compat(a, lay)
+        _exec_failed_record(a, lay, maps, filters, R6, argv_limit)
+    a.label("send")
+    _output(a, maps, filters, R8)
     return a.assemble()
 
 
+def _not_compat(a: Asm, lay: Layout) -> None:
+    """Exit for a compat (32-bit) task: it numbers its syscalls differently (ia32's 57 is setpgid, not fork)."""
+    if lay.compat_flags >= 0:
+        a.call(Helper.get_current_task_btf)
+        a.ldx(W, R1, R0, lay.compat_flags)
+        a.jset(R1, lay.compat_mask, "out")
+
+
 def _fork_failed_record(a: Asm, maps: MapFds, filters: Filters, syscall_index: int | Reg) -> None:
-    """The ForkFailed record of the current task, with the return value in r7 and the syscall's index (a constant
-    or a callee-saved register)."""
+    """The ForkFailed record of the current task (HEADER_SIZE bytes at r9, not yet sent), with the return value in
+    r7 and the syscall's index (a constant or a callee-saved register)."""
     a.call(Helper.get_current_pid_tgid)
     a.mov(R8, R0)
     if filters.tracked:
@@ -528,4 +613,155 @@ def _fork_failed_record(a: Asm, maps: MapFds, filters: Filters, syscall_index: i
         a.st(W, R9, rec.OFF_AUX32, syscall_index)
     a.stx(DW, R9, rec.OFF_AUX64, R7)
     _creds_cgroup_comm(a, filters)
-    _output(a, maps, filters, None)
+
+
+def _stash_exec_args(a: Asm, lay: Layout, regs: Reg, fname_arg: int, argv_arg: int) -> None:
+    """The filename and argv pointers of a failed exec, from the registers at ``regs``, onto the stack."""
+    a.ldx(DW, R1, regs, lay.regs_args[fname_arg])
+    a.stx(DW, FP, SLOT_FNAME_PTR, R1)
+    a.ldx(DW, R1, regs, lay.regs_args[argv_arg])
+    a.stx(DW, FP, SLOT_ARGV_PTR, R1)
+
+
+def _set_flags(a: Asm, bits: int) -> None:
+    a.ldx(W, R1, R9, rec.OFF_FLAGS)
+    a.or_(R1, bits)
+    a.stx(W, R9, rec.OFF_FLAGS, R1)
+
+
+def _fname_len(a: Asm, dst: Reg) -> None:
+    """dst = the filename bytes recorded in len_a, bounded again for the verifier (a load from the map is not)."""
+    label = f"fname_len_{len(a)}"
+    a.ldx(W, dst, R9, rec.OFF_LEN_A)
+    a.jle(dst, FNAME_MAX, label)
+    a.mov(dst, FNAME_MAX)
+    a.label(label)
+
+
+def _exec_failed_record(a: Asm, lay: Layout, maps: MapFds, filters: Filters, syscall_index: int | Reg,
+                        argv_limit: int) -> None:  # fmt: skip
+    """The ExecFailed record of the current task at r9, its size in r8 (not yet sent); the return value in r7, the
+    syscall's index a constant or r6, the user pointers at SLOT_FNAME_PTR / SLOT_ARGV_PTR.
+
+    argv: each argv[i] pointer is read (at most EXEC_ARGS_MAX) and its string appended while ``argv_limit`` bytes
+    allow; after that the pointers are only counted (at most EXEC_ARGS_COUNTED more).  A string that fills what was
+    left may have been cut: the record is then marked truncated.  The counting loop has its own counter, so the
+    verifier walks it once, not once for each argument the copying could have stopped at.
+    """
+    if filters.tracked:
+        a.call(Helper.get_current_pid_tgid)
+        a.rsh(R0, 32)
+        _check_tracked(a, maps, R0)
+    _scratch_slot(a, maps)
+    _begin(a, rec.TYPE_EXEC_FAILED)
+    a.stx(DW, R9, rec.OFF_AUX64, R7)
+    if isinstance(syscall_index, Reg):
+        a.stx(W, R9, rec.OFF_AUX32, syscall_index)
+    else:
+        a.st(W, R9, rec.OFF_AUX32, syscall_index)
+    a.call(Helper.get_current_task_btf)
+    a.mov(R7, R0)
+    _task_fields(a, lay)
+    _creds_cgroup_comm(a, filters)
+    # filename: r8 = bytes read including the NUL, within [0, FNAME_MAX] (0: unreadable)
+    a.mov(R1, R9)
+    a.add(R1, rec.HEADER_SIZE)
+    a.mov(R2, FNAME_MAX)
+    a.ldx(DW, R3, FP, SLOT_FNAME_PTR)
+    a.call(Helper.probe_read_user_str)
+    a.mov(R8, R0)
+    a.jsgt(R8, 0, "ef_fname_read")
+    a.mov(R8, 0)
+    a.jne(R0, 0, "ef_fname_ok")
+    # 0: an empty string (6.1's strncpy_from_user_nofault returns 0 for "", 6.18's 1 for its NUL)
+    a.st(B, R9, rec.HEADER_SIZE, 0)
+    a.mov(R8, 1)
+    a.label("ef_fname_read")
+    a.jle(R8, FNAME_MAX, "ef_fname_ok")
+    a.mov(R8, FNAME_MAX)
+    a.label("ef_fname_ok")
+    a.stx(W, R9, rec.OFF_LEN_A, R8)
+    # argv: r6 = &argv[i], r7 = i, r8 = argv bytes captured; every way out stores len_b.  A NULL argv is an empty
+    # one (fs/exec.c get_user_arg_ptr).
+    a.ldx(DW, R6, FP, SLOT_ARGV_PTR)
+    a.mov(R7, 0)
+    a.mov(R8, 0)
+    a.jeq(R6, 0, "ef_copied")
+    a.label("ef_arg")
+    a.jge(R7, EXEC_ARGS_MAX, "ef_stop_copying")
+    a.mov(R1, FP)
+    a.add(R1, SLOT_ARG_PTR)
+    a.mov(R2, 8)
+    a.mov(R3, R6)
+    a.call(Helper.probe_read_user)
+    a.jne(R0, 0, "ef_unreadable")
+    a.ldx(DW, R3, FP, SLOT_ARG_PTR)
+    a.jeq(R3, 0, "ef_copied")
+    if argv_limit > 0:
+        a.jge(R8, argv_limit, "ef_stop_copying")
+        _fname_len(a, R4)
+        a.mov(R1, R9)
+        a.add(R1, rec.HEADER_SIZE)
+        a.add(R1, R4)
+        a.add(R1, R8)
+        a.mov(R2, argv_limit)
+        a.sub(R2, R8)
+        a.call(Helper.probe_read_user_str)
+        a.jsgt(R0, 0, "ef_read")
+        a.jne(R0, 0, "ef_unreadable")
+        # an empty string read as 0 bytes (as the filename above): write its NUL
+        _fname_len(a, R4)
+        a.mov(R1, R9)
+        a.add(R1, R4)
+        a.add(R1, R8)
+        a.st(B, R1, rec.HEADER_SIZE, 0)
+        a.mov(R0, 1)
+        a.label("ef_read")
+        a.add(R7, 1)
+        a.add(R6, 8)
+        a.add(R8, R0)
+        a.jlt(R8, argv_limit, "ef_arg")
+        # no room left: this argument was cut (or filled it exactly)
+        _set_flags(a, rec.FLAG_ARGV_TRUNCATED)
+        a.mov(R8, argv_limit)
+    a.label("ef_stop_copying")  # argv[r7] is not copied: count it and the rest
+    a.stx(W, R9, rec.OFF_LEN_B, R8)
+    a.mov(R8, 0)  # r8 = arguments counted here: its own loop counter (r7 carries on, unchecked)
+    a.label("ef_count")
+    a.jge(R8, EXEC_ARGS_COUNTED, "ef_too_many")
+    a.mov(R1, FP)
+    a.add(R1, SLOT_ARG_PTR)
+    a.mov(R2, 8)
+    a.mov(R3, R6)
+    a.call(Helper.probe_read_user)
+    a.jne(R0, 0, "ef_unreadable")
+    a.ldx(DW, R3, FP, SLOT_ARG_PTR)
+    a.jeq(R3, 0, "ef_end")
+    _set_flags(a, rec.FLAG_ARGV_TRUNCATED)
+    a.add(R7, 1)
+    a.add(R6, 8)
+    a.add(R8, 1)
+    a.ja("ef_count")
+    a.label("ef_too_many")
+    _set_flags(a, rec.FLAG_ARGV_TRUNCATED | rec.FLAG_ARGC_UNKNOWN)
+    a.ja("ef_end")
+    a.label("ef_unreadable")  # the pointer array or a string could not be read (EFAULT, or a page not present)
+    _set_flags(a, rec.FLAG_ARGV_UNREADABLE)
+    a.mov(R8, 0)
+    a.label("ef_copied")
+    a.stx(W, R9, rec.OFF_LEN_B, R8)
+    a.label("ef_end")
+    a.ldx(W, R1, R9, rec.OFF_AUX32)
+    a.mov(R2, R7)
+    a.lsh(R2, 16)
+    a.or_(R1, R2)
+    a.stx(W, R9, rec.OFF_AUX32, R1)  # syscall index | argc << 16
+    # r8 = record size, from len_b read back and bounded again: the same range on every path here, so the verifier
+    # checks the output once rather than once per loop iteration (r8's own bounds differ from path to path)
+    a.ldx(W, R8, R9, rec.OFF_LEN_B)
+    a.jle(R8, argv_limit, "ef_size")
+    a.mov(R8, argv_limit)
+    a.label("ef_size")
+    _fname_len(a, R1)
+    a.add(R8, R1)
+    a.add(R8, rec.HEADER_SIZE)

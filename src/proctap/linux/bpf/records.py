@@ -15,7 +15,10 @@ aux64 = argc, len_a = bytes of filename read (with its NUL), len_b = true argv b
 payload = filename then the captured argv; EXIT aux32 = task->exit_code (a wait status), aux64 = group_dead,
 len_a = the process's wait status (meaningful when group_dead), payload = the group leader's comm[16];
 FORK_FAILED aux32 = index of the syscall in
-the backend's list, aux64 = return value (-errno).
+the backend's list, aux64 = return value (-errno); EXEC_FAILED aux32 = index of the syscall (execve, execveat) |
+argc << 16, aux64 = return value (-errno), len_a = bytes of filename read (with its NUL; 0: unreadable), len_b =
+argv bytes captured (every argument NUL-terminated, the last one possibly cut), payload = filename then argv; flags
+ARGV_UNREADABLE, ARGV_TRUNCATED (arguments cut or left out), ARGC_UNKNOWN (more than the program counts).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "HEADER_SIZE",
     "decode_argv",
     "decode_comm",
+    "decode_exec_failed_payload",
     "decode_exec_payload",
 ]
 
@@ -38,8 +42,10 @@ HEADER = struct.Struct("=IIQIIQQIIIIQ16sQII")
 HEADER_SIZE = HEADER.size  # 96
 EXIT_RECORD_SIZE = HEADER_SIZE + 16  # + the leader's comm
 
-TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED = 1, 2, 3, 4
+TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED, TYPE_EXEC_FAILED = 1, 2, 3, 4, 5
 FLAG_ARGV_UNREADABLE = 1  # bpf_probe_read_user of the argv area failed
+FLAG_ARGV_TRUNCATED = 2  # EXEC_FAILED: the argv limit left arguments (or the end of one) out
+FLAG_ARGC_UNKNOWN = 4  # EXEC_FAILED: more arguments than the program follows
 
 # header field offsets, used by the programs that write them
 OFF_TYPE, OFF_FLAGS, OFF_TS, OFF_TGID, OFF_TID, OFF_START, OFF_TASK_START = 0, 4, 8, 16, 20, 24, 32
@@ -75,3 +81,24 @@ def decode_exec_payload(payload: bytes, len_a: int, len_b: int, flags: int) -> t
         raise DecodeError(f"exec record: {len(captured)} argv bytes captured of {len_b}")
     truncated = len(captured) < len_b
     return filename, decode_argv(captured, truncated), truncated
+
+
+def decode_exec_failed_payload(
+    payload: bytes, len_a: int, len_b: int, flags: int
+) -> tuple[str | None, tuple[str, ...] | None, bool]:
+    """(filename or None when unreadable, argv or None when unreadable, argv_truncated) from an exec-failed
+    record's payload."""
+    if len_a + len_b != len(payload):
+        raise DecodeError(f"exec-failed record: {len_a} + {len_b} bytes announced, {len(payload)} sent")
+    filename = None
+    if len_a:
+        if payload[len_a - 1] != 0:
+            raise DecodeError("exec-failed record: filename does not end with NUL")
+        filename = payload[: len_a - 1].decode("utf-8", "surrogateescape")
+    if flags & FLAG_ARGV_UNREADABLE:
+        return filename, None, False
+    captured = payload[len_a:]
+    if captured and captured[-1] != 0:
+        raise DecodeError("exec-failed record: argv does not end with NUL")
+    argv = tuple(part.decode("utf-8", "surrogateescape") for part in captured[:-1].split(b"\0")) if captured else ()
+    return filename, argv, bool(flags & FLAG_ARGV_TRUNCATED)
