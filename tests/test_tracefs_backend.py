@@ -13,8 +13,9 @@ import pytest
 
 import proctap
 from eventlog import EventLog, collect
+from proctap.backends.base import BackendConfig
 from proctap.backends.tracefs import ExitTracker, TracefsBackend
-from proctap.events import EventKind
+from proctap.events import EventKind, Exec, ExecFailed
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not TracefsBackend.probe(), reason="needs root and tracefs (scripts/test runs as root)"
@@ -68,6 +69,7 @@ def test_kernel_filters_and_only_the_events_needed() -> None:
         assert enabled("sched/sched_process_exec") and enabled("task/task_newtask")
         assert enabled("sched/sched_process_exit"), "keeps the per-task state bounded"
         assert not enabled("syscalls/sys_enter_exit_group") and not enabled("syscalls/sys_exit_clone")
+        assert not enabled("syscalls/sys_exit_execve"), "failed execs only when asked for"
         pid = os.fork()
         if pid == 0:
             os.execv("/bin/true", ["true"])
@@ -81,6 +83,34 @@ def test_kernel_filters_and_only_the_events_needed() -> None:
             assert f.read().strip() == "ret < 0"
         with open(os.path.join(base, "signal/signal_deliver/filter")) as f:
             assert "sa_handler == 0" in f.read()
+    with proctap.watch(events="exec_failed", backend="tracefs") as w:
+        base = os.path.join(ROOT, "instances", w.backend.instance_name, "events")  # type: ignore[attr-defined]
+        for syscall in ("execve", "execveat"):
+            with open(os.path.join(base, f"syscalls/sys_exit_{syscall}/filter")) as f:
+                assert f.read().strip() == "ret < 0"
+
+
+def test_failed_exec_is_not_named_after_the_program_exec_d_next() -> None:
+    """env tries PATH directories (two ENOENT) before the sh it runs: by the time the records are read /proc says
+    "sh", which was not the caller's name at the failures, so their comm is None rather than that."""
+    with TracefsBackend(BackendConfig(events=frozenset({EventKind.EXEC, EventKind.EXEC_FAILED}))) as b:
+        p = subprocess.Popen(["/usr/bin/env", "PATH=/nonexistent1:/nonexistent2:/bin", "sh", "-c", "read x"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # sh waits in read(2): its exec is over, before anything is read
+                with open(f"/proc/{p.pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                        break
+                time.sleep(0.01)
+            events = collect(b, lambda evs: any(isinstance(e, Exec) and e.pid == p.pid and e.filename == "/bin/sh"
+                                                for e in evs), what="the exec of sh")  # fmt: skip
+        finally:
+            assert p.stdin is not None
+            p.stdin.close()
+            p.wait()
+    failed = [e for e in events if isinstance(e, ExecFailed) and e.pid == p.pid]
+    assert [(e.errno_name, e.comm) for e in failed] == [("ENOENT", None), ("ENOENT", None)]
 
 
 def test_sigterm_removes_the_instance() -> None:

@@ -8,6 +8,9 @@ What it places (definitions in :mod:`proctap.linux.tracefs.kprobe_events`), in t
   task id, anything else -> ForkFailed with ``errno = -retval`` (the seed's return handler);
 * an entry probe on ``do_exit`` keeping the exit code (a wait status) and one on ``taskstats_exit`` (or
   ``acct_collect``) keeping ``group_dead``: the task was the last of its process -> the process Exit;
+* the tracepoints ``syscalls:sys_exit_{execve,execveat}`` with ``ret < 0`` (ExecFailed), as the tracefs backend:
+  simpler than a return probe on the exec path (``do_execveat_common`` is static and may be inlined) and the same on
+  every kernel; filename and argv stay None (the entry tracepoints only carry the caller's pointers);
 * the tracepoints ``sched:sched_process_exec`` (Exec) and ``task:task_newtask``.  task_newtask runs in the parent
   before the child can run; a vfork parent only returns from the fork function after its child exec'd or exited,
   so the child's events precede the parent's return record.  They are held back until the return probe reported
@@ -208,8 +211,11 @@ class KprobeBackend(TracingBackend):
         self._enable(group, names.fork_entry, ("flags",), self._on_fork_entry)
         self._enable(group, names.fork_return, ("ret", "comm"), self._on_fork_return)
         self._enable("task", "task_newtask", ("pid", "clone_flags"), self._on_newtask)
-        if EventKind.EXEC in kinds or EventKind.EXIT in kinds:
+        # (with failed execs: an exec after them tells that the comm read from /proc for them is the new program's)
+        if EventKind.EXEC in kinds or EventKind.EXIT in kinds or EventKind.EXEC_FAILED in kinds:
             self._enable("sched", "sched_process_exec", ("filename", "pid", "old_pid"), self._on_exec)
+        if EventKind.EXEC_FAILED in kinds:
+            self._enable_exec_failed()
         if EventKind.EXIT in kinds:
             self._enable(group, names.exit, ("code", "comm"), self._on_exit)
             if self.exit_group_function is not None:
@@ -262,6 +268,14 @@ class KprobeBackend(TracingBackend):
             self._out.append(event)
         else:
             held[1].append(event)
+
+    def _replace(self, old: Event, new: Event) -> None:
+        for _, held in self._unconfirmed.values():
+            for i, event in enumerate(held):
+                if event is old:
+                    held[i] = new
+                    return
+        super()._replace(old, new)
 
     def _release_old_holds(self) -> None:
         now = self._last_ts

@@ -10,6 +10,8 @@ used):
   from ``syscalls:sys_enter_exit``/``sys_enter_exit_group`` (the code) and ``signal:signal_deliver`` /
   ``signal:signal_generate`` (deaths by signal), see :class:`ExitTracker`.
 * ``syscalls:sys_exit_{clone,clone3,fork,vfork}`` filtered in the kernel to ``ret < 0`` -> ForkFailed.
+* ``syscalls:sys_exit_{execve,execveat}`` filtered likewise -> ExecFailed, without filename or argv: the syscalls'
+  entry tracepoints only carry the caller's pointers (their ``format``: ``const char * filename``).
 
 Tracepoint ``pid`` fields are task ids; the thread-group id of a task is learnt from task_newtask (a new process:
 tgid = its tid; a new thread: the creator's tgid) with ``/proc/TID/status`` as fallback for tasks older than the
@@ -45,7 +47,8 @@ _FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # clone3 exists since 5.3
 # Without these the declared features (exit status, failed forks) could not be delivered.
 _REQUIRED_EVENTS = (
     "task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit", "syscalls/sys_enter_exit",
-    "syscalls/sys_enter_exit_group", "syscalls/sys_exit_clone", "signal/signal_generate", "signal/signal_deliver",
+    "syscalls/sys_enter_exit_group", "syscalls/sys_exit_clone", "syscalls/sys_exit_execve", "signal/signal_generate",
+    "signal/signal_deliver",
 )  # fmt: skip
 
 
@@ -178,6 +181,8 @@ class TracefsBackend(TracingBackend):
             for syscall in _FORK_SYSCALLS:
                 self._enable("syscalls", f"sys_exit_{syscall}", ("ret",), self._fork_failed_handler(syscall),
                              "ret < 0")  # fmt: skip
+        if EventKind.EXEC_FAILED in kinds:
+            self._enable_exec_failed()
 
     # -- Backend API -------------------------------------------------------------------------------------------
     def close(self) -> None:

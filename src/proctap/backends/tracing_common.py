@@ -1,15 +1,17 @@
 """What the tracefs and kprobe backends share: both read tracepoint records of task ids from a private tracefs
-instance and must map them to processes, follow clone flags and keep per-task exit bookkeeping."""
+instance and must map them to processes, follow clone flags and keep per-task exit bookkeeping; and both report
+failed execs from the same tracepoints (:meth:`TracingBackend._enable_exec_failed`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
 from ..errors import ProctapError
-from ..events import Event, EventKind, Exec, Exit, Fork, Origin, decode_wait_status
+from ..events import Event, EventKind, Exec, ExecFailed, Exit, Fork, Origin, decode_wait_status
 from ..linux.clock import Clock
-from ..linux.procfs import read_ppid, read_tgid
+from ..linux.procfs import read_comm, read_ppid, read_tgid
 from ..linux.tracefs.format import RecordDecoder
 from ..linux.tracefs.instance import TRACEFS_MOUNTS
 from ..linux.tracefs.reader import TraceReader
@@ -18,6 +20,7 @@ from .base import Availability, Backend, BackendConfig, Feature, Stamp, StartTim
 __all__ = [
     "CLONE_PARENT",
     "CLONE_THREAD",
+    "EXEC_SYSCALLS",
     "TRACING_FEATURES",
     "TaskGroups",
     "TracingBackend",
@@ -36,9 +39,11 @@ TRACING_FEATURES = frozenset(
         Feature.EXIT,
         Feature.EXIT_STATUS,
         Feature.FORK_FAILED,
+        Feature.EXEC_FAILED,
         Feature.LOSS_EXACT,
     }
 )
+EXEC_SYSCALLS = ("execve", "execveat")
 
 
 def no_tracefs(backend: str) -> Availability:
@@ -132,6 +137,8 @@ class TracingBackend(Backend):
         self._parents: dict[int, int] = {}  # pid -> parent's pid at fork
         self._thread_starts: dict[int, int] = {}  # tid -> start (ns since boot) of a thread seen created
         self._leader_gone: dict[int, str] = {}  # tgid -> comm of a leader that ended before its threads
+        self._failed_execs: dict[int, list[ExecFailed]] = {}  # tgid -> ExecFailed of this read with a /proc comm
+        self._exec_record: tuple[int, Callable[[bytes, int, int], tuple[object, ...]]] | None = None
         kinds = config.events
         self._want_forks = EventKind.FORK in kinds
         self._want_thread_forks = self._want_forks and config.threads
@@ -166,6 +173,8 @@ class TracingBackend(Backend):
             handler(ts, *decode(buf, start, length))
 
         self._handlers[fmt.id] = handle
+        if (system, name) == ("sched", "sched_process_exec"):
+            self._exec_record = (fmt.id, decode)  # common_pid first: after de_thread the process's pid
         try:
             inst.enable_event(system, name, filter_expr)
         except ProctapError:
@@ -184,6 +193,7 @@ class TracingBackend(Backend):
         records, losses = self._reader.read()
         out: list[Event] = []
         self._out = out
+        self._failed_execs.clear()
         if losses:
             ts = records[0][0] if records else None
             out.extend(self.stamp.lost(ts, count, "tracefs ring buffer overrun", cpu) for cpu, count in losses)
@@ -192,6 +202,8 @@ class TracingBackend(Backend):
             handler = handlers.get(type_id)
             if handler is not None:
                 handler(ts, buf, start, length)
+        if self._failed_execs:
+            self._execs_held_back()
         if records:
             self._last_ts = records[-1][0]
         self._drained()
@@ -244,6 +256,8 @@ class TracingBackend(Backend):
             self._thread_starts.pop(old_pid, None)  # it is the leader now: its end is the process's
         self.groups.new_task(pid, pid)
         self._leader_gone.pop(pid, None)
+        if self._failed_execs:
+            self._forget_stale_comms(pid)
         self._exec_seen(pid)
         if self._want_execs:
             self._emit(pid, Exec(**self.stamp(ts, pid, pid, self.starts.get(pid)), filename=filename,
@@ -251,6 +265,58 @@ class TracingBackend(Backend):
 
     def _exec_seen(self, pid: int) -> None:
         """Process ``pid`` exec'd: its other threads are gone (de_thread)."""
+
+    # -- failed execs ----------------------------------------------------------------------------------------------
+    def _enable_exec_failed(self) -> int:
+        """``syscalls:sys_exit_{execve,execveat}`` filtered in the kernel to ``ret < 0`` -> ExecFailed; returns how
+        many of the two the kernel has.  The entry tracepoints carry only the caller's pointers (``const char *
+        filename``, ``argv``: 6.1 and 6.18 alike), so filename and argv stay None; comm is read from /proc."""
+        count = 0
+        for syscall in EXEC_SYSCALLS:
+            handler = self._exec_failed_handler(syscall)
+            if self._enable("syscalls", f"sys_exit_{syscall}", ("ret",), handler, "ret < 0") is not None:
+                count += 1
+        return count
+
+    def _exec_failed_handler(self, syscall: str) -> Callable[[int, int, int], None]:
+        def on_exec_failed(ts: int, tid: int, ret: int) -> None:
+            if ret >= 0:  # a kernel that refused the filter
+                return
+            tgid = self.groups.tgid(tid)
+            event = ExecFailed(**self.stamp(ts, tgid, tid, self.starts.get(tgid)), errno=-ret, syscall=syscall,
+                               comm=read_comm(tgid, tid))  # fmt: skip
+            self._emit(tid, event)
+            if event.comm is not None:
+                self._failed_execs.setdefault(tgid, []).append(event)
+
+        return on_exec_failed
+
+    def _forget_stale_comms(self, pid: int) -> None:
+        """Process ``pid`` exec'd after failed execs of this read: the comm /proc gave them is the new program's
+        (every record of a read was written before /proc was asked), so they get None instead.  The usual case:
+        execvp trying each PATH directory before the one that works."""
+        for event in self._failed_execs.pop(pid, ()):
+            self._replace(event, dataclasses.replace(event, comm=None))
+
+    def _execs_held_back(self) -> None:
+        """An exec of the reader's held-back records (stamped just before this read, handled with the next) also
+        happened before /proc was asked for the comm of a failed exec of the same process."""
+        if self._exec_record is None:
+            return
+        exec_id, decode = self._exec_record
+        for _ts, type_id, buf, start, length in self._reader.held:
+            if type_id == exec_id:
+                pid = decode(buf, start, length)[0]
+                if pid in self._failed_execs:
+                    self._forget_stale_comms(pid)
+
+    def _replace(self, old: Event, new: Event) -> None:
+        """Put ``new`` where ``old`` was emitted during this read."""
+        out = self._out
+        for i in range(len(out) - 1, -1, -1):
+            if out[i] is old:
+                out[i] = new
+                return
 
     def _task_ended(self, ts: int, tid: int, tgid: int, comm: str, group_dead: bool, code: int | None = None) -> None:
         """Task ``tid`` of process ``tgid`` ended (``code``: its do_exit code where the backend sees it).

@@ -122,6 +122,11 @@ class TraceReader:
             raise ValueError("TraceReader not started")
         return self._epoll.fileno()
 
+    @property
+    def held(self) -> list[Record]:
+        """Records read but held back until the next :meth:`read` (all later than those it returned)."""
+        return self._held
+
     def read(self) -> tuple[list[Record], list[Loss]]:
         """Records of every CPU, in timestamp order, up to a watermark; and the losses.
 
