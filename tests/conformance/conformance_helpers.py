@@ -251,3 +251,30 @@ def kill_and_reap(p: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None
     with contextlib.suppress(ProcessLookupError):
         p.send_signal(sig)
     p.wait(timeout=TIMEOUT)
+
+
+# -- failed execs -------------------------------------------------------------------------------------------------
+def exec_fails(path: str | int, argv: list[str]) -> tuple[int, int]:
+    """A child that tries to exec ``path`` (a file descriptor: fexecve, i.e. execveat with AT_EMPTY_PATH) with
+    ``argv`` and exits when that fails.  Returns the child's pid and the errno it got (0: the exec succeeded)."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            try:
+                os.execve(path, argv, os.environ)
+            except OSError as exc:
+                os.write(w, str(exc.errno).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read()
+    os.waitpid(child, 0)
+    return child, int(got or 0)
+
+
+def own_comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().rstrip("\n")

@@ -25,10 +25,12 @@ from conformance_helpers import (
     c_helper,
     collect,
     core_pattern,
+    exec_fails,
     fork_exit,
     fork_fails_by_rlimit_nproc,
     fork_fails_in_pids_cgroup,
     kill_and_reap,
+    own_comm,
     pids_cgroup_root,
     reap,
     run_python,
@@ -37,7 +39,7 @@ from conformance_helpers import (
 
 import proctap
 from proctap.backends import Feature
-from proctap.events import Comm, Coredump, Exec, Exit, Fork, ForkFailed, Gid, Lost, Ptrace, Sid, Uid
+from proctap.events import Comm, Coredump, Exec, ExecFailed, Exit, Fork, ForkFailed, Gid, Lost, Ptrace, Sid, Uid
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root (scripts/test checks it)")
 
@@ -480,6 +482,59 @@ def test_fork_failed(log: Collector, how: str) -> None:
     assert failed.errno == errno.EAGAIN and failed.errno_name == "EAGAIN"
     assert failed.tid == child and failed.syscall in (None, "clone", "clone3", "fork", "vfork")
     assert not [e for e in log.of(Fork) if e.parent_pid == child], "no task was created"
+
+
+# -- failed execs -----------------------------------------------------------------------------------------------------
+@requires(Feature.EXEC_FAILED)
+@pytest.mark.parametrize("how", ["enoent", "eacces", "execveat_eacces"])
+def test_exec_failed(log: Collector, backend: str, how: str, tmp_path) -> None:
+    """A child exec's a path that does not exist (ENOENT), a file without the execute bit (EACCES), or that file
+    through a descriptor (fexecve: execveat with an empty name); the ExecFailed names the caller, the errno and,
+    where declared, what it tried."""
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\nexit 0\n")
+    plain.chmod(0o644)
+    args = ["tried", "", "a b", "\u00fc"]
+    fd = None
+    path: str | int
+    if how == "enoent":
+        path = filename = str(tmp_path / "does-not-exist")
+        expected, syscalls = errno.ENOENT, ("execve",)
+    elif how == "eacces":
+        path = filename = str(plain)
+        expected, syscalls = errno.EACCES, ("execve",)
+    else:
+        path = fd = os.open(plain, os.O_RDONLY)
+        filename, expected, syscalls = "", errno.EACCES, ("execveat",)
+    try:
+        child, got = exec_fails(path, args)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert got == expected, f"the exec failed with {errno.errorcode.get(got, got)}, not {errno.errorcode[expected]}"
+    log.wait_until(lambda: bool(log.about([child], ExecFailed)), "ExecFailed", [child])
+    (failed,) = log.about([child], ExecFailed)
+    assert isinstance(failed, ExecFailed)
+    assert failed.pid == child and failed.tid == child
+    assert failed.errno == expected and failed.errno_name == errno.errorcode[expected]
+    assert failed.syscall in (None, *syscalls)
+    if Feature.EXEC_FAILED_ARGS in features_of(backend):
+        assert failed.filename == filename
+        assert failed.argv == tuple(args) and failed.argc == len(args) and not failed.argv_truncated
+        assert failed.comm == own_comm()[:15], "the caller's comm, taken at the failure"
+    else:
+        assert failed.filename is None and failed.argv is None, "never guessed"
+        assert failed.comm in (None, own_comm()[:15])
+    assert not log.about([child], Exec), "the exec did not happen"
+
+
+@requires(Feature.EXEC_FAILED, Feature.EXEC)
+def test_successful_exec_gives_no_exec_failed(log: Collector) -> None:
+    p = run_python("pass")
+    reap(p)
+    log.wait_exec(p.pid)
+    log.wait_exit(p.pid)
+    assert not log.about([p.pid], ExecFailed)
 
 
 # -- comm, credentials, session, ptrace -------------------------------------------------------------------------------
