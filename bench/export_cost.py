@@ -149,6 +149,52 @@ def run_once(exe: Path, n: int, backend: str, export: bool, workdir: Path) -> di
     return result
 
 
+def capacity(exe: Path, n: int, backend: str, workdir: Path) -> dict[str, Any]:
+    """How fast one exporter empties a full queue into rotel: the events of a real storm of ``n`` forks (watched
+    in-process), queued at once (as after a collector outage), then timed until the collector accepted them all."""
+    import proctap
+    from proctap.export import OtlpExporter
+
+    workdir.mkdir(parents=True)
+    lg = subprocess.Popen([str(exe), "fork", str(n), "-w"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert lg.stdin is not None
+    events = []
+    with proctap.watch("fork,exec,exit", backend=backend, pid=lg.pid, latency=0.05) as watcher:
+        lg.stdin.write(b"g")
+        lg.stdin.close()
+        while lg.poll() is None or len(events) < 2 * n + 1:
+            events.extend(watcher.read(timeout=0.5))
+            if lg.poll() is not None and not watcher.busy:
+                break
+    otlp_port, grpc_port = free_port(), free_port()
+    rotel = subprocess.Popen(
+        [str(rotel_agent()), "start", "--otlp-http-endpoint", f"127.0.0.1:{otlp_port}",
+         "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}", "--exporter", "blackhole",
+         "--pid-file", str(workdir / "rotel.pid")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_listening(otlp_port)
+    exporter = OtlpExporter(f"http://127.0.0.1:{otlp_port}", backend=backend, queue_size=len(events))
+    cpu0 = time.process_time()
+    started = time.monotonic()
+    exporter.send_batch(events)
+    stats = exporter.close(600)
+    took = time.monotonic() - started
+    cpu = time.process_time() - cpu0
+    rotel.send_signal(signal.SIGTERM)
+    _, _, rusage = os.wait4(rotel.pid, 0)
+    return {"capacity": True, "events": len(events), "sent": stats.sent, "seconds": took, "cpu_s": cpu,
+            "bytes_sent": stats.bytes_sent, "requests": stats.requests, "rotel_cpu_s": cpu_of(rusage)}  # fmt: skip
+
+
+def show_capacity(r: dict[str, Any]) -> None:
+    k = r["sent"] / 1000
+    print(f"capacity: a queue of {r['events']} real storm events emptied into rotel in {r['seconds']:.2f}s = "
+          f"{r['sent'] / r['seconds']:,.0f} events/s, {r['bytes_sent'] / r['seconds'] / 1e6:.2f} MB/s; exporter CPU "
+          f"{1000 * r['cpu_s'] / k:.1f} ms per 1k events; rotel CPU {1000 * r['rotel_cpu_s'] / k:.1f} ms per 1k "
+          f"events; requests {r['requests']}")  # fmt: skip
+
+
 def show(r: dict[str, Any]) -> None:
     k = r["seen"] / 1000
     name = "with --otlp" if r["export"] else "no export"
@@ -174,6 +220,13 @@ def main() -> int:
     p.add_argument("--backend", default="bpf", help="proctap backend (default bpf)")
     p.add_argument("--runs", type=int, default=1, help="runs of each configuration, alternating (default 1)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON list")
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="also time how fast one exporter empties a queue of the events of an N-fork storm (0: skip)",
+    )
     args = p.parse_args()
     if args.tasks < 1 or args.runs < 1:
         p.error("--tasks and --runs must be at least 1")
@@ -187,6 +240,10 @@ def main() -> int:
                 r = run_once(exe, args.tasks, args.backend, export, Path(tmp) / f"{i}-{export}")
                 show(r)
                 results.append(r)
+        if args.capacity:
+            r = capacity(exe, args.capacity, args.backend, Path(tmp) / "capacity")
+            show_capacity(r)
+            results.append(r)
     if args.json:
         print(json.dumps(results))
     return 0
