@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from proctap.cache import Process
 from proctap.events import EVENT_CLASSES, Comm, Exec, Exit, Fork, ForkFailed, Lost, decode_wait_status, exact_bytes
-from proctap.process_table import ProcessInfo
 from proctap.render import JsonRenderer, TableRenderer
 from proctap.text import format_command, format_duration, format_exit, format_lost, sanitize
 
@@ -87,7 +87,7 @@ def test_sanitize_keeps_printable_text() -> None:
     assert sanitize("tab\there") == "tab\\there"
 
 
-def table_lines(pairs: list[tuple[object, ProcessInfo | None]], **kw: object) -> list[str]:
+def table_lines(pairs: list[tuple[object, Process | None]], **kw: object) -> list[str]:
     out = io.StringIO()
     renderer = TableRenderer(out, **kw)  # type: ignore[arg-type]
     renderer.header()
@@ -96,7 +96,7 @@ def table_lines(pairs: list[tuple[object, ProcessInfo | None]], **kw: object) ->
 
 
 def test_table_columns_and_alignment() -> None:
-    info = ProcessInfo(200, parent_pid=100, argv=("sh", "-c", "exit 3"), comm="sh", forked_ns=4_000_000_000)
+    info = Process(pid=200, parent_pid=100, argv=("sh", "-c", "exit 3"), comm="sh", forked_ns=4_000_000_000)
     fork = Fork(**COMMON, pid=200, tid=200, parent_pid=100, parent_tid=100)  # type: ignore[arg-type]
     execve = Exec(  # type: ignore[arg-type]
         **COMMON, pid=200, tid=200, filename="/usr/bin/sleep", argv=("sleep", "1")
@@ -115,7 +115,7 @@ def test_table_columns_and_alignment() -> None:
 
 
 def test_table_thread_events_and_lifetime_from_table() -> None:
-    info = ProcessInfo(300, parent_pid=1, argv=("server",), forked_ns=4_000_000_000)
+    info = Process(pid=300, parent_pid=1, argv=("server",), forked_ns=4_000_000_000)
     clone = Fork(**COMMON, pid=300, tid=301, parent_pid=300, is_thread=True)  # type: ignore[arg-type]
     tex = exit_event(0, pid=300, tid=301, is_thread=True)
     pex = exit_event(signal.SIGSEGV | 0x80, pid=300, tid=300)  # no lifetime_ns: from the table's fork time
@@ -138,7 +138,7 @@ def test_table_other_kinds() -> None:
 
 
 def test_table_width_clips() -> None:
-    info = ProcessInfo(200, parent_pid=100, argv=("x" * 300,))
+    info = Process(pid=200, parent_pid=100, argv=("x" * 300,))
     fork = Fork(**COMMON, pid=200, tid=200, parent_pid=100)  # type: ignore[arg-type]
     lines = table_lines([(fork, info)], width=80)
     assert all(len(line) <= 80 for line in lines)

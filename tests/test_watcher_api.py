@@ -159,7 +159,9 @@ def test_the_cli_and_the_api_ask_the_kernel_for_the_same_events() -> None:
     backend_stats = stats["backend_stats"]
     assert isinstance(backend_stats, dict) and backend_stats["kernel_filter"] == api_filter
     received = stats["received"]
-    assert isinstance(received, dict) and received.get("exec", 0) >= 3 and "fork" not in received
+    assert isinstance(received, dict) and received.get("exec", 0) >= 3
+    # unfiltered, there would be a fork per exec at least; one may slip in while the filter is being attached
+    assert received.get("fork", 0) <= 1, received
 
 
 def test_events_the_filters_drop_are_still_drained_in_batches() -> None:

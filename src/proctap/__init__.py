@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .backends import Availability, Backend, BackendConfig, Feature, choose_backend, probe_all
+from .cache import Process, ProcessCache
 from .errors import BackendUnavailable, DecodeError, ProctapError
 from .events import (
     Accounting,
@@ -19,6 +20,8 @@ from .events import (
     Event,
     EventKind,
     Exec,
+    ExecFailed,
+    Existing,
     Exit,
     Fork,
     ForkFailed,
@@ -30,8 +33,8 @@ from .events import (
     TaskKey,
     Uid,
     decode_wait_status,
+    event_from_dict,
 )
-from .process_table import ProcessInfo, ProcessTable
 from .watcher import AsyncWatcher, Watcher, WatchStats, awatch, watch
 
 __version__ = "0.1.0"
@@ -49,6 +52,8 @@ __all__ = [
     "Event",
     "EventKind",
     "Exec",
+    "ExecFailed",
+    "Existing",
     "Exit",
     "Feature",
     "Fork",
@@ -56,8 +61,8 @@ __all__ = [
     "Gid",
     "Lost",
     "Origin",
-    "ProcessInfo",
-    "ProcessTable",
+    "Process",
+    "ProcessCache",
     "ProctapError",
     "Ptrace",
     "Sid",
@@ -69,6 +74,7 @@ __all__ = [
     "awatch",
     "choose_backend",
     "decode_wait_status",
+    "event_from_dict",
     "export",
     "probe_all",
     "watch",

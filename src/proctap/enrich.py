@@ -7,13 +7,15 @@ describes the task as it is *now*, so a task that already exited (or exec'd agai
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import fields
-from typing import NamedTuple
 
-from .events import Exec, Origin
+from .events import Exec, Existing, Origin
 from .linux import procfs
+from .linux.clock import Clock
 
-__all__ = ["ProcessFacts", "enrich_exec", "read_process"]
+__all__ = ["enrich_exec", "read_existing"]
 
 
 def enrich_exec(event: Exec) -> Exec:
@@ -55,17 +57,32 @@ def _replaced(event: Exec, changes: dict[str, object]) -> Exec:
     return new
 
 
-class ProcessFacts(NamedTuple):
-    """What /proc tells of a live process first seen after it started."""
-
-    parent_pid: int
-    comm: str | None
-    argv: tuple[str, ...] | None
-
-
-def read_process(pid: int) -> ProcessFacts | None:
-    """Parent, comm and argv of a live process, or ``None`` when /proc no longer has it."""
-    ppid = procfs.read_ppid(pid)
-    if ppid is None:
+def read_existing(pid: int, reason: str, clock: Clock, source: str) -> Existing | None:
+    """An :class:`Existing` event for a live process, read from /proc now (``reason``: ``"snapshot"`` or
+    ``"repair"``), or ``None`` when /proc no longer has it.  One stat read gives parent, comm and start; the owner of
+    /proc/PID gives the uid and gid (the task's effective ids, fs/proc/base.c task_dump_owner)."""
+    stat = procfs.read_stat(pid)
+    if stat is None:
         return None
-    return ProcessFacts(ppid, procfs.read_comm(pid), procfs.read_argv(pid))
+    try:
+        owner = os.stat(f"/proc/{pid}")
+        uid: int | None = owner.st_uid
+        gid: int | None = owner.st_gid
+    except OSError:
+        uid = gid = None
+    now = time.monotonic_ns()
+    return Existing(
+        source=source,
+        timestamp_ns=now,
+        wall_time=clock.wall_time(now),
+        pid=pid,
+        tid=pid,
+        start_ns=stat.start_ns,
+        reason=reason,
+        parent_pid=stat.ppid,
+        comm=stat.comm,
+        filename=procfs.read_exe(pid),
+        argv=procfs.read_argv(pid),
+        uid=uid,
+        gid=gid,
+    )

@@ -49,6 +49,7 @@ __all__ = [
     "decode_wait_status",
     "errno_name",
     "event_dict",
+    "event_from_dict",
     "exact_bytes",
     "json_text",
     "json_texts",
@@ -579,3 +580,42 @@ def event_dict(event: Event) -> dict[str, Any]:
         if value is not None and not (value.isascii() if type(value) is str else all(map(str.isascii, value))):
             return json_texts(out, plan.texts)
     return out
+
+
+def event_from_dict(obj: Mapping[str, Any]) -> Event:
+    """The event back from its JSON form (a line of ``proctap watch --json``), exact: text fields that were not
+    UTF-8 come back from ``raw_b64`` as the original surrogate-escaped strings.  Keys it does not know (``key``,
+    derived ones such as ``signal_name``, ``--context`` additions, fields of a later proctap) are ignored.
+
+    Raises ValueError for an unknown ``event`` kind or a missing required field.
+    """
+    try:
+        cls = EVENT_CLASSES[EventKind(obj["event"])]
+    except (KeyError, ValueError):
+        raise ValueError(f"not a proctap event: event={obj.get('event')!r}") from None
+    plan = _PLANS.get(cls) or _plan(cls)
+    raw = obj.get(RAW_FIELD) or {}
+    values: dict[str, Any] = {}
+    for name in plan.names:
+        if name not in obj:
+            continue
+        value = obj[name]
+        if name in raw:
+            exact = raw[name]
+            value = [_fsdecode(v) for v in exact] if isinstance(exact, list) else _fsdecode(exact)
+        if value is not None:
+            if name in plan.lists:
+                value = tuple(value)
+            elif name in plan.enums:
+                value = Origin(value)
+            elif name in plan.records:
+                value = Accounting(**value)
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ValueError(f"{obj.get('event')} event: {exc}") from None
+
+
+def _fsdecode(b64: str) -> str:
+    return base64.b64decode(b64).decode("utf-8", "surrogateescape")

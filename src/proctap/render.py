@@ -18,13 +18,13 @@ import time
 from collections.abc import Iterable
 from typing import Protocol, TextIO
 
+from .cache import Process, ProcessCache
 from .events import Event, Exec, ExecFailed, Existing, Exit, Fork, Lost, event_dict
-from .process_table import ProcessInfo
 from .text import format_accounting, format_change, format_command, format_duration, format_exit, format_lost, sanitize
 
 __all__ = ["JsonRenderer", "Renderer", "TableRenderer"]
 
-EventInfo = tuple[Event, "ProcessInfo | None"]
+EventInfo = tuple[Event, "Process | None"]
 
 
 class Renderer(Protocol):
@@ -32,9 +32,9 @@ class Renderer(Protocol):
 
     def header(self) -> None: ...
 
-    def format(self, event: Event, info: ProcessInfo | None = None) -> str: ...
+    def format(self, event: Event, info: Process | None = None) -> str: ...
 
-    def render(self, event: Event, info: ProcessInfo | None = None) -> None: ...
+    def render(self, event: Event, info: Process | None = None) -> None: ...
 
     def render_batch(self, pairs: Iterable[EventInfo]) -> None: ...
 
@@ -64,15 +64,26 @@ class TableRenderer:
     """The human table: ``TIME EVENT PID PPID LIFETIME INFO COMMAND``, one event per line.
 
     Thread creation shows as ``clone`` (as forkstat does), with the new thread's id in INFO.  ``info`` (the
-    :class:`ProcessInfo` as of the event) supplies the parent pid and command line where the event lacks them.
+    :class:`Process` as of the event) supplies the parent pid and command line where the event lacks them.
     ``width``: truncate lines to this many characters (a terminal's width); None: never truncate.
-    ``color``: highlight lost events (ANSI) for a terminal.
+    ``color``: highlight lost events (ANSI) for a terminal.  ``context`` (the watcher's process cache): end each
+    line with the parent (``<- bash[1234]``), or with ``ancestry`` the whole chain of ancestors.
     """
 
-    def __init__(self, stream: TextIO, *, width: int | None = None, color: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        width: int | None = None,
+        color: bool = False,
+        context: ProcessCache | None = None,
+        ancestry: bool = False,
+    ) -> None:
         self.stream = stream
         self.width = width
         self.color = color
+        self.context = context
+        self.ancestry = ancestry
         self._second = -1
         self._second_text = ""
         self._commands: dict[tuple[str, ...], str] = {}
@@ -82,7 +93,7 @@ class TableRenderer:
         self.stream.write(self._clip(line) + "\n")
         self.stream.flush()
 
-    def render(self, event: Event, info: ProcessInfo | None = None) -> None:
+    def render(self, event: Event, info: Process | None = None) -> None:
         self.stream.write(self.format(event, info) + "\n")
         self.stream.flush()
 
@@ -95,7 +106,7 @@ class TableRenderer:
             self.stream.flush()
 
     # -- formatting --------------------------------------------------------------------------------------------
-    def format(self, event: Event, info: ProcessInfo | None = None) -> str:
+    def format(self, event: Event, info: Process | None = None) -> str:
         stamp = self._time(event.wall_time)
         cls = type(event)
         ppid: int | None = None
@@ -157,7 +168,15 @@ class TableRenderer:
         command = self._command(argv, comm, truncated)
         line = f"{stamp} {label:<8} {event.pid:>7} {'' if ppid is None else ppid:>7} {lifetime:>8} "
         line = f"{line}{text:<{_INFO_WIDTH}} {command}"
+        if self.context is not None and info is not None:
+            line += self._lineage(info)
         return self._clip(line) if self.width else line
+
+    def _lineage(self, proc: Process) -> str:
+        cache = self.context
+        assert cache is not None
+        chain = cache.ancestors(proc) if self.ancestry else [p for p in (cache.parent(proc),) if p is not None]
+        return "".join(f" <- {sanitize(p.comm or '?')}[{p.pid}]" for p in chain)
 
     def _command(self, argv: tuple[str, ...] | None, comm: str | None, truncated: bool) -> str:
         if not argv or truncated:
@@ -191,7 +210,7 @@ class TableRenderer:
         return f"{self._second_text}.{int((wall - second) * 1000):03d}"
 
     @staticmethod
-    def _lifetime(event: Exit, info: ProcessInfo | None) -> int | None:
+    def _lifetime(event: Exit, info: Process | None) -> int | None:
         if event.lifetime_ns is not None:
             return event.lifetime_ns
         if info is not None and info.forked_ns is not None and not event.is_thread:
@@ -205,25 +224,35 @@ class TableRenderer:
 class JsonRenderer:
     """NDJSON: one ``Event.to_dict()`` object per line (:func:`proctap.events.event_dict`), compact, ASCII-only.
     Text that was not valid UTF-8 reads U+FFFD, its exact bytes in ``raw_b64`` (read them back with
-    :func:`proctap.events.exact_bytes`).  ``info`` is ignored: the JSON carries exactly what the event carries."""
+    :func:`proctap.events.exact_bytes`).  ``context`` (the watcher's process cache): each object gains ``exec_id``
+    and ``parent`` ({pid, comm, exe}), and with ``ancestry`` ``ancestors`` (parent first, up to the root), from
+    ``info``, the event's process."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, context: ProcessCache | None = None, ancestry: bool = False) -> None:
         self.stream = stream
+        self.context = context
+        self.ancestry = ancestry
         self._encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
     def header(self) -> None:
         """NDJSON has no header."""
 
-    def format(self, event: Event, info: ProcessInfo | None = None) -> str:
-        return self._encode(event_dict(event))
+    def format(self, event: Event, info: Process | None = None) -> str:
+        obj = event_dict(event)
+        if self.context is not None and type(event) is not Lost:
+            obj.update(self.context.context(info, ancestry=self.ancestry))
+        return self._encode(obj)
 
-    def render(self, event: Event, info: ProcessInfo | None = None) -> None:
-        self.stream.write(self.format(event) + "\n")
+    def render(self, event: Event, info: Process | None = None) -> None:
+        self.stream.write(self.format(event, info) + "\n")
         self.stream.flush()
 
     def render_batch(self, pairs: Iterable[EventInfo]) -> None:
-        encode = self._encode
-        lines = [encode(event_dict(ev)) for ev, _ in pairs]
+        if self.context is not None:
+            lines = [self.format(ev, info) for ev, info in pairs]
+        else:
+            encode = self._encode
+            lines = [encode(event_dict(ev)) for ev, _ in pairs]
         if lines:
             lines.append("")
             self.stream.write("\n".join(lines))

@@ -33,11 +33,13 @@ from .backends import (
     check_options,
     choose_backend,
 )
-from .enrich import enrich_exec
+from .cache import DEFAULT_CAPACITY, DEFAULT_GRACE_S, START_TOLERANCE_NS, Process, ProcessCache, synthetic_exit
+from .enrich import enrich_exec, read_existing
 from .errors import BackendUnavailable, ProctapError
 from .events import Event, EventKind, Exec, Exit, Fork, Lost
 from .linux import procfs
-from .process_table import ProcessInfo, ProcessTable
+from .linux.clock import Clock
+from .snapshot import scan, start_times, unseen_or_gone
 
 __all__ = [
     "DEFAULT_LATENCY_S",
@@ -54,6 +56,9 @@ KindSpec = EventKind | str | type[Event]
 WakeFd = int | tuple[int, int]  # a descriptor (POLLIN) or (descriptor, poll event mask)
 DEFAULT_LATENCY_S = 0.01  # how long events may wait in the kernel between drains while they keep coming
 ACCOUNTING_DRAIN_S = 1.0  # with accounting, the longest idle wait: the taskstats socket hears every exit
+REPAIR_INTERVAL_S = 0.5  # at most one /proc reconciliation this often in a storm of losses (the last one is kept)
+CACHE_KINDS = frozenset({EventKind.FORK, EventKind.EXEC, EventKind.EXIT})  # what keeps the process cache complete
+_set = object.__setattr__  # Event.process is set once, by the drain step, on an event nobody else holds yet
 
 
 def parse_kinds(spec: Iterable[KindSpec] | str | None) -> frozenset[EventKind]:
@@ -102,12 +107,10 @@ class EventFilter:
         threads: bool = True,
         pid: int | None = None,
         comm: str | None = None,
-        table: ProcessTable | None = None,
     ) -> None:
         self.kinds = kinds
         self.threads = threads
         self.comm = comm
-        self.table = table
         self.tracked: set[int] | None = None if pid is None else {pid}
 
     def in_scope(self, event: Event) -> bool:
@@ -124,17 +127,15 @@ class EventFilter:
             return False
         return self.threads or not (isinstance(event, (Fork, Exit)) and event.is_thread)
 
-    def comm_matches(self, event: Event) -> bool:
-        """The comm filter: the event's comm, else the process table's comm or argv[0] basename."""
+    def comm_matches(self, event: Event, proc: Process | None) -> bool:
+        """The comm filter: the event's comm, else its process's comm or argv[0] basename."""
         if self.comm is None or isinstance(event, Lost):
             return True
         comm = getattr(event, "comm", None)
-        if comm is None and self.table is not None:
-            info = self.table.lookup(event.pid)
-            if info is not None:
-                comm = info.comm
-                if comm != self.comm and info.argv:
-                    return info.argv[0].rsplit("/", 1)[-1] == self.comm
+        if comm is None and proc is not None:
+            comm = proc.comm
+            if comm != self.comm and proc.argv:
+                return proc.argv[0].rsplit("/", 1)[-1] == self.comm
         return comm == self.comm
 
     def follow(self, pid: int) -> None:
@@ -192,8 +193,18 @@ class Watcher:
     idle it blocks in poll and wakes on the first event.
 
     ``read_proc``: fill what the kernel did not say (exec'd argv, filename, comm, parent) from /proc right after the
-    event (``Origin.PROC``).  ``track``: keep a process table (:meth:`read_with_info`, :meth:`process_info`), learnt
-    from /proc for the processes that exist at the start.  ``accounting``: add taskstats figures (CPU, peak RSS, I/O,
+    event (``Origin.PROC``).
+
+    The process cache (:attr:`processes`, :class:`proctap.ProcessCache`) follows every process while the backend
+    delivers forks, execs and exits (the default kinds; ``track=True`` asks for them whatever ``events`` says), and
+    each event then carries its process (``event.process``).  ``track`` also reads the processes that exist at the
+    start from /proc into it; ``snapshot`` delivers them first, as ``Existing`` events (parents before children),
+    then the live stream, with no gap and no duplicate.  After lost events the cache is reconciled with /proc
+    (``repair``): processes found gone get a synthetic Exit (``synthetic=True``, status unknown), processes never
+    seen an ``Existing`` event with reason ``"repair"`` (delivered when forks or ``existing`` are wanted); counts in
+    ``processes.stats()``.  ``grace`` (seconds) and ``cache_capacity`` bound what the cache holds.
+
+    ``accounting``: add taskstats figures (CPU, peak RSS, I/O,
     context switches) to Exit events; needs CAP_NET_ADMIN: where taskstats is unavailable a RuntimeWarning says why
     and Exit events carry no accounting (``accounting_note`` keeps the reason).  ``options``: backend-specific
     options (``proctap backends`` lists them), as a dict (``{"interval": "50ms"}``), ``(name, value)`` pairs or
@@ -214,6 +225,10 @@ class Watcher:
         argv_limit: int = DEFAULT_ARGV_LIMIT,
         latency: float = DEFAULT_LATENCY_S,
         track: bool = False,
+        snapshot: bool = False,
+        repair: bool = True,
+        grace: float = DEFAULT_GRACE_S,
+        cache_capacity: int = DEFAULT_CAPACITY,
         accounting: bool = False,
         options: OptionsSpec = (),
     ) -> None:
@@ -225,14 +240,22 @@ class Watcher:
             raise ProctapError("latency must be >= 0 seconds")
         if not 0 <= argv_limit <= MAX_ARGV_LIMIT:
             raise ProctapError(f"argv_limit must be 0 to {MAX_ARGV_LIMIT} bytes")
+        if grace < 0 or cache_capacity < 1:
+            raise ProctapError("grace must be >= 0 seconds and cache_capacity >= 1")
         cls = choose_backend(backend) if isinstance(backend, str) else backend
         self.read_proc = read_proc
-        self.table: ProcessTable | None = ProcessTable(read_proc) if (track or comm is not None) else None
+        self.processes = ProcessCache(grace=grace, capacity=cache_capacity, read_proc=read_proc)
+        track = track or snapshot
         # Following a subtree needs Fork events even when the user does not want to see them; keeping the process
-        # table right needs every event that changes it.
+        # cache right needs every event that changes it.
         backend_kinds = kinds | {EventKind.FORK, EventKind.EXIT} if pid is not None else kinds
         if track:
             backend_kinds |= {EventKind.FORK, EventKind.EXEC, EventKind.EXIT, EventKind.COMM}
+        self._cache_fed = backend_kinds >= CACHE_KINDS
+        self._enrich_all = track  # enrich execs out of scope too: the cache's ancestors need their argv
+        self._repair = repair and self._cache_fed
+        if EventKind.FORK in kinds or snapshot:  # a process found by a repair stands in for its lost Fork
+            kinds = kinds | {EventKind.EXISTING}
         config = BackendConfig(
             events=frozenset(backend_kinds),
             root_pid=pid,
@@ -241,7 +264,7 @@ class Watcher:
             argv_limit=argv_limit,
             options=check_options(cls, options),
         )
-        self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm, table=self.table)
+        self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm)
         self.latency = latency
         self.accounting_note: str | None = None
         self._accounting = self._open_accounting() if accounting else None
@@ -255,13 +278,16 @@ class Watcher:
             # Descendants that exist already: later ones are followed through Fork events (the backend is already
             # subscribed, so a task forked during this scan is seen either here or as an event).
             self.filter.tracked |= procfs.descendants(pid)
-        if track and self.table is not None:
-            tracked = self.filter.tracked
-            self.table.learn(list(tracked) if tracked is not None else procfs.list_pids())
         self._stats = WatchStats(cls.name)
         self._pending: collections.deque[Event] = collections.deque()
         self._busy = False  # the last drain returned events: sleep rather than poll
         self._closed = False
+        self._clock = Clock()
+        self._repair_due: float | None = None  # monotonic seconds: a repair is pending (throttled)
+        self._last_repair = -REPAIR_INTERVAL_S
+        self._snapshot_pids: set[int] = set()
+        if track:
+            self._prime(deliver=snapshot)
 
     def _open_accounting(self) -> ExitAccounting | None:
         try:
@@ -333,25 +359,16 @@ class Watcher:
         descriptors (or ``(fd, poll mask)``) whose readiness cuts any wait short, e.g. a signal pipe or a pidfd.
         Returns an empty list on timeout or after close.
         """
-        return self._read(timeout, wake, None)
+        return self._read(timeout, wake)
 
     def read_with_info(
         self, timeout: float | None = None, *, wake: Sequence[WakeFd] = ()
-    ) -> list[tuple[Event, ProcessInfo | None]]:
-        """Like :meth:`read`, each event paired with a snapshot of its process as of that event (``track=True``).
+    ) -> list[tuple[Event, Process | None]]:
+        """Like :meth:`read`, each event paired with its process as of that event (``event.process``: None for
+        Lost events, and when the cache is not fed)."""
+        return [(ev, ev.process) for ev in self._read(timeout, wake)]
 
-        The snapshot is taken before an Exit removes the process and is not changed by later events; it is None for
-        Lost events and unknown processes (and always None without a process table).
-        """
-        if self._pending or self.table is None:
-            return [(ev, None) for ev in self._read(timeout, wake, None)]
-        infos: list[ProcessInfo | None] = []
-        batch = self._read(timeout, wake, infos)
-        return list(zip(batch, infos, strict=True))
-
-    def _read(
-        self, timeout: float | None, wake: Sequence[WakeFd], infos: list[ProcessInfo | None] | None
-    ) -> list[Event]:
+    def _read(self, timeout: float | None, wake: Sequence[WakeFd]) -> list[Event]:
         if self._pending:
             out = list(self._pending)
             self._pending.clear()
@@ -363,7 +380,7 @@ class Watcher:
             nap = self.latency if deadline is None else min(self.latency, deadline - time.monotonic())
             if nap > 0:
                 self._wait(nap, wake, backend=False)
-        batch = self._drain(infos)
+        batch = self._drain()
         if batch or self._busy:
             return batch
         remaining = None if deadline is None else deadline - time.monotonic()
@@ -371,8 +388,11 @@ class Watcher:
             return []
         if self._accounting is not None:
             remaining = ACCOUNTING_DRAIN_S if remaining is None else min(remaining, ACCOUNTING_DRAIN_S)
+        if self._repair_due is not None:
+            due = max(self._repair_due - time.monotonic(), 0.0)
+            remaining = due if remaining is None else min(remaining, due)
         self._wait(remaining, wake, backend=True)
-        return self._drain(infos)
+        return self._drain()
 
     def _wait(self, seconds: float | None, wake: Sequence[WakeFd], *, backend: bool) -> None:
         """Block until ``seconds`` pass (None: forever) or a ``wake`` fd (and, with ``backend``, the backend's
@@ -385,52 +405,133 @@ class Watcher:
             poller.register(fd, mask)
         poller.poll(None if seconds is None else _milliseconds(seconds))
 
-    def _drain(self, infos: list[ProcessInfo | None] | None = None) -> list[Event]:
-        """The one enrichment step: every backend event is counted and filtered; the delivered ones (and those the
-        process table needs) are enriched from /proc and given accounting."""
+    def _drain(self) -> list[Event]:
+        """Read the backend once (without blocking) and pass what it had through the enrichment step; a repair
+        that is due runs after it."""
         events = self.backend.read_events()
         self._stats.drains += 1
         self._busy = bool(events)
-        accounting = self._accounting
-        if not events:
-            if accounting is not None:
-                accounting.collect()  # keep the socket drained
-            return []
-        received = self._stats.received
-        flt = self.filter
-        table = self.table
-        enrich = self.read_proc
-        by_comm = flt.comm is not None
-        out: list[Event] = []
-        for ev in events:
-            kind = ev.kind.value
-            received[kind] = received.get(kind, 0) + 1
-            if type(ev) is Lost:
-                if ev.count is None:
-                    self._stats.lost_unknown += 1
-                else:
-                    self._stats.lost += ev.count
-            in_scope = flt.in_scope(ev)
-            if enrich and type(ev) is Exec and (in_scope or table is not None):
-                ev = enrich_exec(ev)
-            info = None
-            if table is not None and type(ev) is not Exit:
-                info = table.update(ev)
-            # before an Exit leaves the table: the comm filter looks the process up
-            accepted = in_scope and (not by_comm or flt.comm_matches(ev))
-            if table is not None and type(ev) is Exit:
-                info = table.update(ev)
-            if accepted:
-                out.append(ev)
-                if infos is not None:
-                    infos.append(None if info is None else info.snapshot())
-            elif accounting is not None and type(ev) is Exit and not ev.is_thread:
-                accounting.forget(ev.pid)
-            flt.forget(ev)
-        if accounting is not None:
-            out = accounting.attach(out)
+        out = self._process(events) if events else []
+        if self._accounting is not None:
+            if events:
+                out = self._accounting.attach(out)
+            else:
+                self._accounting.collect()  # keep the socket drained
+        if self._repair_due is not None and time.monotonic() >= self._repair_due:
+            out += self._repair_now()
         self._stats.delivered += len(out)
         return out
+
+    def _process(self, events: Sequence[Event]) -> list[Event]:
+        """The one enrichment step: every backend event is counted, filtered, enriched from /proc (the delivered
+        execs, and all of them when tracking), applied to the process cache (which it then carries), and the comm
+        filter applied; Lost events schedule a repair of the cache."""
+        received = self._stats.received
+        flt = self.filter
+        cache = self.processes if self._cache_fed else None
+        enrich = self.read_proc
+        enrich_all = self._enrich_all
+        by_comm = flt.comm is not None
+        accounting = self._accounting
+        out: list[Event] = []
+        for ev in events:
+            cls = type(ev)
+            kind = ev.kind.value
+            received[kind] = received.get(kind, 0) + 1
+            if cls is Lost:
+                self._count_lost(ev)  # type: ignore[arg-type]
+            elif cls is Fork and self._snapshot_pids and self._duplicate_of_snapshot(ev):  # type: ignore[arg-type]
+                continue
+            in_scope = flt.in_scope(ev)
+            if enrich and cls is Exec and (in_scope or enrich_all):
+                ev = enrich_exec(ev)  # type: ignore[arg-type]
+            proc = None
+            if cache is not None:
+                proc = cache.apply(ev)
+                _set(ev, "process", proc)
+            elif by_comm and in_scope:
+                proc = self.processes.lookup(ev.pid) if ev.pid > 0 else None
+            if in_scope and (not by_comm or flt.comm_matches(ev, proc)):
+                out.append(ev)
+            elif accounting is not None and cls is Exit and not ev.is_thread:  # type: ignore[attr-defined]
+                accounting.forget(ev.pid)
+            flt.forget(ev)
+        if cache is not None:
+            cache.expire()
+        return out
+
+    def _count_lost(self, ev: Lost) -> None:
+        if ev.count is None:
+            self._stats.lost_unknown += 1
+        else:
+            self._stats.lost += ev.count
+        if self._repair and self._repair_due is None:
+            self._repair_due = max(time.monotonic(), self._last_repair + REPAIR_INTERVAL_S)
+
+    # -- the snapshot and the repair -------------------------------------------------------------------------
+    def _prime(self, *, deliver: bool) -> None:
+        """Read the processes running now into the cache (delivered as Existing events when ``deliver``).
+
+        The backend is subscribed already, so a process forked during the scan is seen by it: what it queued
+        meanwhile is drained right after the scan, and a process whose Fork is in there is left out of the
+        snapshot (it comes as a Fork); a Fork that arrives later for a process already in the snapshot is
+        dropped, so nothing comes twice.
+        """
+        tracked = self.filter.tracked
+        found = scan("snapshot", self._clock, self.backend.name, pids=None if tracked is None else sorted(tracked))
+        queued = self.backend.read_events()
+        forked = {ev.pid for ev in queued if type(ev) is Fork and not ev.is_thread}  # type: ignore[attr-defined]
+        found = [ev for ev in found if ev.pid not in forked]
+        self._snapshot_pids = {ev.pid for ev in found}
+        existing = self._process(found)
+        live = self._process(queued)
+        if deliver:
+            self._pending.extend(existing)
+            self._pending.extend(live)
+            self._stats.delivered += len(existing) + len(live)
+        else:
+            self._pending.extend(live)
+            self._stats.delivered += len(live)
+
+    def _duplicate_of_snapshot(self, ev: Fork) -> bool:
+        """A Fork of a process that the snapshot already delivered (it forked during the scan)."""
+        if ev.is_thread or ev.pid not in self._snapshot_pids:
+            return False
+        self._snapshot_pids.discard(ev.pid)
+        known = self.processes.lookup(ev.pid, learn=False)
+        return known is not None and ev.start_ns is not None and known.start_ns is not None and (
+            abs(known.start_ns - ev.start_ns) <= START_TOLERANCE_NS
+        )
+
+    def _repair_now(self) -> list[Event]:
+        """Reconcile the cache with /proc after lost events: scan /proc first, then drain what the backend queued
+        meanwhile (those events are exact), then what still differs is repaired: processes gone get a synthetic
+        Exit, processes unseen an Existing event (reason ``"repair"``)."""
+        self._repair_due = None
+        self._last_repair = time.monotonic()
+        scanned_at = self._clock.since_boot(time.monotonic_ns())
+        running = start_times()
+        out = self._process(self.backend.read_events())
+        cache = self.processes
+        gone, unseen = unseen_or_gone(cache.live_keys(), running, START_TOLERANCE_NS)
+        now = time.monotonic_ns()
+        stamp = Lost(source=self.backend.name, timestamp_ns=now, wall_time=self._clock.wall_time(now), pid=0, tid=0,
+                     count=0, reason="repair")  # fmt: skip
+        made: list[Event] = []
+        for pid in gone:
+            proc = cache.lookup(pid, learn=False)
+            if proc is None or (proc.start_ns is not None and proc.start_ns > scanned_at - START_TOLERANCE_NS):
+                continue  # forked after the scan began: /proc could not list it
+            if proc.start_ns is None and os.path.exists(f"/proc/{pid}"):
+                continue
+            made.append(synthetic_exit(proc, stamp))
+        exits = len(made)
+        for pid in unseen:  # exits come first in ``made``: a reused pid's old process ends before the new one
+            found = read_existing(pid, "repair", self._clock, self.backend.name)
+            if found is not None:
+                made.append(found)
+        cache.count_repair(exits, len(made) - exits)
+        return out + self._process(made)
 
     def __iter__(self) -> Iterator[Event]:
         return self
@@ -447,11 +548,9 @@ class Watcher:
         event comes late or is lost in a burst."""
         self.filter.follow(pid)
 
-    def process_info(self, pid: int) -> ProcessInfo | None:
-        """The live process table entry for ``pid`` (requires ``track=True``)."""
-        if self.table is None:
-            raise ProctapError("the process table is off: create the watcher with track=True")
-        return self.table.lookup(pid)
+    def process_info(self, pid: int) -> Process | None:
+        """The process cache's record of ``pid`` (live, else exited within the grace period): ``processes.lookup``."""
+        return self.processes.lookup(pid)
 
 
 def _check_pid(pid: int | None) -> None:

@@ -15,6 +15,7 @@ killed by SIGPIPE, quietly).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from typing import TextIO
 
 from .. import __version__
 from ..errors import BackendUnavailable, ProctapError
-from . import backends, run, top, watch
+from . import backends, ps, run, top, watch
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -45,6 +46,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (  # --help order
     watch.SUBCOMMAND,
     top.SUBCOMMAND,
     run.SUBCOMMAND,
+    ps.SUBCOMMAND,
     backends.SUBCOMMAND,
 )
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``proctap`` console script; returns the exit status."""
     warnings.showwarning = _show_warning
+    _buffered_stdout()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand's parser, so the hint is 'proctap watch --help'
@@ -91,6 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(f"internal error: {type(exc).__name__}: {exc}; please report it (PROCTAP_DEBUG=1 shows the traceback)")
         return EXIT_INTERNAL
     return EXIT_ERROR
+
+
+def _buffered_stdout() -> None:
+    """Under ``python -u`` or PYTHONUNBUFFERED, sys.stdout writes straight to an unbuffered FileIO, and a write that
+    a signal cuts short (a full pipe, then Ctrl-C) is silently truncated: the text layer ignores the count a raw
+    write returns.  A BufferedWriter finishes partial writes; the renderers flush after every batch anyway."""
+    stream = sys.stdout
+    raw = getattr(stream, "buffer", None)
+    if isinstance(stream, io.TextIOWrapper) and isinstance(raw, io.FileIO):
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(raw.fileno(), "w", closefd=False)),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=True,
+        )
 
 
 def _show_warning(

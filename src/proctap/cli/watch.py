@@ -89,6 +89,20 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
         "-d", "--duration", type=duration_arg, metavar="SECONDS", help="stop after this long (default: until Ctrl-C)"
     )
     parser.add_argument("-w", "--wide", action="store_true", help="do not truncate table lines to the terminal width")
+    parser.add_argument(
+        "--context",
+        action="store_true",
+        help="add each process's parent (pid, comm, exe) and exec_id: JSON fields, or '<- parent[pid]' in the table",
+    )
+    parser.add_argument(
+        "--ancestry", action="store_true", help="add the whole chain of ancestors up to pid 1 (implies --context)"
+    )
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="first show every process already running (as 'existing' events, parents first), then the live "
+        "stream, with no gap and no duplicate",
+    )
     parser.add_argument("--no-header", action="store_true", help="table without its header line")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no start message and no summary on stderr (warnings still print)"
@@ -117,7 +131,9 @@ def table_needs_tracking(kinds: frozenset[EventKind]) -> bool:
     return bool(kinds - {EventKind.EXEC, EventKind.LOST})
 
 
-def open_watcher(args: argparse.Namespace, *, track: bool, accounting: bool = False) -> Watcher:
+def open_watcher(
+    args: argparse.Namespace, *, track: bool, accounting: bool = False, snapshot: bool = False
+) -> Watcher:
     """A Watcher from the options of :func:`add_watch_arguments`; warns on stderr about kinds the backend lacks."""
     backend = choose_backend(args.backend)
     _warn_unsupported(backend, args.events, args)
@@ -132,6 +148,7 @@ def open_watcher(args: argparse.Namespace, *, track: bool, accounting: bool = Fa
             latency=args.latency,
             argv_limit=args.argv_limit,
             track=track,
+            snapshot=snapshot,
             accounting=accounting,
             options=args.backend_option,
         )
@@ -154,13 +171,16 @@ def _ordered(kinds: frozenset[EventKind]) -> list[EventKind]:
     return [k for k in EventKind if k in kinds]
 
 
-def make_renderer(args: argparse.Namespace, stream: TextIO) -> Renderer:
-    """JSON or table renderer for ``stream`` per ``--json`` / ``--wide``."""
+def make_renderer(args: argparse.Namespace, stream: TextIO, watcher: Watcher | None = None) -> Renderer:
+    """JSON or table renderer for ``stream`` per ``--json`` / ``--wide`` / ``--context`` / ``--ancestry``."""
+    ancestry = bool(getattr(args, "ancestry", False))
+    context = watcher.processes if watcher is not None and (ancestry or getattr(args, "context", False)) else None
     if getattr(args, "json", False):
-        return JsonRenderer(stream)
+        return JsonRenderer(stream, context=context, ancestry=ancestry)
     tty = stream.isatty()
     width = None if getattr(args, "wide", False) or not tty else shutil.get_terminal_size().columns
-    return TableRenderer(stream, width=width, color=tty and "NO_COLOR" not in os.environ)
+    color = tty and "NO_COLOR" not in os.environ
+    return TableRenderer(stream, width=width, color=color, context=context, ancestry=ancestry)
 
 
 def pump(
@@ -241,11 +261,12 @@ def print_summary(stats: WatchStats, shown: dict[str, int], elapsed: float) -> N
 def run_watch(args: argparse.Namespace) -> int:
     out = export_options.open_output(args.output) or sys.stdout
     export = None
-    renderer = make_renderer(args, out)
     shown: dict[str, int] = {}
     with StopSignals() as stop:
-        track = not args.json and table_needs_tracking(args.events)
-        watcher = open_watcher(args, track=track, accounting=args.accounting)
+        context = args.context or args.ancestry
+        track = context or (not args.json and table_needs_tracking(args.events))
+        watcher = open_watcher(args, track=track, accounting=args.accounting, snapshot=args.snapshot)
+        renderer = make_renderer(args, out, watcher)
         started = time.monotonic()
         try:
             export = export_options.WatchExport.open(args, watcher.backend_name)

@@ -1,0 +1,449 @@
+"""The process cache: every process proctap knows of, kept up to date from the event stream.
+
+Each process is an immutable :class:`Process` record; an event that changes a process replaces its record, so the
+record an event carries (``event.process``) stays as it was at that event.  The cache answers who a process is
+without a second lookup: its parent and ancestors (``systemd -> sshd -> bash -> curl``), its children, what it runs.
+
+It only consumes events (``apply``), so a program that reads proctap's NDJSON can rebuild it
+(:func:`proctap.events.event_from_dict`).  Processes that predate the watcher are learnt from /proc on first sight
+(``Origin.PROC``) or from a snapshot (``Existing`` events, ``Origin.SNAPSHOT``).  Exited processes stay ``grace``
+seconds, so late consumers still resolve them; the cache holds at most ``capacity`` records (exited ones are evicted
+first, then the live ones seen longest ago), and counts evictions and misses in :meth:`ProcessCache.stats`.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+from .enrich import read_existing
+from .events import Comm, Event, Exec, Existing, Exit, Fork, Gid, Lost, Origin, TaskKey, Uid, json_text
+from .linux.clock import CLOCK_TICKS, Clock
+
+__all__ = ["DEFAULT_CAPACITY", "DEFAULT_GRACE_S", "CacheStats", "ProcRef", "Process", "ProcessCache", "synthetic_exit"]
+
+DEFAULT_GRACE_S = 5.0  # how long an exited process stays resolvable (elastic/quark keeps 4 s)
+DEFAULT_CAPACITY = 200_000  # records, live and exited (more than a default pid_max of live processes)
+# /proc gives start times in clock ticks; an event's start is exact: two starts this close name the same process.
+START_TOLERANCE_NS = 2 * 1_000_000_000 // CLOCK_TICKS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Process:
+    """One process as proctap knows it.  Fields nobody could learn are ``None``, never guessed.
+
+    ``start_ns``: when it started, nanoseconds since boot (CLOCK_BOOTTIME; clock-tick precision when learnt from
+    /proc).  ``parent_pid``/``parent_key``: its parent at fork (or as /proc said when learnt).  ``comm``, ``exe`` (the
+    executable's path), ``argv``, ``uid``, ``gid``: as of the last event that told them; a forked child has its
+    parent's ``exe``/``argv`` (``Origin.INHERITED``) until it exec's.  ``comm_from``/``exe_from``/``argv_from`` say
+    where each came from (:class:`proctap.Origin`).  ``forked_ns``/``exec_ns``: CLOCK_MONOTONIC of its Fork and
+    last Exec events, when seen.  ``exit``: its Exit event once it ended (``exit.synthetic`` when a repair found it
+    gone).  ``synthetic``: learnt by a repair after lost events, not from its Fork.
+    """
+
+    pid: int
+    start_ns: int | None = None
+    parent_pid: int | None = None
+    parent_key: TaskKey | None = None
+    comm: str | None = None
+    exe: str | None = None
+    argv: tuple[str, ...] | None = None
+    uid: int | None = None
+    gid: int | None = None
+    forked_ns: int | None = None
+    exec_ns: int | None = None
+    comm_from: Origin | None = None
+    exe_from: Origin | None = None
+    argv_from: Origin | None = None
+    exit: Exit | None = None
+    synthetic: bool = False
+
+    @property
+    def key(self) -> TaskKey | None:
+        """``pid@start_ns``: an identity that survives pid reuse (None when the start is unknown)."""
+        return None if self.start_ns is None else TaskKey(self.pid, self.start_ns)
+
+    @property
+    def exec_id(self) -> str | None:
+        """New at every exec: the key plus the exec's timestamp (``pid@start_ns:exec_ns``), or None when proctap
+        saw no exec of this process (it predates the watcher, or it forked and has not exec'd)."""
+        if self.exec_ns is None or self.start_ns is None:
+            return None
+        return f"{self.pid}@{self.start_ns}:{self.exec_ns}"
+
+    @property
+    def alive(self) -> bool:
+        return self.exit is None
+
+    def same_as(self, key: TaskKey) -> bool:
+        """Whether ``key`` names this process (start times learnt from /proc are only tick-precise)."""
+        return key.pid == self.pid and self.start_ns is not None and abs(key.start_ns - self.start_ns) <= (
+            START_TOLERANCE_NS
+        )
+
+
+class ProcRef(NamedTuple):
+    """A short reference to a process for context output: pid, comm, exe."""
+
+    pid: int
+    comm: str | None
+    exe: str | None
+
+
+@dataclass
+class CacheStats:
+    """Counters of a :class:`ProcessCache`.  ``misses``: lookups of a pid the cache did not hold (then read from
+    /proc when allowed); ``learnt``: records made from /proc on such a miss; ``evictions``: records dropped to stay
+    within ``capacity``; ``expired``: exited records dropped after ``grace``; ``repairs``: reconciliations with /proc
+    after lost events; ``synthetic_exits``/``synthetic_found``: processes those found gone / found unseen (each
+    delivered as a synthetic Exit / an Existing event); ``reused``: processes whose pid a Fork reused before their
+    Exit was seen (lost): their record is closed with a synthetic Exit, not delivered."""
+
+    live: int = 0
+    exited: int = 0
+    capacity: int = DEFAULT_CAPACITY
+    misses: int = 0
+    learnt: int = 0
+    evictions: int = 0
+    expired: int = 0
+    repairs: int = 0
+    synthetic_exits: int = 0
+    synthetic_found: int = 0
+    reused: int = 0
+
+
+class ProcessCache:
+    """pid / key -> :class:`Process`, for live processes and, for ``grace`` seconds, exited ones.
+
+    Feed it every event with :meth:`apply` (in stream order).  ``read_proc``: learn processes it has not seen from
+    /proc (a miss), e.g. the parent of a Fork when the parent predates the watcher.  ``grace`` (seconds) and
+    ``capacity`` (records) bound what it holds.
+    """
+
+    def __init__(
+        self, *, grace: float = DEFAULT_GRACE_S, capacity: int = DEFAULT_CAPACITY, read_proc: bool = True
+    ) -> None:
+        if grace < 0 or capacity < 1:
+            raise ValueError("grace must be >= 0 seconds and capacity >= 1")
+        self.grace_ns = int(grace * 1e9)
+        self.capacity = capacity
+        self.read_proc = read_proc
+        self._live: dict[int, Process] = {}
+        self._exited: dict[TaskKey | int, Process] = {}  # by key (by pid when the start is unknown)
+        self._last_exited: dict[int, Process] = {}  # pid -> the latest exited record of that pid
+        self._expiry: collections.deque[tuple[int, TaskKey | int]] = collections.deque()
+        self._clock = Clock()
+        self._stats = CacheStats(capacity=capacity)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """How many live processes it holds."""
+        return len(self._live)
+
+    def __iter__(self) -> Iterator[Process]:
+        """The live processes, in the order the cache learnt them."""
+        return iter(list(self._live.values()))
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, (int, TaskKey, str)) and self.lookup(item, learn=False) is not None
+
+    def exited(self) -> Iterator[Process]:
+        """The exited processes still within the grace period."""
+        return iter(list(self._exited.values()))
+
+    def lookup(self, ref: int | TaskKey | str, *, learn: bool = True) -> Process | None:
+        """The process with this pid (live, else the latest exited one), key, or ``"pid@start_ns"`` string.
+
+        A pid it does not hold is a miss: read from /proc when ``learn`` and the cache may (``read_proc``).
+        """
+        if isinstance(ref, str):
+            ref = _parse_key(ref)
+        if isinstance(ref, TaskKey):
+            live = self._live.get(ref.pid)
+            if live is not None and live.same_as(ref):
+                return live
+            found = self._exited.get(ref)
+            if found is None:
+                last = self._last_exited.get(ref.pid)
+                found = last if last is not None and last.same_as(ref) else None
+            return found
+        found = self._live.get(ref) or self._last_exited.get(ref)
+        if found is None and ref > 0:
+            self._stats.misses += 1
+            if learn and self.read_proc:
+                found = self._learn(ref)
+        return found
+
+    def parent(self, proc: Process) -> Process | None:
+        """Its parent: by key when known (so a reused pid is not mistaken for it), else by pid."""
+        if proc.parent_key is not None:
+            found = self.lookup(proc.parent_key)
+            if found is not None:
+                return found
+        if proc.parent_pid is None or proc.parent_pid <= 0:
+            return None
+        found = self.lookup(proc.parent_pid)
+        if found is not None and _younger(found, proc):
+            return None  # that pid names a process younger than the child now: the parent is gone
+        return found
+
+    def ancestors(self, proc: Process) -> list[Process]:
+        """Parent, grandparent, ... up to the root (pid 1, or the last one known); safe against cycles."""
+        chain: list[Process] = []
+        seen = {proc.pid}
+        current = self.parent(proc)
+        while current is not None and current.pid not in seen:
+            chain.append(current)
+            seen.add(current.pid)
+            current = self.parent(current)
+        return chain
+
+    def children(self, proc: Process) -> list[Process]:
+        """Its children the cache knows, live and (within the grace period) exited, in the order learnt."""
+        key = proc.key
+        out = []
+        for child in (*self._live.values(), *self._exited.values()):
+            if child.parent_key is not None and key is not None:
+                if child.parent_key == key or proc.same_as(child.parent_key):
+                    out.append(child)
+            elif child.parent_pid == proc.pid:
+                out.append(child)
+        return out
+
+    def context(self, proc: Process | None, *, ancestry: bool = False) -> dict[str, object]:
+        """The JSON context of a process (``--context``/``--ancestry``): ``exec_id``, ``parent`` {pid, comm, exe}
+        and, with ``ancestry``, ``ancestors`` [{pid, comm, exe}, ...] from the parent to the root."""
+        if proc is None:
+            return {"exec_id": None, "parent": None, **({"ancestors": None} if ancestry else {})}
+        parent = self.parent(proc)
+        out: dict[str, object] = {"exec_id": proc.exec_id, "parent": None if parent is None else _ref(parent)}
+        if ancestry:
+            out["ancestors"] = [_ref(p) for p in self.ancestors(proc)]
+        return out
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        self._stats.live = len(self._live)
+        self._stats.exited = len(self._exited)
+        return replace(self._stats)
+
+    # -- updating ----------------------------------------------------------------------------------------------
+    def apply(self, event: Event) -> Process | None:
+        """Apply one event; returns the process record as of that event (None for Lost events and pids <= 0)."""
+        cls = type(event)
+        if cls is Fork:
+            return self._fork(event)  # type: ignore[arg-type]
+        if cls is Lost or event.pid <= 0:
+            return None
+        if cls is Exec:
+            return self._exec(event)  # type: ignore[arg-type]
+        if cls is Exit:
+            return self._exit(event)  # type: ignore[arg-type]
+        if cls is Existing:
+            return self._existing(event)  # type: ignore[arg-type]
+        proc = self._live.get(event.pid) or self.lookup(event.pid)
+        if proc is None or proc.exit is not None:
+            return proc
+        if cls is Comm and event.tid == event.pid:
+            return self._put(replace(proc, comm=event.comm, comm_from=Origin.KERNEL))  # type: ignore[attr-defined]
+        if cls is Uid:
+            return self._put(replace(proc, uid=event.ruid))  # type: ignore[attr-defined]
+        if cls is Gid:
+            return self._put(replace(proc, gid=event.rgid))  # type: ignore[attr-defined]
+        return proc
+
+    def expire(self, now_ns: int | None = None) -> None:
+        """Drop exited records older than the grace period (``now_ns``: CLOCK_MONOTONIC, default now)."""
+        expiry = self._expiry
+        if not expiry:
+            return
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        while expiry and expiry[0][0] <= now:
+            _, ref = expiry.popleft()
+            proc = self._exited.pop(ref, None)
+            if proc is not None:
+                self._stats.expired += 1
+                if self._last_exited.get(proc.pid) is proc:
+                    del self._last_exited[proc.pid]
+
+    def live_keys(self) -> dict[int, int | None]:
+        """pid -> start_ns of every live process (what a repair compares with /proc)."""
+        return {pid: proc.start_ns for pid, proc in self._live.items()}
+
+    def _fork(self, event: Fork) -> Process | None:
+        if event.is_thread:
+            return self._live.get(event.pid) or self.lookup(event.pid)
+        parent = self._live.get(event.parent_pid) or self.lookup(event.parent_pid)
+        stale = self._live.get(event.pid)
+        if stale is not None:  # its exit was never seen (lost): the pid was reused
+            self._retire(replace(stale, exit=synthetic_exit(stale, event)))
+            self._stats.reused += 1
+        inherited = Origin.INHERITED if parent is not None else None
+        proc = Process(
+            pid=event.pid,
+            start_ns=event.start_ns,
+            parent_pid=event.parent_pid,
+            parent_key=None if parent is None else parent.key,
+            comm=event.comm if event.comm is not None else (parent.comm if parent else None),
+            exe=parent.exe if parent else None,
+            argv=parent.argv if parent else None,
+            uid=event.uid if event.uid is not None else (parent.uid if parent else None),
+            gid=event.gid if event.gid is not None else (parent.gid if parent else None),
+            forked_ns=event.timestamp_ns,
+            comm_from=Origin.KERNEL if event.comm is not None else inherited,
+            exe_from=inherited if parent is not None and parent.exe is not None else None,
+            argv_from=inherited if parent is not None and parent.argv is not None else None,
+        )
+        return self._put(proc)
+
+    def _exec(self, event: Exec) -> Process:
+        proc = self._live.get(event.pid) or self.lookup(event.pid) or Process(pid=event.pid, start_ns=event.start_ns)
+        # exec renames the task to the file's basename (fs/exec.c, __set_task_comm(kbasename(filename))), so the
+        # comm of before is stale: use the event's, else derive it, else unknown.
+        comm, comm_from = event.comm, event.comm_from
+        if comm is None and event.filename is not None:
+            comm, comm_from = event.filename.rsplit("/", 1)[-1][:15], event.filename_from
+        parent_pid = proc.parent_pid if event.parent_pid is None else event.parent_pid
+        new = replace(
+            proc,
+            start_ns=proc.start_ns if proc.start_ns is not None else event.start_ns,
+            parent_pid=parent_pid,
+            parent_key=proc.parent_key if parent_pid == proc.parent_pid else None,
+            comm=comm,
+            comm_from=comm_from,
+            exe=event.filename,
+            exe_from=event.filename_from,
+            argv=event.argv,
+            argv_from=event.argv_from,
+            uid=proc.uid if event.uid is None else event.uid,
+            gid=proc.gid if event.gid is None else event.gid,
+            exec_ns=event.timestamp_ns,
+        )
+        return self._put(new)
+
+    def _exit(self, event: Exit) -> Process | None:
+        if event.is_thread:
+            return self._live.get(event.pid) or self.lookup(event.pid, learn=False)
+        proc = self._live.pop(event.pid, None)
+        if proc is None:
+            # Not seen alive: /proc no longer has it; keep what the event says.
+            proc = Process(pid=event.pid, start_ns=event.start_ns, parent_pid=event.parent_pid, comm=event.comm)
+        ended = replace(proc, exit=event)
+        self._retire(ended)
+        return ended
+
+    def _existing(self, event: Existing) -> Process:
+        origin = Origin.SNAPSHOT if event.reason == "snapshot" else Origin.SYNTHETIC
+        parent = self._live.get(event.parent_pid) if event.parent_pid else None
+        proc = Process(
+            pid=event.pid,
+            start_ns=event.start_ns,
+            parent_pid=event.parent_pid,
+            parent_key=None if parent is None else parent.key,
+            comm=event.comm,
+            exe=event.filename,
+            argv=event.argv,
+            uid=event.uid,
+            gid=event.gid,
+            comm_from=origin if event.comm is not None else None,
+            exe_from=origin if event.filename is not None else None,
+            argv_from=origin if event.argv is not None else None,
+            synthetic=event.reason != "snapshot",
+        )
+        return self._put(proc)
+
+    def _learn(self, pid: int) -> Process | None:
+        found = read_existing(pid, "proc", self._clock, "proc")
+        if found is None:
+            return None
+        self._stats.learnt += 1
+        proc = self._existing(found)
+        origin = Origin.PROC
+        return self._put(
+            replace(
+                proc,
+                comm_from=origin if proc.comm is not None else None,
+                exe_from=origin if proc.exe is not None else None,
+                argv_from=origin if proc.argv is not None else None,
+                synthetic=False,
+            )
+        )
+
+    def _put(self, proc: Process) -> Process:
+        live = self._live
+        if proc.pid not in live and len(live) + len(self._exited) >= self.capacity:
+            self._evict()
+        live[proc.pid] = proc
+        return proc
+
+    def _retire(self, proc: Process) -> None:
+        ref: TaskKey | int = proc.key or proc.pid
+        if self.grace_ns <= 0:
+            return
+        if len(self._live) + len(self._exited) >= self.capacity:
+            self._evict()
+        self._exited[ref] = proc
+        self._last_exited[proc.pid] = proc
+        self._expiry.append((time.monotonic_ns() + self.grace_ns, ref))
+
+    def _evict(self) -> None:
+        """Make room for one record: the oldest exited one, else the live one learnt longest ago."""
+        self._stats.evictions += 1
+        if self._exited:
+            ref = next(iter(self._exited))
+            proc = self._exited.pop(ref)
+            if self._last_exited.get(proc.pid) is proc:
+                del self._last_exited[proc.pid]
+            return
+        if self._live:
+            del self._live[next(iter(self._live))]
+
+    # -- repair ------------------------------------------------------------------------------------------------
+    def count_repair(self, gone: int, found: int) -> None:
+        """Record one reconciliation with /proc (the watcher's repair step) and what it changed."""
+        self._stats.repairs += 1
+        self._stats.synthetic_exits += gone
+        self._stats.synthetic_found += found
+
+
+def _younger(candidate: Process, child: Process) -> bool:
+    if candidate.start_ns is None or child.start_ns is None:
+        return False
+    return candidate.start_ns > child.start_ns + START_TOLERANCE_NS
+
+
+def _ref(proc: Process) -> dict[str, object]:
+    """For JSON: text made valid UTF-8 (the event's own fields keep exact bytes in raw_b64; context is for reading)."""
+    comm, exe = proc.comm, proc.exe
+    return {
+        "pid": proc.pid,
+        "comm": None if comm is None else json_text(comm),
+        "exe": None if exe is None else json_text(exe),
+    }
+
+
+def _parse_key(text: str) -> TaskKey | int:
+    pid, sep, start = text.partition("@")
+    try:
+        return TaskKey(int(pid), int(start)) if sep else int(pid)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a pid or a pid@start_ns key") from None
+
+
+def synthetic_exit(proc: Process, when: Event) -> Exit:
+    """The Exit of a process found gone after its real Exit was lost: status unknown (``None`` fields),
+    ``synthetic=True``, stamped with the time it was found gone (``when``)."""
+    return Exit(
+        source=when.source,
+        timestamp_ns=when.timestamp_ns,
+        wall_time=when.wall_time,
+        pid=proc.pid,
+        tid=proc.pid,
+        start_ns=proc.start_ns,
+        parent_pid=proc.parent_pid,
+        comm=proc.comm,
+        synthetic=True,
+    )

@@ -1,0 +1,258 @@
+"""The process cache against the real kernel: ancestry on every event, the start-up snapshot with no gap and no
+duplicate, repair after forced losses, pid reuse resolved by key, and a cache rebuilt from NDJSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import proctap
+from eventlog import EventLog
+from proctap.cache import ProcessCache
+from proctap.events import Exec, Existing, Exit, Fork, Lost, event_from_dict
+from proctap.linux import procfs
+
+BACKENDS = [b for b in ("bpf", "netlink", "tracefs") if proctap.probe_all()[b]]
+CHAIN = "bash -c 'bash -c \"bash -c \\\"sleep 0.3; true\\\"; true\"; true'"
+
+
+def _is_leaf(ev: object) -> bool:
+    return isinstance(ev, Exec) and ev.argv == ("sleep", "0.3")
+
+
+def _chain_leaf(log: EventLog) -> Exec:
+    log.wait_for(lambda evs: any(map(_is_leaf, evs)), "the chain's sleep")
+    return next(e for e in log.events if isinstance(e, Exec) and _is_leaf(e))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_exec_carries_its_ancestry(backend: str) -> None:
+    with proctap.watch("exec,exit", backend=backend, track=True) as w:
+        log = EventLog(w)
+        shell = subprocess.Popen(["sh", "-c", CHAIN])
+        leaf = _chain_leaf(log)
+        shell.wait()
+        proc = leaf.process
+        assert proc is not None and proc.pid == leaf.pid and proc.exe == "/usr/bin/sleep"
+        assert proc.exec_id == f"{leaf.pid}@{proc.start_ns}:{leaf.timestamp_ns}"
+        chain = w.processes.ancestors(proc)
+        assert [p.comm for p in chain[:3]] == ["bash", "bash", "bash"]
+        assert chain[3].pid == shell.pid and chain[4].pid == os.getpid()  # sh, then this test's own process
+        assert chain[-1].pid == 1
+        assert w.processes.parent(proc) == chain[0]
+        assert proc in w.processes.children(chain[0])
+
+
+def ndjson_of(args: list[str], workload: list[str], path: Path) -> list[dict[str, object]]:
+    """``proctap watch --json ARGS`` into a file (a pipe nobody reads would fill and stall it) while ``workload``
+    runs; its lines, decoded."""
+    with open(path, "wb") as out:
+        watch = subprocess.Popen(["proctap", "watch", "-b", "netlink", "--json", "-q", *args], stdout=out)
+        time.sleep(1.5)  # subscribed (a start-up bound, not a measurement)
+        subprocess.run(workload, check=True)
+        time.sleep(0.5)
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 128 + signal.SIGINT
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_ancestry_in_ndjson_is_the_same_chain(tmp_path: Path) -> None:
+    lines = ndjson_of(["--ancestry", "-e", "exec"], ["sh", "-c", CHAIN], tmp_path / "out.json")
+    (leaf,) = [obj for obj in lines if obj["argv"] == ["sleep", "0.3"]]
+    ancestors = leaf["ancestors"]
+    assert isinstance(ancestors, list)
+    assert [a["comm"] for a in ancestors][:4] == ["bash", "bash", "bash", "sh"] and ancestors[-1]["pid"] == 1
+    assert leaf["parent"] == ancestors[0] and str(leaf["exec_id"]).startswith(f"{leaf['pid']}@")
+
+
+@contextlib.contextmanager
+def spawner(every: float, lifetime: float) -> Iterator[list[int]]:
+    """A process that starts a ``sleep lifetime`` child every ``every`` seconds and prints its pid; yields the list
+    of pids printed so far (filled when the block ends)."""
+    code = (
+        "import subprocess, sys, time\n"
+        "while True:\n"
+        f"    p = subprocess.Popen(['sleep', '{lifetime}'], stdout=subprocess.DEVNULL)\n"
+        "    print(p.pid, flush=True)\n"
+        f"    time.sleep({every})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        pids.extend(int(line) for line in out.split())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_snapshot_has_no_gap_and_no_duplicate(backend: str) -> None:
+    before = [subprocess.Popen(["sleep", "30"]) for _ in range(5)]
+    try:
+        with spawner(every=0.01, lifetime=20) as spawned:
+            time.sleep(0.3)
+            with proctap.watch("fork,exec,exit", backend=backend, snapshot=True) as w:
+                log = EventLog(w)
+                first = log.drain()
+                time.sleep(0.3)
+            # the spawner stops here; every child it started lives 20 s, so each one was alive while we watched
+            with contextlib.suppress(Exception):
+                log.drain()
+        events = log.events
+        existing = [e for e in events if isinstance(e, Existing)]
+        assert existing and all(e.reason == "snapshot" for e in existing)
+        assert first[: len(existing)] == existing  # the snapshot comes first
+        pids = [e.pid for e in existing]
+        assert len(pids) == len(set(pids))
+        seen_before = set()
+        for e in existing:  # parents before children
+            assert e.parent_pid not in pids or e.parent_pid in seen_before, e
+            seen_before.add(e.pid)
+        for p in before:
+            assert pids.count(p.pid) == 1
+        forked = [e.pid for e in events if isinstance(e, Fork) and not e.is_thread]
+        started = set(spawned)
+        for pid in started:
+            if pid in forked or pid in pids:
+                assert (pid in forked) != (pid in pids), f"pid {pid} came twice"
+        # the children started while the watcher was open: every one came, as Existing or as Fork
+        watched = [pid for pid in spawned if pid in forked or pid in pids]
+        first_seen = spawned.index(watched[0])
+        last_seen = spawned.index(watched[-1])
+        missing = [pid for pid in spawned[first_seen : last_seen + 1] if pid not in forked and pid not in pids]
+        assert not missing, f"gap: {missing}"
+    finally:
+        for p in before:
+            p.kill()
+            p.wait()
+
+
+def test_repair_after_forced_losses() -> None:
+    """A storm against a tiny netlink buffer (losses guaranteed, the reader sleeps through them); afterwards the
+    cache's live processes in the storm's subtree are /proc's, and the repair's counts add up."""
+    storm = (
+        "for i in $(seq 1 6); do sleep 60 & done; "
+        "i=0; while [ $i -lt 3000 ]; do /bin/true & i=$((i+1)); done; wait_for_nothing=1; "
+        "for i in $(seq 1 6); do sleep 60 & done; exec sleep 60"
+    )
+    with proctap.watch("fork,exec,exit", backend="netlink", buffer_bytes=4096, latency=1.0, track=True) as w:
+        root = subprocess.Popen(["sh", "-c", storm])
+        log = EventLog(w)
+        log.wait_until(lambda: sum(1 for e in log.events if isinstance(e, Lost)) > 0, "a Lost event")
+        # until the storm is over: its last act is exec'ing sleep
+        log.wait_until(lambda: procfs.read_comm(root.pid) == "sleep" and len(procfs.descendants(root.pid)) == 12,
+                       "the storm's end")  # fmt: skip
+        time.sleep(1.5)  # a repair after the last loss is throttled to one per 0.5 s
+        log.during(1.0)
+        stats = w.processes.stats()
+        cache_live = {p.pid for p in w.processes if root.pid in {a.pid for a in w.processes.ancestors(p)}}
+        proc_live = procfs.descendants(root.pid)
+        try:
+            assert w.stats().lost > 0 or w.stats().lost_unknown > 0
+            assert stats.repairs >= 1
+            assert cache_live == proc_live
+            synthetic = [e for e in log.events if isinstance(e, Exit) and e.synthetic]
+            repaired = [e for e in log.events if isinstance(e, Existing) and e.reason == "repair"]
+            assert all(e.status is None and e.exit_code is None for e in synthetic)
+            assert len(synthetic) == stats.synthetic_exits
+            assert len(repaired) == stats.synthetic_found
+            assert all(w.processes.lookup(e.pid, learn=False) is not None for e in repaired if e.pid in proc_live)
+        finally:
+            for pid in [root.pid, *proc_live]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            root.wait()
+
+
+def _fork_at(pid: int) -> subprocess.Popen[bytes] | None:
+    """A child with exactly this pid (via ns_last_pid, which root may write), or None if another task took it."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    child = subprocess.Popen(["sleep", "60"])
+    if child.pid == pid:
+        return child
+    child.kill()
+    child.wait()
+    return None
+
+
+def _first_exit(ev: object, pid: int) -> bool:
+    return isinstance(ev, Exit) and ev.pid == pid and ev.process is not None and ev.process.argv == ("sleep", "0.2")
+
+
+def _second_exec(ev: object, pid: int) -> bool:
+    return isinstance(ev, Exec) and ev.pid == pid and ev.argv == ("sleep", "60")
+
+
+def test_a_reused_pid_resolves_to_the_right_process_by_key() -> None:
+    # this test's subtree only: bpf filters it in the kernel, so a busy machine cannot overrun the buffer
+    with proctap.watch("fork,exec,exit", backend=BACKENDS[0], pid=os.getpid()) as w:
+        log = EventLog(w)
+        for _ in range(20):
+            first = subprocess.Popen(["sleep", "0.2"])
+            first.wait()
+            second = _fork_at(first.pid)
+            if second is not None:
+                break
+        else:
+            pytest.skip("the pid was always taken by another task before we could reuse it")
+        try:
+            log.wait_for(lambda evs: any(_first_exit(e, first.pid) for e in evs), "the first exit")
+            log.wait_for(lambda evs: any(_second_exec(e, second.pid) for e in evs), "the second exec")
+            exits = [e for e in log.events if isinstance(e, Exit) and e.pid == first.pid and not e.is_thread]
+            old = exits[0].process
+            new = w.processes.lookup(second.pid)
+            assert old is not None and new is not None and old.key is not None and new.key is not None
+            assert old.key != new.key and old.exit is not None and new.exit is None
+            assert w.processes.lookup(old.key) == old and w.processes.lookup(new.key) == new
+            assert w.processes.lookup(str(old.key)) == old
+            assert new.argv == ("sleep", "60") and old.argv == ("sleep", "0.2")
+        finally:
+            second.kill()
+            second.wait()
+
+
+def test_exited_processes_stay_a_grace_period_and_the_cache_is_bounded() -> None:
+    with proctap.watch("fork,exec,exit", backend="netlink", grace=0.5, cache_capacity=100_000) as w:
+        log = EventLog(w)
+        child = subprocess.Popen(["true"])
+        child.wait()
+        log.wait_exit(child.pid)
+        assert w.processes.lookup(child.pid, learn=False) is not None
+        time.sleep(0.6)
+        log.during(0.2)
+        gone = w.processes.lookup(child.pid, learn=False)
+        assert gone is None or gone.exit is None or gone.pid != child.pid
+        assert w.processes.stats().expired >= 1
+    small = ProcessCache(capacity=10)
+    for pid in procfs.list_pids()[:50]:
+        small.lookup(pid)
+    stats = small.stats()
+    assert stats.live <= 10 and stats.evictions >= 1 and stats.misses >= 10
+
+
+def test_a_cache_rebuilt_from_ndjson_knows_the_same_ancestry(tmp_path: Path) -> None:
+    lines = ndjson_of(["--snapshot"], ["sh", "-c", CHAIN], tmp_path / "out.json")
+    cache = ProcessCache(read_proc=False)  # only what the stream says
+    leaf = None
+    for obj in lines:
+        ev = event_from_dict(obj)
+        proc = cache.apply(ev)
+        if isinstance(ev, Exec) and ev.argv == ("sleep", "0.3"):
+            leaf = proc
+    assert leaf is not None
+    chain = cache.ancestors(leaf)
+    assert [p.comm for p in chain[:4]] == ["bash", "bash", "bash", "sh"] and chain[-1].pid == 1
