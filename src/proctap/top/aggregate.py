@@ -225,7 +225,7 @@ class _Program:
 
 
 class _Cgroup:
-    __slots__ = ("bad", "cgroup_id", "execs", "exits", "fork_failed", "forks", "programs")
+    __slots__ = ("bad", "cgroup_id", "execs", "exits", "forks", "programs")
 
     def __init__(self, cgroup_id: int | None) -> None:
         self.cgroup_id = cgroup_id
@@ -234,7 +234,6 @@ class _Cgroup:
         self.programs: dict[str, int] = {}
         self.exits = 0
         self.bad = 0
-        self.fork_failed: dict[str, int] = {}
 
 
 class _Failure:
@@ -513,7 +512,6 @@ class Aggregator:
             spawner.comm = ev.comm
         _bump(spawner.fork_failed, name)
         spawner.activity.add(bucket)
-        _bump(self._cgroup(spawner.cgroup).fork_failed, name)
         key = ("fork", name, ev.pid)
         failure = self.failures.get(key)
         if failure is None:
@@ -633,8 +631,17 @@ class Aggregator:
             programs=_top(c.programs),
             exits=c.exits,
             bad=c.bad,
-            fork_failed=_top(c.fork_failed),
+            fork_failed=_top(self._cgroup_fork_failed(c.cgroup_id)),
         )
+
+    def _cgroup_fork_failed(self, cgroup_id: int | None) -> dict[str, int]:
+        """Failed forks by errno of the spawners last seen in this cgroup (a failed fork does not say where)."""
+        out: dict[str, int] = {}
+        for s in self.spawners.values():
+            if s.fork_failed and s.cgroup == cgroup_id:
+                for name, n in s.fork_failed.items():
+                    out[name] = out.get(name, 0) + n
+        return out
 
     def _failure_row(self, f: _Failure, clock: Clock) -> FailureRow:
         label = f.who if f.who is not None else self.name_of(f.pid) if f.pid is not None else "?"
