@@ -301,6 +301,7 @@ def export_run(args: argparse.Namespace, result: Any) -> None:
         backend=result.backend,
         headers=dict(args.otlp_header),
         traceparent=os.environ.get("TRACEPARENT"),
+        timeout=FLUSH_TIMEOUT_S,
         on_problem=lambda message: stderr(f"{PROG}: otlp: {message}"),
     )
     if unsent:
