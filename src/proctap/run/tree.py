@@ -140,7 +140,9 @@ class ProcessNode:
 
 
 class ProcessTree:
-    """Processes descending from ``root_pid``.  The root node exists from the start (made by the caller, which may
+    """Processes descending from ``root_pid``: a view of the watcher's process cache (each event's
+    ``event.process`` gives a node's comm, argv and executable, inherited or exec'd) with what a run reports on top
+    (outcomes, timings, threads, every exec, failed forks, accounting).  The root node exists from the start (made by the caller, which may
     or may not have watched its fork: the root's Fork event, if it comes, only sets its start); every other node
     comes from a Fork event.  Other children of ``creator`` (the root's parent) are ignored.
 
@@ -224,12 +226,14 @@ class ProcessTree:
             self._alive(parent, ev.timestamp_ns)  # it forked then (a scan only shows the child's ppid: maybe a zombie)
         if parent is not None:
             node.parent = parent
-            node.comm = parent.comm
-            node.argv = parent.argv
-            node.filename = parent.filename
             parent.children.append(node)
         else:
             self.orphans.append(node)
+        proc = ev.process
+        if proc is not None:  # the watcher's process cache: what the child inherited from its parent
+            node.comm, node.argv, node.filename = proc.comm, proc.argv, proc.exe
+        elif parent is not None:
+            node.comm, node.argv, node.filename = parent.comm, parent.argv, parent.filename
         if ev.comm is not None:
             node.comm = ev.comm
         self.live[ev.pid] = node
@@ -261,7 +265,10 @@ class ProcessTree:
             node.argv = ev.argv  # (the root's first exec runs the argv the caller gave, even if /proc was too late)
         node.execed = True
         node.filename = ev.filename
-        if ev.comm is not None:
+        proc = ev.process
+        if proc is not None:  # the watcher's process cache derived the new comm (fs/exec.c renames the task)
+            node.comm = proc.comm
+        elif ev.comm is not None:
             node.comm = ev.comm
         elif ev.filename is not None:
             node.comm = ev.filename.rsplit("/", 1)[-1][:15]
