@@ -15,12 +15,12 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..backends import Feature
 from ..errors import ProctapError
 from ..events import EventKind
-from ..linux import procfs
 from ..text import quote_arg
 from ..top.aggregate import Aggregator, Sort, View
 from ..top.cgroups import CgroupPaths
@@ -107,12 +107,23 @@ def run_top(args: argparse.Namespace) -> int:
     with StopSignals() as stop:
         watcher = open_watcher(args, track=False)
         try:
-            aggregator = Aggregator(time.monotonic_ns(), names=procfs.read_comm, cgroups=CgroupPaths())
+            aggregator = Aggregator(time.monotonic_ns(), names=_comm_lookup(watcher), cgroups=CgroupPaths())
             if once:
                 return _run_once(args, watcher, aggregator, stop)
             return _run_live(args, watcher, aggregator, stop)
         finally:
             watcher.close()
+
+
+def _comm_lookup(watcher: Watcher) -> Callable[[int], str | None]:
+    """A spawner's comm when the events did not say it: from the watcher's process cache (which reads /proc once for
+    a process older than the watch, and keeps an exited one for its grace period)."""
+
+    def comm(pid: int) -> str | None:
+        proc = watcher.processes.lookup(pid)
+        return proc.comm if proc is not None else None
+
+    return comm
 
 
 def _unavailable(watcher: Watcher, args: argparse.Namespace) -> frozenset[str]:
@@ -235,7 +246,8 @@ def _run_live(args: argparse.Namespace, watcher: Watcher, aggregator: Aggregator
                 elif state.paused and now >= next_draw:
                     next_draw = now + args.interval
     finally:
-        signal.signal(signal.SIGWINCH, previous)
+        if previous is not None:  # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGWINCH, previous)
     return 0 if stop.signum is None else 128 + stop.signum
 
 
