@@ -256,3 +256,33 @@ def test_a_cache_rebuilt_from_ndjson_knows_the_same_ancestry(tmp_path: Path) -> 
     assert leaf is not None
     chain = cache.ancestors(leaf)
     assert [p.comm for p in chain[:4]] == ["bash", "bash", "bash", "sh"] and chain[-1].pid == 1
+
+
+def test_ps_shows_the_tree_and_the_snapshot_events() -> None:
+    leaf = subprocess.Popen(["sh", "-c", "sh -c 'sleep 30; true'; true"])
+    try:
+        deadline = time.monotonic() + 10
+        while not [p for p in procfs.descendants(leaf.pid) if procfs.read_comm(p) == "sleep"]:
+            assert time.monotonic() < deadline, "the chain did not start"
+            time.sleep(0.05)
+        tree = subprocess.run(["proctap", "ps", "-p", str(leaf.pid)], capture_output=True, text=True, check=True)
+        lines = tree.stdout.splitlines()
+        assert lines[0].split() == ["PID", "PPID", "USER", "STARTED", "COMMAND"]
+        column = lines[0].index("COMMAND")
+        commands = [line[column:] for line in lines[1:]]
+        assert commands == ["sh -c 'sh -c '\"'\"'sleep 30; true'\"'\"'; true'", "\\_ sh -c 'sleep 30; true'",
+                            "  \\_ sleep 30"]  # fmt: skip
+        out = subprocess.run(["proctap", "ps", "--json", "--ancestry", "-c", "sleep"], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+        objs = [json.loads(line) for line in out.splitlines()]
+        assert objs and all(o["event"] == "existing" and o["reason"] == "snapshot" for o in objs)
+        (mine,) = [o for o in objs if len(o["ancestors"]) > 1 and o["ancestors"][1]["pid"] == leaf.pid]
+        assert mine["argv"] == ["sleep", "30"] and mine["ancestors"][-1]["pid"] == 1
+        assert event_from_dict(mine).pid == mine["pid"]
+        bad = subprocess.run(["proctap", "ps", "-p", "999999999"], capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.startswith("proctap: error: no process with pid")
+    finally:
+        for pid in [leaf.pid, *procfs.descendants(leaf.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        leaf.wait()
