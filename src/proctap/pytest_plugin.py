@@ -42,7 +42,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +89,6 @@ class _Owner:
     finished: bool = False
     lost: int = 0
     lost_unknown: int = 0
-    python_argv: set[int] = field(default_factory=set)  # id() of nodes whose argv came from the audit hook
 
 
 @dataclass
@@ -174,7 +173,6 @@ class _Collector:
 
     def __init__(self, backend: str, buffer_bytes: int | None = None) -> None:
         from .backends import choose_backend
-        from .errors import ProctapError
         from .linux import procfs
         from .run.session import run_latency
         from .run.tree import ProcessTree
@@ -215,9 +213,7 @@ class _Collector:
         self._pids: dict[int, _Owner] = {}  # live processes -> their owner
         self._requests: dict[int, list[_Request]] = {}  # thread id -> Python's spawn requests, oldest first
         self._pending_argv: dict[int, _Request] = {}  # pid -> what Python asked it to exec (until its first exec)
-        self.lost = 0
-        self.lost_unknown = 0
-        self._error_type = ProctapError
+        self._last_owner: _Owner | None = None  # (a loss between two tests is the previous test's)
         _install_process_hooks()
         _ACTIVE.append(self)
         self._thread = threading.Thread(target=self._loop, name="proctap-pytest", daemon=True)
@@ -235,13 +231,16 @@ class _Collector:
         with self._lock:
             self._switch_ns.append(now)
             self._switch_owner.append(owner)
+            if owner is not None:
+                self._last_owner = owner
 
     def requested(self, tid: int, request: _Request) -> None:
         """From the audit hook (any thread): Python is about to start a process from thread ``tid``."""
-        queue = self._requests.setdefault(tid, [])
-        queue.append(request)
-        if len(queue) > 64:  # requests no Fork ever claimed (a spawn that failed before forking)
-            del queue[:32]
+        with self._lock:
+            queue = self._requests.setdefault(tid, [])
+            queue.append(request)
+            if len(queue) > 64:  # requests no Fork ever claimed (a spawn that failed before forking)
+                del queue[:32]
 
     def sync(self) -> bool:
         """Wait until the background thread has drained everything the kernel queued before this call.  False when
@@ -401,13 +400,12 @@ class _Collector:
                         continue
                     owner.tree.feed((ev,))
                     request = self._pending_argv.pop(ev.pid, None)
-                    if request is not None and ev.argv is None:
+                    if request is not None and ev.argv is None:  # /proc was too late: what Python asked for
                         node = owner.tree.live.get(ev.pid)
-                        if node is not None:
-                            node.argv = request.argv
-                            owner.python_argv.add(id(node))
+                        if node is not None and node.execs:
+                            node.argv = node.execs[-1].argv = request.argv
                             if node.filename is None and request.executable and request.executable.startswith("/"):
-                                node.filename = request.executable
+                                node.filename = node.execs[-1].filename = request.executable
                 elif isinstance(ev, Exit):
                     if ev.is_thread:
                         continue
@@ -416,11 +414,7 @@ class _Collector:
                     if owner is not None:
                         owner.tree.feed((ev,))
                 elif isinstance(ev, Lost):
-                    if ev.count is None:
-                        self.lost_unknown += 1
-                    else:
-                        self.lost += ev.count
-                    owner = self._owner_at(ev.timestamp_ns)
+                    owner = self._owner_at(ev.timestamp_ns) or self._last_owner
                     if owner is not None:
                         owner.tree.feed((ev,))
                         if ev.count is None:
@@ -602,19 +596,16 @@ class Processes:
     """The ``processes`` fixture: the processes this test started, directly or through any depth of children.
 
     Every method first collects what the kernel reported until the call, so it sees the processes started just
-    before.  Processes started by fixtures wider than a function's (session, module, class) belong to the fixture,
-    not to the test.
+    before, and the exit of those that just ended.  Processes started by fixtures wider than a function's (session,
+    module, class) belong to the fixture, not to the test.
     """
 
     def __init__(self, collector: _Collector, owner: _Owner) -> None:
         self._collector = collector
         self._owner = owner
 
-    def _list(self, keep: Callable[[ProcessNode], bool] | None = None, *, settle: bool = False) -> ProcessList:
-        if settle:
-            self._collector.settle(self._owner)
-        else:
-            self._collector.sync()
+    def _list(self, keep: Callable[[ProcessNode], bool] | None = None) -> ProcessList:
+        self._collector.settle(self._owner)  # (a process reaped just now may not have reported its exit yet)
         owner = self._owner
         nodes = self._collector.nodes(owner)
         return ProcessList(Process(n, owner) for n in nodes if keep is None or keep(n))
@@ -636,13 +627,8 @@ class Processes:
 
         def matches(node: ProcessNode) -> bool:
             for e in node.execs:
-                names = [e.filename] if e.filename else []
-                if e.argv:
-                    names.append(e.argv[0])
-                if node.argv and e is node.execs[-1]:
-                    names.append(node.argv[0])  # (filled from Python's request when the kernel's was unknown)
-                for name in names:
-                    if (name if by_path else name.rsplit("/", 1)[-1]) == program:
+                for name in (e.filename, e.argv[0] if e.argv else None):
+                    if name is not None and (name if by_path else name.rsplit("/", 1)[-1]) == program:
                         return True
             return False
 
@@ -654,16 +640,16 @@ class Processes:
 
     def running(self) -> ProcessList:
         """The processes still running now (a process that just exited is waited for: its Exit event may lag)."""
-        return self._list(lambda n: not n.ended, settle=True)
+        return self._list(lambda n: not n.ended)
 
     def leaked(self) -> ProcessList:
         """The processes still running whose parent has exited: daemons, ``&`` children of a shell, double forks.
         (After the test, ``--proctap-leaks`` reports every process still running.)"""
-        return self._list(lambda n: not n.ended and n.parent is not None and n.parent.ended, settle=True)
+        return self._list(lambda n: not n.ended and n.parent is not None and n.parent.ended)
 
     def tree(self) -> str:
         """The process tree as text (the format of ``proctap run``'s report)."""
-        self._collector.sync()
+        self._collector.settle(self._owner)
         return "\n".join(_tree_lines(self._collector, self._owner))
 
     @property
@@ -972,8 +958,10 @@ class ProctapPlugin:
         if not reports:
             return
         if self.leaks == "warn" or not can_fail:
-            for message, _ in reports:
-                warnings.warn(ProcessLeakWarning(message), stacklevel=1)
+            item = self.item
+            path, line = (str(item.path), item.location[1] or 0) if item is not None else ("<proctap>", 0)
+            for message, _ in reports:  # (pointing at the test, not at this line)
+                warnings.warn_explicit(ProcessLeakWarning(message), ProcessLeakWarning, path, line + 1)
             return
         text = "\n\n".join(f"{message}\n\nthe processes it started:\n{tree}" for message, tree in reports)
         pytest.fail(text, pytrace=False)
