@@ -286,3 +286,14 @@ def test_ps_shows_the_tree_and_the_snapshot_events() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         leaf.wait()
+
+
+def test_the_spliced_context_equals_the_context_object() -> None:
+    """The NDJSON path splices memoised JSON text; it must say exactly what ``context()`` says."""
+    cache = ProcessCache()
+    me = cache.lookup(os.getpid())
+    for proc in (me, None):
+        for ancestry in (False, True):
+            for _ in range(2):  # the second time from the memo
+                text = cache.context_json(proc, ancestry=ancestry)
+                assert json.loads("{" + text + "}") == cache.context(proc, ancestry=ancestry)

@@ -14,6 +14,7 @@ first, then the live ones seen longest ago), and counts evictions and misses in 
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -137,6 +138,7 @@ class ProcessCache:
         self._expiry: collections.deque[tuple[int, TaskKey | int]] = collections.deque()
         self._clock = Clock()
         self._stats = CacheStats(capacity=capacity)
+        self._context_memo: dict[tuple[tuple[int, ...], bool], tuple[list[Process], str]] = {}
 
     # -- reading -----------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -223,6 +225,27 @@ class ProcessCache:
         if ancestry:
             out["ancestors"] = [_ref(p) for p in self.ancestors(proc)]
         return out
+
+    def context_json(self, proc: Process | None, *, ancestry: bool = False) -> str:
+        """:meth:`context` as JSON object members (``"exec_id":...,"parent":{...}``, no braces), for splicing into
+        an event's JSON line.  The encoded chain is memoised by the identity of its records (immutable: a parent
+        that exec'd is a new record), so a storm's lines cost a walk up the chain, not an encoding of it."""
+        if proc is None:
+            return _NO_CONTEXT_ANCESTRY if ancestry else _NO_CONTEXT
+        chain = self.ancestors(proc) if ancestry else [p for p in (self.parent(proc),) if p is not None]
+        key = (tuple(map(id, chain)), ancestry)
+        memo = self._context_memo
+        found = memo.get(key)
+        if found is None:
+            parent = _encode(_ref(chain[0])) if chain else "null"
+            tail = f',"parent":{parent}'
+            if ancestry:
+                tail += ',"ancestors":' + _encode([_ref(p) for p in chain])
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            found = memo[key] = (chain, tail)  # the chain keeps its records alive while their ids are the key
+        exec_id = proc.exec_id
+        return ('"exec_id":null' if exec_id is None else f'"exec_id":"{exec_id}"') + found[1]
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
@@ -407,6 +430,12 @@ class ProcessCache:
         self._stats.repairs += 1
         self._stats.synthetic_exits += gone
         self._stats.synthetic_found += found
+
+
+_MEMO_MAX = 8192
+_NO_CONTEXT = '"exec_id":null,"parent":null'
+_NO_CONTEXT_ANCESTRY = '"exec_id":null,"parent":null,"ancestors":null'
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
 def _younger(candidate: Process, child: Process) -> bool:

@@ -238,10 +238,10 @@ class JsonRenderer:
         """NDJSON has no header."""
 
     def format(self, event: Event, info: Process | None = None) -> str:
-        obj = event_dict(event)
-        if self.context is not None and type(event) is not Lost:
-            obj.update(self.context.context(info, ancestry=self.ancestry))
-        return self._encode(obj)
+        line = self._encode(event_dict(event))
+        if self.context is None or type(event) is Lost:
+            return line
+        return f"{line[:-1]},{self.context.context_json(info, ancestry=self.ancestry)}}}"
 
     def render(self, event: Event, info: Process | None = None) -> None:
         self.stream.write(self.format(event, info) + "\n")
