@@ -662,3 +662,50 @@ def test_loss_is_never_silent(backend: str) -> None:
     if exact:
         assert all(e.count is not None for e in losses)
         assert sum(e.count for e in losses) >= missing  # type: ignore[misc]
+
+
+# -- the process cache ------------------------------------------------------------------------------------------------
+@requires(Feature.FORK, Feature.EXEC, Feature.EXIT)
+def test_exec_and_exit_carry_their_process(log: Collector, backend: str) -> None:
+    """event.process on every backend: the exec'd program and its arguments, where each came from as the backend
+    declares, the parent, an exec_id; the Exit carries the same process, now ended."""
+    args = [PYTHON, "-c", "import sys; sys.stdin.read()", "x y"]
+    r, w = os.pipe()
+    p = __import__("subprocess").Popen(args, stdin=r)
+    os.close(r)
+    try:
+        ex = log.wait_exec(p.pid)
+    finally:
+        os.close(w)
+        reap(p)
+    (ended,) = log.wait_exit(p.pid)
+    feats = features_of(backend)
+    proc = ex.process
+    assert proc is not None and proc.pid == p.pid and proc.parent_pid == os.getpid()
+    assert proc.exe == ex.filename and proc.argv == ex.argv == tuple(args) and proc.comm == ex.comm
+    assert proc.exe_from == ("kernel" if Feature.EXEC_FILENAME_KERNEL in feats else "proc")
+    assert proc.argv_from == ("kernel" if Feature.ARGV_KERNEL in feats else "proc")
+    if proc.start_ns is not None:
+        assert proc.exec_id == f"{p.pid}@{proc.start_ns}:{ex.timestamp_ns}"
+    assert proc.exit is None
+    after = ended.process
+    assert after is not None and after.exit is ended and after.key == proc.key and after.argv == proc.argv
+
+
+@requires(Feature.FORK)
+def test_snapshot_then_live_stream(backend: str) -> None:
+    """watch(snapshot=True) on every backend: a process running before the watcher comes first, once, as Existing;
+    one forked afterwards comes as a Fork and not as Existing."""
+    before = __import__("subprocess").Popen(["sleep", "30"])
+    try:
+        with collect(backend, snapshot=True) as log:
+            after = fork_exit(0, log)
+            existing = [e for e in log.events if e.kind.value == "existing"]
+            assert [e.pid for e in existing].count(before.pid) == 1
+            assert after not in {e.pid for e in existing}
+            assert log.events[: len(existing)] == existing
+            (mine,) = [e for e in existing if e.pid == before.pid]
+            assert mine.reason == "snapshot" and mine.argv == ("sleep", "30") and mine.parent_pid == os.getpid()
+    finally:
+        before.kill()
+        reap(before)
