@@ -5,15 +5,18 @@ process), lists ``task/`` only for multi-threaded processes, and reports the dif
 
 * new pids / tids -> Fork (parent: ``stat`` field 4 at scan time); an identity is (pid, starttime), so a pid reused
   between two scans is an Exit followed by a Fork;
-* a known process whose image changed -> Exec.  The image is recognized cheaply from fields ``stat`` already holds:
-  ``startcode``, ``endcode``, ``arg_start`` (fields 26, 27, 48; a new mm at every exec, randomized stack) and
-  ``comm``;
-  a new process whose image differs from its parent's exec'd after its fork;
+* Exec: the kernel clears the task flag PF_FORKNOEXEC (``stat`` field 9, readable by anyone, zombies included)
+  at a process's first exec, so a process seen with it clear that was seen with it set, or that is new, exec'd; a
+  process caught inside execve (its new mm has no code yet) is reported when a scan sees the exec done, or gone.
+  Later execs: the image changed, recognized cheaply from fields ``stat`` already holds: ``startcode``,
+  ``endcode``, ``arg_start`` (fields 26, 27, 48; a new mm at every exec, randomized stack) and ``comm``;
 * a zombie -> Exit with its real wait status (``stat`` field 52, ``exit_code``, since Linux 3.5);
   a task that vanished -> Exit with ``status`` None;
 * tasks created and gone between two scans -> ``Lost`` with a count: the kernel's pid cursor (``/proc/loadavg``
   field 5, the last pid allocated) says how many ids were handed out since the last scan; those we never saw are
-  counted (one scan later, so that tasks still being created at scan time are not counted).
+  counted (one scan later, so that tasks still being created at scan time are not counted);
+* processes created while watching that one scan saw before they exec'd and that were gone at the next: whether
+  they exec'd is unknown -> ``Lost`` with a count too (EXEC_UNKNOWN_REASON).
 
 Timestamps are scan times, so their precision is the interval.  See docs/proc-backend.md for what it can miss.
 """
@@ -34,6 +37,8 @@ from ..linux.timerfd import TimerFd
 from .base import Availability, Backend, BackendConfig, BackendOption, Common, Feature, Stamp
 
 __all__ = [
+    "EXEC_UNKNOWN_REASON",
+    "LOST_REASON",
     "RESERVED_PIDS",
     "ProcScanBackend",
     "allocated_ranges",
@@ -49,6 +54,13 @@ MAX_INTERVAL_NS = 10_000_000_000
 # kernel/pid.c: once the cursor passed RESERVED_PIDS, allocation wraps around to it, not to 1.
 RESERVED_PIDS = 300
 LOST_REASON = "short-lived tasks between /proc scans"
+EXEC_UNKNOWN_REASON = "processes gone before a scan could tell whether they exec'd"
+# include/linux/sched.h task flags (stat field 9): set by fork, cleared by the first exec (fs/exec.c begin_new_exec)
+# A task being released after its parent reaped it (EXIT_DEAD; "x" before Linux 3.14): /proc still lists it, but
+# with parent 0 (no longer hashed, fs/proc/array.c) and an exit_code of 0, neither of them true.
+_BEING_REAPED = ("X", "x")
+PF_EXITING = 0x00000004
+PF_FORKNOEXEC = 0x00000040
 # Scans may use at most this share of the time: on a machine with many processes a scan can outlast the interval,
 # and the backend must not eat a core.  Scans are then spaced further apart (and miss more, which is counted).
 MAX_DUTY = 0.25
@@ -122,9 +134,24 @@ def _periodic_timer(interval_ns: int) -> TimerFd:
 class _Proc:
     """What the previous scans learnt about one live process."""
 
-    __slots__ = ("comm", "exit_reported", "image", "leader_died_early", "permitted", "ppid", "start_ticks", "tids")
+    __slots__ = (
+        "born",
+        "comm",
+        "exec_open",
+        "exec_pending",
+        "exit_reported",
+        "image",
+        "leader_died_early",
+        "permitted",
+        "ppid",
+        "start_ticks",
+        "tids",
+    )
 
-    def __init__(self, rec: Stat, tids: frozenset[int]) -> None:
+    def __init__(self, rec: Stat, tids: frozenset[int], born: bool = False) -> None:
+        self.born = born  # created while watching (not there at the first scan)
+        self.exec_pending = False  # caught inside execve: the Exec is reported once the exec is done (or it is gone)
+        self.exec_open = _exec_may_come(rec)  # it may still make its first exec
         self.start_ticks = rec.start_ticks
         self.comm = rec.comm
         self.ppid = rec.ppid
@@ -133,6 +160,21 @@ class _Proc:
         self.permitted = rec.image is not None  # we could ptrace-read it: its exit_code will be real
         self.exit_reported = False
         self.leader_died_early = False  # leader exited before the other threads: its exit_code is not the process's
+
+
+def _has_execed(rec: Stat) -> bool:
+    """The process exec'd since its fork (PF_FORKNOEXEC clear); kernel threads never do."""
+    return not rec.flags & PF_FORKNOEXEC and not rec.is_kthread
+
+
+def _exec_may_come(rec: Stat) -> bool:
+    """The process has not exec'd yet and still may: alive, not exiting, not a kernel thread."""
+    return bool(rec.flags & PF_FORKNOEXEC) and not rec.flags & PF_EXITING and not rec.is_dead and not rec.is_kthread
+
+
+def _inside_execve(rec: Stat) -> bool:
+    """A live user task with a new mm and no code mapped yet, that is not exiting: in the middle of an execve."""
+    return not rec.is_settled and not rec.flags & PF_EXITING
 
 
 class _Sample(NamedTuple):
@@ -274,8 +316,8 @@ class ProcScanBackend(Backend):
         samples: dict[int, _Sample] = {}
         for pid in pids:
             rec = read_stat(pid)
-            if rec is None:
-                continue  # gone since the listing, or hidden from us
+            if rec is None or rec.state in _BEING_REAPED:
+                continue  # gone since the listing, hidden from us, or being released: as good as gone
             known = procs.get(pid)
             if rec.num_threads > 1 or (known is not None and len(known.tids) > 1):
                 listed = _list_ids(f"{PROC}/{pid}/task")
@@ -309,6 +351,7 @@ class _ScanDiff:
         self.gone: list[Event] = []  # exits of vanished tasks
         self.changes: list[Event] = []  # exec/comm/exit of continuing processes
         self.births: list[tuple[int, list[Event]]] = []  # (allocation order, events) of new tasks
+        self.exec_unknown = 0  # processes gone before a scan could tell whether they exec'd
 
     def run(self, samples: dict[int, _Sample], last_pid: int) -> list[Event]:
         b = self.b
@@ -322,7 +365,7 @@ class _ScanDiff:
         for pid, sample in samples.items():
             known = b._procs.get(pid)
             if known is None:
-                b._procs[pid] = self._born(pid, sample, samples, prev_last)
+                b._procs[pid] = self._born(pid, sample, prev_last)
             else:
                 self._continued(pid, known, sample, prev_last)
         live_now: set[int] = set()
@@ -332,6 +375,9 @@ class _ScanDiff:
         b._live_tids = live_now
         b._last_pid = last_pid
         self.births.sort(key=lambda item: item[0])
+        if self.exec_unknown and b._loss_counting:
+            b._lost_total += self.exec_unknown
+            lost_events.append(b._stamp.lost(self.now, self.exec_unknown, EXEC_UNKNOWN_REASON))
         events = lost_events + self.gone + self.changes
         for _order, born in self.births:
             events.extend(born)
@@ -388,6 +434,10 @@ class _ScanDiff:
         """A known process is gone (or its pid now belongs to another process)."""
         if proc.exit_reported:
             return
+        if proc.exec_pending:  # it was inside execve at the last scan: the exec happened, its new name is unknown
+            self.gone.append(self._exec(pid, proc.start_ticks, None, proc.ppid))
+        elif proc.exec_open and proc.born:
+            self.exec_unknown += 1
         self._thread_exits(pid, proc, proc.tids - {pid})
         self.gone.append(self._exit(pid, proc, status=None))
 
@@ -422,19 +472,19 @@ class _ScanDiff:
             return rec.exit_code
         return None
 
-    def _born(self, pid: int, sample: _Sample, samples: dict[int, _Sample], prev_last: int) -> _Proc:
+    def _born(self, pid: int, sample: _Sample, prev_last: int) -> _Proc:
         rec = sample.rec
-        proc = _Proc(rec, sample.tids)
-        parent = samples.get(rec.ppid)
-        if not rec.is_settled and parent is not None:
-            # Caught inside execve: take it for the parent's copy, the next scan sees the exec done.
-            proc.image, proc.comm = parent.rec.image, parent.rec.comm
-        exec_seen = parent is not None and rec.is_settled and not rec.is_dead and self._exec_after_fork(rec, parent.rec)
+        proc = _Proc(rec, sample.tids, born=True)
+        inside_execve = _inside_execve(rec) and not rec.is_kthread
+        # PF_FORKNOEXEC clear: it exec'd after its fork (zombies too: the flags outlive the mm).
+        exec_seen = _has_execed(rec) and not inside_execve
+        if inside_execve:  # reported once the exec is done (its new name known) or the process gone
+            proc.exec_pending, proc.exec_open = True, False
         # Fork.comm is the name at the fork: the child's current one only if it did not exec since.
-        fork_comm = None if exec_seen or rec.is_kthread or not rec.is_settled else rec.comm
+        fork_comm = None if exec_seen or inside_execve or rec.is_kthread else rec.comm
         events: list[Event] = [self._fork(pid, pid, rec.start_ticks, rec.ppid, fork_comm)]
         if exec_seen:
-            events.append(self._exec(pid, rec))
+            events.append(self._exec(pid, rec.start_ticks, rec.comm, rec.ppid))
         self.births.append((self._order(pid, prev_last), events))
         self._thread_births(pid, proc, sample.tids - {pid}, prev_last)
         if rec.is_dead:
@@ -444,15 +494,6 @@ class _ScanDiff:
                 proc.exit_reported = True
                 events.append(self._exit(pid, proc, self._zombie_status(proc, rec)))
         return proc
-
-    @staticmethod
-    def _exec_after_fork(child: Stat, parent: Stat) -> bool:
-        """A new process whose image differs from its parent's has exec'd (fork copies the parent's mm and comm)."""
-        if child.is_kthread:
-            return False
-        if child.image is not None and parent.image is not None:
-            return child.image != parent.image
-        return child.comm != parent.comm
 
     def _thread_births(self, pid: int, proc: _Proc, tids: frozenset[int], prev_last: int) -> None:
         if not self.b._threads:
@@ -467,19 +508,32 @@ class _ScanDiff:
         proc.tids = sample.tids
         proc.ppid = rec.ppid
         if rec.is_dead:
+            # a zombie keeps its task flags and the comm of its last exec
+            if not proc.exit_reported and (proc.exec_pending or (proc.exec_open and _has_execed(rec))):
+                self.changes.append(self._exec(pid, rec.start_ticks, rec.comm, rec.ppid))
+            proc.exec_pending = proc.exec_open = False
             if rec.num_threads > 1:
                 proc.leader_died_early = True
             elif not proc.exit_reported:
                 proc.exit_reported = True
                 self.changes.append(self._exit(pid, proc, self._zombie_status(proc, rec)))
             return
-        if rec.is_kthread or not rec.is_settled:
-            return  # kworker names change with their work: neither exec nor rename; mid-exec: next scan
+        if rec.is_kthread:
+            return  # kworker names change with their work: neither exec nor rename
+        if not rec.is_settled:
+            if _inside_execve(rec):  # mid-exec: reported when a scan sees it done
+                proc.exec_pending, proc.exec_open = True, False
+            else:
+                proc.exec_open = False  # exiting: no exec can come
+            return
+        first_exec = proc.exec_pending or (proc.exec_open and _has_execed(rec))
+        proc.exec_pending, proc.exec_open = False, _exec_may_come(rec)
         image = rec.image
         same_image = image is not None and image == proc.image
         changed_image = image is not None and proc.image is not None and image != proc.image
-        if changed_image or (rec.comm != proc.comm and not same_image):
-            self.changes.append(self._exec(pid, rec))
+        # Still PF_FORKNOEXEC: it never exec'd, so a new name is a rename.
+        if first_exec or (_has_execed(rec) and (changed_image or (rec.comm != proc.comm and not same_image))):
+            self.changes.append(self._exec(pid, rec.start_ticks, rec.comm, rec.ppid))
         elif rec.comm != proc.comm and EventKind.COMM in self.b._want:
             self.changes.append(Comm(**self._common(pid, pid, rec.start_ticks), comm=rec.comm))
         proc.comm = rec.comm
@@ -487,8 +541,8 @@ class _ScanDiff:
         if image is not None:
             proc.image = image
 
-    def _exec(self, pid: int, rec: Stat) -> Exec:
-        """What the scan saw of an exec: the new comm and the parent (filename and argv are for the watcher to read,
-        :mod:`proctap.enrich`)."""
-        return Exec(**self._common(pid, pid, rec.start_ticks), comm=rec.comm, parent_pid=rec.ppid,
-                    comm_from=Origin.PROC)  # fmt: skip
+    def _exec(self, pid: int, start_ticks: int, comm: str | None, ppid: int) -> Exec:
+        """What the scan saw of an exec: the new comm (None: gone before a scan saw it) and the parent (filename
+        and argv are for the watcher to read, :mod:`proctap.enrich`)."""
+        return Exec(**self._common(pid, pid, start_ticks), comm=comm, parent_pid=ppid,
+                    comm_from=None if comm is None else Origin.PROC)  # fmt: skip
