@@ -121,6 +121,9 @@ elif mode == "mixed":  # the known workload of the JSON test
     for pid in sleepers:
         os.kill(pid, signal.SIGKILL)
     reap_all()
+elif mode == "odd":  # odd PATH: run a program whose name is not UTF-8 and holds a control character
+    spawn(sys.argv[3])
+    reap_all()
 elif mode == "failing":  # failing CGROUP_PROCS: forks fail with EAGAIN under pids.max = 3; then sh exits 3
     with open(sys.argv[3], "w") as f:
         f.write(str(os.getpid()))
@@ -606,6 +609,28 @@ def test_once_table_in_a_pipe(workload: Callable[..., Workload]) -> None:
         assert title in lines
     parent = lines[lines.index("by parent:") + 2].split()
     assert parent[:2] == [str(w.pid), "top-workload"] and parent[4] == "19"
+
+
+def test_names_that_are_not_utf8(workload: Callable[..., Workload], tmp_path: Path) -> None:
+    """A program named with bytes that are not UTF-8 and an ESC: valid JSON (U+FFFD), escaped in the table."""
+    odd = tmp_path / os.fsdecode(b"odd\xff\x1bname")
+    shutil.copy("/bin/true", odd)
+    docs = []
+    for extra in (["--json"], ["--view", "program"]):
+        w = workload("odd", "top-workload", str(odd))  # argv keeps the bytes (surrogate escapes)
+        proc = _once(*extra, "--backend", BACKEND, "--pid", str(w.pid), "--duration", "600")
+        try:
+            w.go()
+            w.wait_done()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=WAIT)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err
+        docs.append(out)
+    programs = {p["program"]: p["starts"] for p in json.loads(docs[0])["programs"]}
+    assert programs == {"odd\ufffd\x1bname": 1}
+    assert "odd\\xff\\x1bname" in docs[1] and "\x1b" not in docs[1]
 
 
 @pytest.mark.parametrize(

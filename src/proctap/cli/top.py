@@ -20,7 +20,7 @@ from typing import Any
 
 from ..backends import Feature
 from ..errors import ProctapError
-from ..events import EventKind
+from ..events import EventKind, json_text
 from ..text import quote_arg
 from ..top.aggregate import Aggregator, Sort, View
 from ..top.cgroups import CgroupPaths
@@ -171,7 +171,7 @@ def _run_once(args: argparse.Namespace, watcher: Watcher, aggregator: Aggregator
         doc: dict[str, Any] = {
             "backend": watcher.backend_name,
             "pid": args.pid,
-            "comm": args.comm,
+            "comm": None if args.comm is None else json_text(args.comm),
             "lost": stats.lost,
             "lost_unknown": stats.lost_unknown,
             "unavailable": sorted(_unavailable(watcher, args)),

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..events import Event, Exec, ExecFailed, Exit, Fork, ForkFailed, Lost, errno_name
+from ..events import Event, Exec, ExecFailed, Exit, Fork, ForkFailed, Lost, errno_name, json_text
 from ..text import format_status
 
 __all__ = [
@@ -667,20 +667,31 @@ class Aggregator:
 
     # -- JSON ---------------------------------------------------------------------------------------------------
     def snapshot(self, now_ns: int, *, sort: Sort = Sort.RATE, limit: int | None = None) -> dict[str, Any]:
-        """Everything as one JSON-ready dict (the schema is in docs/top.md)."""
+        """Everything as one JSON-ready dict (the schema is in docs/top.md).  Text is valid UTF-8: a name with bytes
+        that are not reads U+FFFD for each (:func:`proctap.events.json_text`)."""
         head = self.header(now_ns)
         out: dict[str, Any] = {
             "elapsed_s": round(head.elapsed_s, 3),
             "totals": head.totals,
-            "lost_unknown": head.lost_unknown,
             "rates": {f"{w}s": {k: round(v, 2) for k, v in r.items()} for w, r in head.rates.items()},
         }
         for view in View:
             out[_JSON_NAMES[view]] = [_row_dict(row) for row in self.rows(view, now_ns, sort=sort, limit=limit)]
-        return out
+        return _valid_text(out)  # type: ignore[no-any-return]
 
 
 _JSON_NAMES = {View.PARENT: "parents", View.PROGRAM: "programs", View.CGROUP: "cgroups", View.FAILURES: "failures"}
+
+
+def _valid_text(value: Any) -> Any:
+    """``value`` with every string in it (dict keys too) valid UTF-8."""
+    if isinstance(value, str):
+        return json_text(value)
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
 
 
 def _row_dict(row: Row) -> dict[str, Any]:
