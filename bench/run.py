@@ -560,6 +560,10 @@ ovr:     overruns the monitor reported without a count
 drops:   the kernel's drop counter of the monitor's proc-connector socket (/proc/net/netlink)
 verdict: worst run: complete | accounted (lost >= missing events) | accounted* (lost >= tasks missing an event:
          backends that count lost tasks) | overrun (dropped, count unknown) | SILENT (missing, not reported)
+         The proc backend counts every task of the machine it missed, so other activity can hide a shortfall: for
+         its exact figures run the bench alone in a PID namespace, e.g.
+         unshare -p -f --mount-proc python3 bench/run.py --backends proc --no-forkstat (proc only: the other
+         backends report the machine's pids, not the namespace's)
 wall/cpu: the storm's wall time and CPU (loadgen + children), median; x = ratio to the unwatched baseline
 mcpu/1k: monitor CPU seconds per 1000 tasks; rss MB: monitor peak RSS (VmHWM)"""
 
