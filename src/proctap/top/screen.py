@@ -224,6 +224,8 @@ class Screen:
             self.window.nodelay(True)
             with contextlib.suppress(curses.error):
                 curses.curs_set(0)
+            with contextlib.suppress(curses.error, AttributeError):
+                curses.set_escdelay(25)  # Esc acts at once (the default waits a second for an escape sequence)
             self.attrs = self._attributes()
         except BaseException:
             self._restore()
@@ -318,5 +320,6 @@ class Screen:
                 line = line.ljust(width)
             with contextlib.suppress(curses.error):  # the bottom-right cell cannot be written without an error
                 window.addstr(y, 0, line, attr)
-        window.noutrefresh()
-        curses.doupdate()
+        with contextlib.suppress(curses.error):  # a terminal gone (SIGHUP follows) or too small for the frame
+            window.noutrefresh()
+            curses.doupdate()
