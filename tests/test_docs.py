@@ -348,6 +348,10 @@ def test_markers_and_blocks_are_well_formed() -> None:
             after_text = prev and not prev.startswith((" ", "*", "-", "|")) and not re.match(r"\d+\.", prev)
             assert not (starts_block and after_text), f"{path.name}:{i + 1}: an indented code block: fence it"
     assert [b for b in BLOCKS if b.not_run is not None], "no not-run markers found: is the marker syntax broken?"
+    commandlike = re.compile(r"^(\$ |sudo |proctap |python3? |scripts/|bench/|tests/)")
+    for block in BLOCKS:
+        if not block.label:  # a diagram or a synopsis; commands go into console/sh blocks, where they are run
+            assert not any(commandlike.match(line) for line in block.lines), f"{block.where}: label this block"
 
 
 def help_options(subcommand: str) -> set[str]:
