@@ -46,16 +46,18 @@ python_env() {
     # an editable install has no bytecode yet: compile it now so no start-up compiles sources (and none has to
     # when PYTHONDONTWRITEBYTECODE is set)
     "$PY" -m compileall -q src/proctap >/dev/null
-    system_python_path
+    system_python_path if-missing
 }
 
-# system_python_path: let the machine's own interpreters import this checkout's proctap (`python3 -m proctap`,
-# `import proctap`) without the virtualenv: proctap needs nothing beyond the standard library, so a .pth file
-# naming src/ in the interpreter's site directory is the whole installation.  Interpreters: `python3` on PATH, and
-# /usr/local/bin/python3 and /usr/bin/python3 (what `sudo python3` finds through sudo's secure_path).  Rewritten
-# on every run (the checkout may have moved); removed from an interpreter older than 3.10, which cannot run proctap.
+# system_python_path always|if-missing: let the machine's own interpreters import this checkout's proctap
+# (`python3 -m proctap`, `import proctap`) without the virtualenv: proctap needs nothing beyond the standard library,
+# so a .pth file naming src/ in the interpreter's site directory is the whole installation.  Interpreters: `python3`
+# on PATH, and /usr/local/bin/python3 and /usr/bin/python3 (what `sudo python3` finds through sudo's secure_path).
+# `always` (scripts/install) rewrites the file (the checkout may have moved); `if-missing` (scripts/test, maybe on a
+# throwaway clone) writes it only where the interpreter finds no proctap at all, so it never redirects an install.
+# The file is removed from an interpreter older than 3.10, which cannot run proctap.
 system_python_path() {
-    local src="$PWD/src" seen=" " py exe site
+    local mode="$1" src="$PWD/src" seen=" " py exe site
     for py in "$(command -v python3 || true)" /usr/local/bin/python3 /usr/bin/python3; do
         [ -n "$py" ] && [ -x "$py" ] || continue
         # skip virtualenvs (they install proctap themselves) and interpreters already handled (symlinks, shims)
@@ -66,6 +68,10 @@ system_python_path() {
         seen="$seen$exe "
         site=$("$py" -c 'import site; print(site.getsitepackages()[0])') || continue
         if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+            if [ "$mode" = if-missing ] \
+                && (cd / && "$py" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("proctap") is None)'); then
+                continue
+            fi
             mkdir -p "$site" && printf '%s\n' "$src" >"$site/proctap-src.pth" \
                 || echo "warning: could not write $site/proctap-src.pth" >&2
         else
