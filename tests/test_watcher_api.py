@@ -10,8 +10,10 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -206,3 +208,59 @@ def test_the_api_checks_comm_and_argv_limit_as_the_cli_does() -> None:
         proctap.watch(backend="netlink", argv_limit=-1)
     with pytest.raises(ProctapError, match="unknown event type 'bogus'"):
         proctap.watch("all,bogus", backend="netlink")
+
+
+OUTSIDER = """
+import os, sys
+if os.fork():
+    os._exit(0)  # the grandchild is re-parented: not a descendant of the test
+fifo, out = sys.argv[1], sys.argv[2]
+while True:
+    with open(fifo) as f:
+        if f.read().strip() != "go":
+            os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    os.waitpid(pid, 0)
+    with open(out, "w") as f:
+        f.write(str(pid))
+"""
+
+
+def test_a_zombie_in_the_subtree_is_not_followed_into_its_pid_reuse(tmp_path: Path) -> None:
+    """A child that exited (not yet reaped) when the watcher started is not part of the subtree: once reaped, its
+    pid may name an unrelated process, whose events must not be delivered."""
+    fifo, out = tmp_path / "go", tmp_path / "pid"
+    os.mkfifo(fifo)
+    subprocess.run([sys.executable, "-c", OUTSIDER, str(fifo), str(out)], check=True)
+    try:
+        for _ in range(20):
+            zombie = subprocess.Popen(["true"])
+            _wait_state(zombie.pid, "Z")
+            with proctap.watch(backend="netlink", pid=os.getpid()) as w:
+                assert zombie.pid not in (w.filter.tracked or set())
+                zombie.wait()
+                with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                    f.write(str(zombie.pid - 1))
+                fifo.write_text("go")
+                deadline = time.monotonic() + 10
+                while not out.exists() or not out.read_text().strip():
+                    assert time.monotonic() < deadline, "the outsider did not fork"
+                    time.sleep(0.01)
+                reused = int(out.read_text())
+                out.unlink()
+                events = w.read(timeout=0.5) + w.read(timeout=0.2)
+            if reused == zombie.pid:  # the outsider's child took the zombie's pid (else another task did: retry)
+                assert not [e for e in events if e.pid == reused], events
+                return
+        pytest.skip("another task always took the pid first")
+    finally:
+        fifo.write_text("stop")
+
+
+def _wait_state(pid: int, state: str) -> None:
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != state:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

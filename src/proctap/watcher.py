@@ -119,8 +119,12 @@ class EventFilter:
             return True
         tracked = self.tracked
         if tracked is not None:
-            if isinstance(event, Fork) and not event.is_thread and event.parent_pid in tracked:
-                tracked.add(event.pid)
+            if isinstance(event, Fork) and not event.is_thread:
+                if event.parent_pid in tracked:
+                    tracked.add(event.pid)
+                else:  # a new process outside the subtree: if it reuses a tracked pid, that one is gone
+                    tracked.discard(event.pid)
+                    return False
             elif event.pid not in tracked:
                 return False
         if event.kind not in self.kinds:

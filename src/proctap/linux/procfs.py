@@ -216,14 +216,16 @@ def list_pids() -> list[int]:
 
 
 def descendants(pid: int) -> set[int]:
-    """The pids of the live descendants of ``pid`` (children, grandchildren...), from one scan of /proc."""
+    """The pids of the live descendants of ``pid`` (children, grandchildren...), from one scan of /proc.
+
+    Zombies are left out: they are dead already, and once reaped their pid may name an unrelated process."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             child = int(name)
-            ppid = read_ppid(child)
-            if ppid is not None:
-                children.setdefault(ppid, []).append(child)
+            stat = read_stat(child)
+            if stat is not None and not stat.is_dead:
+                children.setdefault(stat.ppid, []).append(child)
     found: set[int] = set()
     todo = [pid]
     while todo:
