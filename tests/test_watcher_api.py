@@ -261,6 +261,6 @@ def test_a_zombie_in_the_subtree_is_not_followed_into_its_pid_reuse(tmp_path: Pa
 
 def _wait_state(pid: int, state: str) -> None:
     deadline = time.monotonic() + 10
-    while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != state:
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != state:
         assert time.monotonic() < deadline
         time.sleep(0.01)
