@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import select
+import shlex
 import shutil
 import signal
 import statistics
@@ -312,6 +313,7 @@ class CliMonitor(Monitor):
             cmd += ["--latency", str(args.latency)]
         if args.buffer is not None:
             cmd += ["--buffer", str(args.buffer)]
+        cmd += shlex.split(args.cli_args)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         stdout, stderr = self.open_output(self.out.name), self.open_output(self.errors.name)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
@@ -583,6 +585,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat-large", type=int, default=1, help=f"runs of each tool for sizes >= {LARGE} (default 1)")
     p.add_argument("--concurrency", type=int, default=4, help="children/threads alive at once in the storm (4)")
     p.add_argument("--cli", action="store_true", help="also measure `proctap watch --json` (the CLI) per backend")
+    p.add_argument(
+        "--cli-args",
+        default="",
+        metavar="ARGS",
+        help="more options for the CLI's `proctap watch`, e.g. '--context --ancestry' (with --cli)",
+    )
     p.add_argument("--no-forkstat", action="store_true", help="do not compare with forkstat")
     p.add_argument(
         "--no-pid-filter",
