@@ -5,7 +5,8 @@
   ``*common*`` are what backends share);
 - ``proctap/linux/`` (thin wrappers of kernel interfaces) imports nothing of proctap outside ``linux/`` but
   ``proctap.errors``;
-- ``proctap/backends/`` imports none of the consumers: watcher, cli, run, render, process_table, enrich, text.
+- ``proctap/backends/`` imports none of the consumers: watcher, cli, run, render, cache, snapshot, enrich, text, top,
+  export, pytest_plugin.
 
 Imports inside functions and under ``TYPE_CHECKING`` count too: they are structure all the same.
 """
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "proctap"
-CONSUMERS = ("watcher", "cli", "run", "render", "process_table", "enrich", "text")
+CONSUMERS = (
+    "watcher", "cli", "run", "render", "cache", "snapshot", "enrich", "text", "top", "export", "pytest_plugin",
+)
 
 
 class Layout:
@@ -191,8 +194,8 @@ def test_a_clean_tree_has_no_problems(tmp_path: Path) -> None:
          "proctap.linux.procfs (a kernel interface) imports proctap.events"),
         ({"linux/bpf/__init__.py": "", "linux/bpf/ring.py": "from ...render import fmt\n", "render.py": ""},
          "proctap.linux.bpf.ring (a kernel interface) imports proctap.render"),
-        ({"backends/proc.py": "def f():\n    from proctap.process_table import T\n", "process_table.py": ""},
-         "backend proctap.backends.proc imports consumer(s) proctap.process_table"),
+        ({"backends/proc.py": "def f():\n    from proctap.cache import T\n", "cache.py": ""},
+         "backend proctap.backends.proc imports consumer(s) proctap.cache"),
         ({"backends/bpf.py": "from proctap.cli.common import opt\n", "cli/__init__.py": "", "cli/common.py": ""},
          "backend proctap.backends.bpf imports consumer(s) proctap.cli.common"),
     ],
