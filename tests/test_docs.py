@@ -386,7 +386,11 @@ def table_options(doc: Path, heading: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("subcommand", "doc", "heading"),
-    [("watch", ROOT / "docs" / "cli.md", "### Options"), ("run", ROOT / "docs" / "run.md", "## Options")],
+    [
+        ("watch", ROOT / "docs" / "cli.md", "### Options"),
+        ("run", ROOT / "docs" / "run.md", "## Options"),
+        ("top", ROOT / "docs" / "top.md", "## Options"),
+    ],
 )
 def test_options_table_matches_help(subcommand: str, doc: Path, heading: str) -> None:
     """The docs' options table lists exactly the options ``--help`` lists, both ways."""
