@@ -305,7 +305,7 @@ class CliMonitor(Monitor):
         self.out = self.workdir / "watch.ndjson"
         self.errors = self.workdir / "watch.stderr"
         self.root_pid = root_pid
-        backend = self.tool.split("/", 1)[1]
+        backend, _, variant = self.tool.split("/", 1)[1].partition(" ")
         cmd = [sys.executable, "-m", "proctap", "watch", "--json", "--threads", "-e", "fork,exec,exit", "-b", backend]
         if not args.no_pid_filter:
             cmd += ["--pid", str(root_pid)]
@@ -313,7 +313,7 @@ class CliMonitor(Monitor):
             cmd += ["--latency", str(args.latency)]
         if args.buffer is not None:
             cmd += ["--buffer", str(args.buffer)]
-        cmd += shlex.split(args.cli_args)
+        cmd += shlex.split(variant)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         stdout, stderr = self.open_output(self.out.name), self.open_output(self.errors.name)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
@@ -587,9 +587,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cli", action="store_true", help="also measure `proctap watch --json` (the CLI) per backend")
     p.add_argument(
         "--cli-args",
-        default="",
+        action="append",
         metavar="ARGS",
-        help="more options for the CLI's `proctap watch`, e.g. '--context --ancestry' (with --cli)",
+        help="with --cli: options for `proctap watch`, e.g. '--context --ancestry'; repeat to compare variants in the "
+        "same alternating runs (give '' for plain watch)",
     )
     p.add_argument("--no-forkstat", action="store_true", help="do not compare with forkstat")
     p.add_argument(
@@ -646,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = available_backends(names)
     tools = [f"proctap/{name}" for name in backends]
     if args.cli:
-        tools += [f"proctap-cli/{name}" for name in backends]
+        variants = args.cli_args or [""]
+        tools += [f"proctap-cli/{name} {extra}".rstrip() for extra in variants for name in backends]
     if not args.no_forkstat:
         tools.append("forkstat")
     if not tools:

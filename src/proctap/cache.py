@@ -432,7 +432,7 @@ class ProcessCache:
         self._stats.synthetic_found += found
 
 
-_MEMO_MAX = 8192
+_MEMO_MAX = 2048
 _NO_CONTEXT = '"exec_id":null,"parent":null'
 _NO_CONTEXT_ANCESTRY = '"exec_id":null,"parent":null,"ancestors":null'
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
