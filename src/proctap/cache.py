@@ -32,9 +32,9 @@ DEFAULT_CAPACITY = 200_000  # records, live and exited (more than a default pid_
 START_TOLERANCE_NS = 2 * 1_000_000_000 // CLOCK_TICKS
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Process:
-    """One process as proctap knows it.  Fields nobody could learn are ``None``, never guessed.
+class Process(NamedTuple):
+    """One process as proctap knows it: an immutable record (a named tuple: made and copied in about a microsecond,
+    which a fork storm needs).  Fields nobody could learn are ``None``, never guessed.
 
     ``start_ns``: when it started, nanoseconds since boot (CLOCK_BOOTTIME; clock-tick precision when learnt from
     /proc).  ``parent_pid``/``parent_key``: its parent at fork (or as /proc said when learnt).  ``comm``, ``exe`` (the
@@ -271,11 +271,11 @@ class ProcessCache:
         if proc is None or proc.exit is not None:
             return proc
         if cls is Comm and event.tid == event.pid:
-            return self._put(replace(proc, comm=event.comm, comm_from=Origin.KERNEL))  # type: ignore[attr-defined]
+            return self._put(proc._replace(comm=event.comm, comm_from=Origin.KERNEL))  # type: ignore[attr-defined]
         if cls is Uid:
-            return self._put(replace(proc, uid=event.ruid))  # type: ignore[attr-defined]
+            return self._put(proc._replace(uid=event.ruid))  # type: ignore[attr-defined]
         if cls is Gid:
-            return self._put(replace(proc, gid=event.rgid))  # type: ignore[attr-defined]
+            return self._put(proc._replace(gid=event.rgid))  # type: ignore[attr-defined]
         return proc
 
     def expire(self, now_ns: int | None = None) -> None:
@@ -302,7 +302,7 @@ class ProcessCache:
         parent = self._live.get(event.parent_pid) or self.lookup(event.parent_pid)
         stale = self._live.get(event.pid)
         if stale is not None:  # its exit was never seen (lost): the pid was reused
-            self._retire(replace(stale, exit=synthetic_exit(stale, event)))
+            self._retire(stale._replace(exit=synthetic_exit(stale, event)))
             self._stats.reused += 1
         inherited = Origin.INHERITED if parent is not None else None
         proc = Process(
@@ -330,8 +330,7 @@ class ProcessCache:
         if comm is None and event.filename is not None:
             comm, comm_from = event.filename.rsplit("/", 1)[-1][:15], event.filename_from
         parent_pid = proc.parent_pid if event.parent_pid is None else event.parent_pid
-        new = replace(
-            proc,
+        new = proc._replace(
             start_ns=proc.start_ns if proc.start_ns is not None else event.start_ns,
             parent_pid=parent_pid,
             parent_key=proc.parent_key if parent_pid == proc.parent_pid else None,
@@ -354,7 +353,7 @@ class ProcessCache:
         if proc is None:
             # Not seen alive: /proc no longer has it; keep what the event says.
             proc = Process(pid=event.pid, start_ns=event.start_ns, parent_pid=event.parent_pid, comm=event.comm)
-        ended = replace(proc, exit=event)
+        ended = proc._replace(exit=event)
         self._retire(ended)
         return ended
 
@@ -386,8 +385,7 @@ class ProcessCache:
         proc = self._existing(found)
         origin = Origin.PROC
         return self._put(
-            replace(
-                proc,
+            proc._replace(
                 comm_from=origin if proc.comm is not None else None,
                 exe_from=origin if proc.exe is not None else None,
                 argv_from=origin if proc.argv is not None else None,

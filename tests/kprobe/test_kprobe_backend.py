@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from eventlog import TIMEOUT, EventLog, collect
-from proctap.backends.base import BackendConfig
+from proctap.backends.base import BackendConfig, check_options
 from proctap.backends.kprobe import UNAVAILABLE_NO_KPROBES, KprobeBackend
 from proctap.errors import BackendUnavailable, ProctapError
 from proctap.events import Event, Exec, Exit, Fork, ForkFailed, Lost
@@ -49,9 +49,18 @@ def test_probe_says_why_the_backend_is_unavailable() -> None:
 
 def test_maxactive_option_is_checked() -> None:
     with pytest.raises(ProctapError, match="maxactive"):
-        KprobeBackend._maxactive(BackendConfig(options=(("maxactive", "lots"),)))
-    assert KprobeBackend._maxactive(BackendConfig(options=(("maxactive", "64"),))) == 64
-    assert KprobeBackend._maxactive(BackendConfig()) == 20
+        check_options(KprobeBackend, {"maxactive": "lots"})
+    with pytest.raises(ProctapError, match="maxactive"):
+        check_options(KprobeBackend, {"maxactive": "5000"})
+    assert check_options(KprobeBackend, {"maxactive": "64"}) == (("maxactive", "64"),)
+
+
+@needs_kprobes
+def test_maxactive_reaches_the_probes() -> None:
+    with KprobeBackend(BackendConfig(options=(("maxactive", "64"),))) as b:
+        assert b.maxactive == 64
+    with KprobeBackend(BackendConfig()) as b:
+        assert b.maxactive == 20
 
 
 @pytest.fixture

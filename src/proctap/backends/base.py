@@ -48,7 +48,7 @@ class Feature(str, Enum):
     CORE_DUMPED = "core_dumped"  # Exit.core_dumped is reliable
     FORK_FAILED = "fork_failed"  # ForkFailed events (sees the fork path's return value)
     EXEC_FAILED = "exec_failed"  # ExecFailed events (sees execve/execveat's return value)
-    EXEC_FAILED_ARGS = "exec_failed_args"  # ExecFailed.filename/argv captured at the syscall's entry
+    EXEC_FAILED_ARGS = "exec_failed_args"  # ExecFailed.filename/argv the failed call was given (read at its exit)
     COMM = "comm"  # Comm events
     CREDENTIALS = "credentials"  # Uid / Gid events
     SID = "sid"  # Sid events

@@ -132,7 +132,7 @@ def table_needs_tracking(kinds: frozenset[EventKind]) -> bool:
 
 
 def open_watcher(
-    args: argparse.Namespace, *, track: bool, accounting: bool = False, snapshot: bool = False
+    args: argparse.Namespace, *, track: bool, accounting: bool = False, snapshot: bool = False, cache: bool = True
 ) -> Watcher:
     """A Watcher from the options of :func:`add_watch_arguments`; warns on stderr about kinds the backend lacks."""
     backend = choose_backend(args.backend)
@@ -149,6 +149,7 @@ def open_watcher(
             argv_limit=args.argv_limit,
             track=track,
             snapshot=snapshot,
+            cache=cache,
             accounting=accounting,
             options=args.backend_option,
         )
@@ -265,7 +266,10 @@ def run_watch(args: argparse.Namespace) -> int:
     with StopSignals() as stop:
         context = args.context or args.ancestry
         track = context or (not args.json and table_needs_tracking(args.events))
-        watcher = open_watcher(args, track=track, accounting=args.accounting, snapshot=args.snapshot)
+        # NDJSON without context only forwards events: no process cache to feed (the table's lines need it)
+        watcher = open_watcher(
+            args, track=track, accounting=args.accounting, snapshot=args.snapshot, cache=track or args.comm is not None
+        )
         renderer = make_renderer(args, out, watcher)
         started = time.monotonic()
         try:

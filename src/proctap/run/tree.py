@@ -142,9 +142,11 @@ class ProcessNode:
 class ProcessTree:
     """Processes descending from ``root_pid``: a view of the watcher's process cache (each event's
     ``event.process`` gives a node's comm, argv and executable, inherited or exec'd) with what a run reports on top
-    (outcomes, timings, threads, every exec, failed forks, accounting).  The root node exists from the start (made by the caller, which may
-    or may not have watched its fork: the root's Fork event, if it comes, only sets its start); every other node
-    comes from a Fork event.  Other children of ``creator`` (the root's parent) are ignored.
+    (outcomes, timings, threads, every exec, failed forks, accounting).
+
+    The root node exists from the start (made by the caller, which may or may not have watched its fork: the root's
+    Fork event, if it comes, only sets its start); every other node comes from a Fork event.  Other children of
+    ``creator`` (the root's parent) are ignored.
 
     ``exact_times``: the events' timestamps are when things happened (a backend hooked into the kernel).  False for a
     backend whose timestamps are when a periodic scan noticed a change (proc): then an Exit's time is not when the
