@@ -171,7 +171,7 @@ def _gone(node: ProcessNode) -> bool:
 class _Collector:
     """The watcher of the pytest process's subtree, drained by a background thread into one tree per owner."""
 
-    def __init__(self, backend: str, buffer_bytes: int | None = None) -> None:
+    def __init__(self, backend: str, buffer_bytes: int | None = None, accounting: bool = False) -> None:
         from .backends import choose_backend
         from .linux import procfs
         from .run.session import run_latency
@@ -182,7 +182,6 @@ class _Collector:
         self.pid = os.getpid()
         self.root_argv = procfs.read_argv(self.pid)
         cls = choose_backend(backend)
-        accounting = procfs.has_capability(procfs.CAP_NET_ADMIN)  # per-process CPU (taskstats), where it works
         before = _open_fds()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -747,6 +746,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the kernel buffer to ask for (default: the backend's); the summary says when events were lost",
     )
     group.addoption(
+        "--proctap-accounting",
+        action="store_true",
+        dest="proctap_accounting",
+        default=False,
+        help="per-process CPU, peak RSS and I/O from taskstats (root; its listener hears every exit on the machine, "
+        "so it costs more on a busy one); without it a test's CPU is that of the children pytest reaped",
+    )
+    group.addoption(
         "--proctap-top",
         metavar="N",
         dest="proctap_top",
@@ -792,6 +799,7 @@ class ProctapPlugin:
         self.report_path: str | None = config.getoption("proctap_report")
         self.backend_name: str = config.getoption("proctap_backend")
         self.buffer_bytes: int | None = config.getoption("proctap_buffer")
+        self.accounting: bool = config.getoption("proctap_accounting")
         self.top: int = config.getoption("proctap_top")
         self.asked = self.leaks is not None or self.report_path is not None
         self.worker: str | None = getattr(config, "workerinput", {}).get("workerid")
@@ -816,7 +824,7 @@ class ProctapPlugin:
             from .errors import ProctapError
 
             try:
-                self.collector = _Collector(self.backend_name, self.buffer_bytes)
+                self.collector = _Collector(self.backend_name, self.buffer_bytes, self.accounting)
             except ProctapError as exc:
                 self.failure = str(exc)
         return self.collector
@@ -1110,13 +1118,12 @@ def backend_line(name: str, collector: _Collector | None) -> str:
 
     if collector is not None:
         backend, features, notes = collector.backend, collector.features, collector.notes
-        accounting = collector.accounting
     else:  # xdist's controller watches nothing: the workers will choose the same way
         try:
             cls = choose_backend(name)
         except ProctapError as exc:
             return f"proctap: cannot watch processes: {exc}"
-        backend, features, accounting, notes = cls.name, cls.features, os.geteuid() == 0, []
+        backend, features, notes = cls.name, cls.features, []
     misses = []
     if Feature.ARGV_KERNEL not in features:
         misses.append("argv read from /proc after exec: a process that exits within ~1 ms shows none unless "
@@ -1125,8 +1132,6 @@ def backend_line(name: str, collector: _Collector | None) -> str:
         misses.append("exit statuses unknown")
     if backend == "proc":
         misses.append("processes shorter than a /proc scan are missed (counted as lost)")
-    if not accounting:
-        misses.append("CPU from rusage of reaped children (per-process CPU needs taskstats: root)")
     misses.extend(notes)
     text = f"proctap: watching the processes tests start with the {backend} backend"
     return text + ("; " + "; ".join(misses) if misses else "")
