@@ -21,9 +21,9 @@ from typing import Any
 from ..backends import Feature
 from ..errors import ProctapError
 from ..events import EventKind, json_text
+from ..linux.cgroups import CgroupPaths
 from ..text import quote_arg
 from ..top.aggregate import Aggregator, Sort, View
-from ..top.cgroups import CgroupPaths
 from ..top.screen import Screen, State, compose
 from ..top.table import VIEW_TITLES, header_lines, table_lines
 from ..watcher import Watcher
