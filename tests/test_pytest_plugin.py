@@ -124,6 +124,11 @@ def test_server(server, processes):
     assert processes.all() == []  # the module fixture's process is the fixture's, not this test's
 
 
+@pytest.mark.proctap_allow_leaks
+def test_allowed_to_leave_a_process():
+    subprocess.Popen(["sleep", "34"])
+
+
 def test_leaky_fixture(leaky):
     pass
 '''
@@ -137,6 +142,7 @@ EXPECTED: dict[str, tuple[str | None, int, list[str]]] = {
     "test_scenarios.py::test_running_and_signals": ("passed", 1, []),
     "test_scenarios.py::test_hidden_failure": ("failed", 1, []),
     "test_fixtures.py::test_server": ("passed", 0, []),
+    "test_fixtures.py::test_allowed_to_leave_a_process": ("passed", 1, []),
     "server (module-scoped fixture)": (None, 1, []),
     "test_fixtures.py::test_leaky_fixture": ("error", 0, []),
     "leaky (module-scoped fixture)": (None, 1, ["sleep 33"]),
@@ -256,7 +262,7 @@ def check_report(report: dict[str, Any], *, backend: str, workers: bool) -> None
     assert sleep["parent"] == daemon["id"] and daemon["outcome"] == "ok" and sleep["outcome"] == "running"
     assert sleep["ppid"] == daemon["pid"]  # its first parent, though it was re-parented to init since
     counts = report["counts"]
-    assert counts == {"processes": 1010, "ok": 1003, "failed": 2, "signaled": 2, "running": 3, "unknown": 0}
+    assert counts == {"processes": 1011, "ok": 1003, "failed": 2, "signaled": 2, "running": 4, "unknown": 0}
 
 
 def check_output(output: str, *, workers: bool) -> None:
@@ -271,12 +277,13 @@ def check_output(output: str, *, workers: bool) -> None:
     assert "proctap: fixture server" not in output
     assert re.search(r"-+ proctap: processes started by this test -+\n.*\n.*\n.*exit 2 .*"
                      r"\[\d+\] ls /nonexistent-proctap-dir", output), output  # fmt: skip
-    assert re.search(r"1010 processes started by 6 of 8 tests \(4 exited non-zero or killed, 3 left running\)", output)
+    assert re.search(r"1011 processes started by 7 of 9 tests \(4 exited non-zero or killed, 3 left running\)", output)
     assert re.search(r"tests that started the most processes:\n +1001 processes .*test_scenarios.py::test_storm",
                      output), output  # fmt: skip
     assert "events lost" not in output
     summary = re.search(r"=+ (.*) in [\d.]+s", output)
-    assert summary is not None and summary.group(1) == "1 failed, 7 passed, 3 errors", output
+    assert summary is not None and summary.group(1) == "1 failed, 8 passed, 3 errors", output
+    assert "sleep 34" not in output  # (a test marked proctap_allow_leaks)
     assert ("created: 2/2 workers" in output) == workers
 
 
@@ -310,7 +317,7 @@ def test_leaks_warn_and_html(pytester: pytest.Pytester, reaper: str) -> None:
     output, status, _ = run_inner(pytester, ["--proctap-report", "timeline.html"], nobody=False)
     assert status == 1, output  # test_hidden_failure still fails
     summary = re.search(r"=+ (.*) in [\d.]+s", output)
-    assert summary is not None and summary.group(1) == "1 failed, 7 passed, 3 warnings", output
+    assert summary is not None and summary.group(1) == "1 failed, 8 passed, 3 warnings", output
     assert output.count("ProcessLeakWarning: proctap: ") == 3
     assert "ERROR" not in output
     page = (pytester.path / "timeline.html").read_text()

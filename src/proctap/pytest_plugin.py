@@ -912,11 +912,12 @@ class ProctapPlugin:
         """After the fixtures' teardown: the test's leaks, and those of wider fixtures finalized meanwhile, fail
         the teardown together (or warn)."""
         owner = item.stash.get(_OWNER, None)
+        allowed = item.get_closest_marker("proctap_allow_leaks") is not None
         try:
             result = yield
         except BaseException:
             if owner is not None:
-                leaked = self._finish(owner, check=self.leaks is not None)
+                leaked = self._finish(owner, check=self.leaks is not None, allowed=allowed)
                 if leaked:
                     self.leak_reports.append(self._leak_report(owner, leaked))
             self._report_leaks(can_fail=False)  # the teardown failed already: warn, so they are not lost
@@ -924,18 +925,18 @@ class ProctapPlugin:
         finally:
             item.stash[_OWNER] = None  # (the tree is no longer needed: its record is kept)
         if owner is not None:
-            check = self.leaks is not None and item.get_closest_marker("proctap_allow_leaks") is None
-            leaked = self._finish(owner, check=check)
+            leaked = self._finish(owner, check=self.leaks is not None, allowed=allowed)
             if leaked:
                 self.leak_reports.append(self._leak_report(owner, leaked))
         self._report_leaks(can_fail=True)
         return result
 
-    def _finish(self, owner: _Owner, *, check: bool) -> list[ProcessNode]:
+    def _finish(self, owner: _Owner, *, check: bool, allowed: bool = False) -> list[ProcessNode]:
         """The owner's end: collect, find what still runs, keep its record.  Returns the leaked processes (when
-        ``check``)."""
+        ``check``, and the test is not marked ``proctap_allow_leaks``: then what still runs is no leak)."""
         collector = self.collector
         assert collector is not None
+        check = check and not allowed
         running = collector.settle(owner)
         if running and check:
             # A process forked just before the end (a shell's ``cmd &``) may not have exec'd yet: a moment more, so
@@ -944,7 +945,7 @@ class ProctapPlugin:
             running = collector.settle(owner)
         owner.end_ns = time.monotonic_ns()
         owner.finished = True
-        record = self._record(collector, owner, running)
+        record = self._record(collector, owner, [] if allowed else running)
         if self.item is not None:
             self.item.stash.setdefault(_RECORDS, []).append(record)  # sent with the item's teardown report
         elif not self.worker:
@@ -984,7 +985,7 @@ class ProctapPlugin:
         return Processes(collector, owner)
 
     # -- records ------------------------------------------------------------------------------------------------
-    def _record(self, collector: _Collector, owner: _Owner, running: list[ProcessNode]) -> dict[str, Any]:
+    def _record(self, collector: _Collector, owner: _Owner, leaked: list[ProcessNode]) -> dict[str, Any]:
         """What the reporting process needs of an owner: a JSON-able dict (it travels from xdist's workers)."""
         nodes = collector.nodes(owner)
         outcomes = [n.outcome.value for n in nodes]
@@ -1007,7 +1008,6 @@ class ProctapPlugin:
             "processes": len(nodes),
             "failed": outcomes.count("failed") + outcomes.count("signaled"),
             "unknown": outcomes.count("unknown"),
-            "running": len(running),
             "cpu_s": cpu,
             "cpu_source": cpu_source,
             "leaked": [
@@ -1018,7 +1018,7 @@ class ProctapPlugin:
                     "command": format_argv(n, 200),
                     "text": _leak_line(n, owner.tree.root),
                 }
-                for n in running
+                for n in leaked
             ],
             "lost": owner.lost,
             "lost_unknown": owner.lost_unknown,
