@@ -28,6 +28,9 @@ __all__ = ["DEFAULT_CAPACITY", "DEFAULT_GRACE_S", "CacheStats", "ProcRef", "Proc
 
 DEFAULT_GRACE_S = 5.0  # how long an exited process stays resolvable (elastic/quark keeps 4 s)
 DEFAULT_CAPACITY = 200_000  # records, live and exited (more than a default pid_max of live processes)
+# Exited records kept at most, whatever the grace period: a storm ends thousands of processes a second, and keeping
+# each for seconds would hold tens of megabytes.  The oldest go first (counted as evictions).
+MAX_EXITED = 16_384
 # /proc gives start times in clock ticks; an event's start is exact: two starts this close name the same process.
 START_TOLERANCE_NS = 2 * 1_000_000_000 // CLOCK_TICKS
 
@@ -404,7 +407,7 @@ class ProcessCache:
         ref: TaskKey | int = proc.key or proc.pid
         if self.grace_ns <= 0:
             return
-        if len(self._live) + len(self._exited) >= self.capacity:
+        if len(self._live) + len(self._exited) >= self.capacity or len(self._exited) >= MAX_EXITED:
             self._evict()
         self._exited[ref] = proc
         self._last_exited[proc.pid] = proc
