@@ -86,9 +86,9 @@ class _Owner:
     start_wall: float
     rusage_start: float
     end_ns: int | None = None
-    finished: bool = False
     lost: int = 0
     lost_unknown: int = 0
+    lost_reasons: list[str] | None = None  # why, as the backend said (distinct, in order)
 
 
 @dataclass
@@ -416,6 +416,9 @@ class _Collector:
                     owner = self._owner_at(ev.timestamp_ns) or self._last_owner
                     if owner is not None:
                         owner.tree.feed((ev,))
+                        reasons = owner.lost_reasons = owner.lost_reasons or []
+                        if ev.reason not in reasons:
+                            reasons.append(ev.reason)
                         if ev.count is None:
                             owner.lost_unknown += 1
                         else:
@@ -944,7 +947,6 @@ class ProctapPlugin:
             time.sleep(LEAK_GRACE_S)
             running = collector.settle(owner)
         owner.end_ns = time.monotonic_ns()
-        owner.finished = True
         record = self._record(collector, owner, [] if allowed else running)
         if self.item is not None:
             self.item.stash.setdefault(_RECORDS, []).append(record)  # sent with the item's teardown report
@@ -1022,6 +1024,7 @@ class ProctapPlugin:
             ],
             "lost": owner.lost,
             "lost_unknown": owner.lost_unknown,
+            "lost_reasons": owner.lost_reasons or [],
             "backend": collector.backend,
             "notes": collector.notes if self.first_record else [],
             "error": None if collector.error is None else repr(collector.error),
@@ -1326,8 +1329,9 @@ def summary_lines(
         what = f"{plural(lost, 'event')} lost"
         if unknown:
             what += f" (+{plural(unknown, 'overrun')} of unknown size)"
-        lines.append(f"!! {what}: the process lists of {', '.join(hit[:5])}{' ...' if len(hit) > 5 else ''} may be "
-                     "incomplete (the kernel's buffer overflowed)")  # fmt: skip
+        reasons = sorted({reason for r in records for reason in r.get("lost_reasons", ())})
+        lines.append(f"!! {what} ({'; '.join(reasons)}): the process lists of {', '.join(hit[:5])}"
+                     f"{' ...' if len(hit) > 5 else ''} may be incomplete")  # fmt: skip
     errors = sorted({r["error"] for r in records if r["error"]})
     lines.extend(f"!! the watcher failed: {e}: results after it are incomplete" for e in errors)
     if failure:
