@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import json
 import os
-import resource
 import sys
 import threading
 import time
@@ -148,6 +146,8 @@ def _install_process_hooks() -> None:
 
 def _open_fds() -> set[int]:
     """The descriptors open now (the listing's own descriptor is gone by the time it is checked)."""
+    import fcntl  # (here: the plugin module must import anywhere pytest runs; it only watches on Linux)
+
     fds = set()
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -426,6 +426,8 @@ class _Collector:
 
 
 def _children_cpu() -> float:
+    import resource
+
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
