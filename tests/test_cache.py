@@ -155,17 +155,20 @@ def test_repair_after_forced_losses() -> None:
         # until the storm is over: its last act is exec'ing sleep
         log.wait_until(lambda: procfs.read_comm(root.pid) == "sleep" and len(procfs.descendants(root.pid)) == 12,
                        "the storm's end")  # fmt: skip
-        time.sleep(1.5)  # a repair after the last loss is throttled to one per 0.5 s
-        log.during(1.0)
+        log.during(0.5)
+        # a busy machine keeps overrunning a 4 KiB buffer after the storm too, and repairs are throttled: reconcile
+        # now, and compare at that instant (the storm's subtree is 12 sleeps by now, it does not change)
+        repaired_now = w.repair()
         stats = w.processes.stats()
         cache_live = {p.pid for p in w.processes if root.pid in {a.pid for a in w.processes.ancestors(p)}}
         proc_live = procfs.descendants(root.pid)
+        events = log.events + repaired_now
         try:
             assert w.stats().lost > 0 or w.stats().lost_unknown > 0
-            assert stats.repairs >= 1
+            assert stats.repairs >= 2  # at least one during the storm, and ours
             assert cache_live == proc_live
-            synthetic = [e for e in log.events if isinstance(e, Exit) and e.synthetic]
-            repaired = [e for e in log.events if isinstance(e, Existing) and e.reason == "repair"]
+            synthetic = [e for e in events if isinstance(e, Exit) and e.synthetic]
+            repaired = [e for e in events if isinstance(e, Existing) and e.reason == "repair"]
             assert all(e.status is None and e.exit_code is None for e in synthetic)
             assert len(synthetic) == stats.synthetic_exits
             assert len(repaired) == stats.synthetic_found

@@ -21,7 +21,21 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from .enrich import read_existing
-from .events import Comm, Event, Exec, Existing, Exit, Fork, Gid, Lost, Origin, TaskKey, Uid, json_text
+from .events import (
+    Comm,
+    Event,
+    Exec,
+    Existing,
+    Exit,
+    Fork,
+    Gid,
+    Lost,
+    Origin,
+    TaskKey,
+    Uid,
+    decode_wait_status,
+    json_text,
+)
 from .linux.clock import CLOCK_TICKS, Clock
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_GRACE_S", "CacheStats", "ProcRef", "Process", "ProcessCache", "synthetic_exit"]
@@ -463,10 +477,16 @@ def _parse_key(text: str) -> TaskKey | int:
         raise ValueError(f"{text!r} is not a pid or a pid@start_ns key") from None
 
 
-def synthetic_exit(proc: Process, when: Event) -> Exit:
-    """The Exit of a process found gone after its real Exit was lost: status unknown (``None`` fields),
-    ``synthetic=True``, stamped with the time it was found gone (``when``)."""
+def synthetic_exit(proc: Process, when: Event, status: int | None = None) -> Exit:
+    """The Exit of a process found gone after its real Exit was lost: ``synthetic=True``, stamped with the time it
+    was found gone (``when``); the status is unknown (``None`` fields) unless /proc still showed it as a zombie
+    (``status``: its wait status)."""
+    code, sig, core = decode_wait_status(status) if status is not None else (None, None, False)
     return Exit(
+        status=status,
+        exit_code=code,
+        signal=sig,
+        core_dumped=core,
         source=when.source,
         timestamp_ns=when.timestamp_ns,
         wall_time=when.wall_time,

@@ -49,14 +49,21 @@ def parents_first(events: list[Existing]) -> list[Existing]:
     return out
 
 
-def start_times() -> dict[int, int]:
-    """pid -> start (ns since boot, tick precision) of every live process: one stat read each."""
-    out = {}
+def start_times() -> tuple[dict[int, int], dict[int, int]]:
+    """(running, dead): pid -> start (ns since boot, tick precision) of every live process, and pid -> wait status
+    of every process that has exited but is not reaped yet (a zombie: its Exit happened, /proc still lists it; stat's
+    exit_code field holds the status, 0 for a reader that may not ptrace it).  One stat read each."""
+    running: dict[int, int] = {}
+    dead: dict[int, int] = {}
     for pid in procfs.list_pids():
-        start = procfs.proc_start_ns(pid)
-        if start is not None:
-            out[pid] = start
-    return out
+        stat = procfs.read_stat(pid)
+        if stat is None:
+            continue
+        if stat.is_dead:
+            dead[pid] = stat.exit_code
+        else:
+            running[pid] = stat.start_ns
+    return running, dead
 
 
 def unseen_or_gone(

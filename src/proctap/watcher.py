@@ -510,6 +510,17 @@ class Watcher:
             abs(known.start_ns - ev.start_ns) <= START_TOLERANCE_NS
         )
 
+    def repair(self) -> list[Event]:
+        """Reconcile the process cache with /proc now (what a Lost event triggers by itself, at most every
+        ``REPAIR_INTERVAL_S``): returns the events that made it right (synthetic Exits, ``Existing`` with reason
+        ``"repair"``, and whatever the backend had queued), filtered as :meth:`read`'s.  Right after it returns, the
+        cache's live processes are /proc's."""
+        if not self._cache_fed:
+            raise ProctapError("the process cache is not fed: watch fork, exec and exit (or pass track=True)")
+        out = self._repair_now()
+        self._stats.delivered += len(out)
+        return out
+
     def _repair_now(self) -> list[Event]:
         """Reconcile the cache with /proc after lost events: scan /proc first, then drain what the backend queued
         meanwhile (those events are exact), then what still differs is repaired: processes gone get a synthetic
@@ -517,7 +528,7 @@ class Watcher:
         self._repair_due = None
         self._last_repair = time.monotonic()
         scanned_at = self._clock.since_boot(time.monotonic_ns())
-        running = start_times()
+        running, dead = start_times()
         out = self._process(self.backend.read_events())
         cache = self.processes
         gone, unseen = unseen_or_gone(cache.live_keys(), running, START_TOLERANCE_NS)
@@ -531,7 +542,7 @@ class Watcher:
                 continue  # forked after the scan began: /proc could not list it
             if proc.start_ns is None and os.path.exists(f"/proc/{pid}"):
                 continue
-            made.append(synthetic_exit(proc, stamp))
+            made.append(synthetic_exit(proc, stamp, dead.get(pid)))  # a zombie still tells its status
         exits = len(made)
         for pid in unseen:  # exits come first in ``made``: a reused pid's old process ends before the new one
             found = read_existing(pid, "repair", self._clock, self.backend.name)
