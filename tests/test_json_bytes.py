@@ -79,7 +79,7 @@ def _reference(event: Event) -> dict[str, Any]:
     """The JSON form written the slow, obvious way (for ASCII text): what event_dict must equal."""
     out: dict[str, Any] = {"event": event.kind.value}
     for f in dataclasses.fields(event):
-        if f.name == "process":  # the cache's record: never in the JSON
+        if f.name in ("process", "where"):  # the cache's record and the context: never in the JSON
             continue
         value = getattr(event, f.name)
         if dataclasses.is_dataclass(value):

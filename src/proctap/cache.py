@@ -23,6 +23,7 @@ from typing import NamedTuple
 from .enrich import read_existing
 from .events import (
     Comm,
+    Container,
     Event,
     Exec,
     Existing,
@@ -30,15 +31,27 @@ from .events import (
     Fork,
     Gid,
     Lost,
+    Namespaces,
     Origin,
     TaskKey,
     Uid,
+    Where,
     decode_wait_status,
     json_text,
-)
+)  # fmt: skip
 from .linux.clock import CLOCK_TICKS, Clock
+from .where import Cgroups
 
-__all__ = ["DEFAULT_CAPACITY", "DEFAULT_GRACE_S", "CacheStats", "ProcRef", "Process", "ProcessCache", "synthetic_exit"]
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_GRACE_S",
+    "CacheStats",
+    "ProcRef",
+    "Process",
+    "ProcessCache",
+    "synthetic_exit",
+    "where_dict",
+]
 
 DEFAULT_GRACE_S = 5.0  # how long an exited process stays resolvable (elastic/quark keeps 4 s)
 DEFAULT_CAPACITY = 200_000  # records, live and exited (more than a default pid_max of live processes)
@@ -60,6 +73,13 @@ class Process(NamedTuple):
     where each came from (:class:`proctap.Origin`).  ``forked_ns``/``exec_ns``: CLOCK_MONOTONIC of its Fork and
     last Exec events, when seen.  ``exit``: its Exit event once it ended (``exit.synthetic`` when a repair found it
     gone).  ``synthetic``: learnt by a repair after lost events, not from its Fork.
+
+    Context (when the watcher was asked for it, ``context=True``): ``where`` (:class:`proctap.Where`: cgroup,
+    container, login uid and session, terminal, namespaces, pid in its own pid namespace) as of its last Fork, Exec
+    or /proc read, and ``where_from`` where that came from (a forked child whose Fork did not carry it has its
+    parent's, ``Origin.INHERITED``); ``cwd``: its working directory at its last exec (a forked child: its
+    parent's, inherited, until it exec's), ``cwd_from`` likewise.  The properties ``cgroup``, ``container``,
+    ``loginuid``, ``sessionid``, ``tty``, ``namespaces`` and ``ns_pid`` read ``where``.
     """
 
     pid: int
@@ -78,6 +98,43 @@ class Process(NamedTuple):
     argv_from: Origin | None = None
     exit: Exit | None = None
     synthetic: bool = False
+    where: Where | None = None
+    where_from: Origin | None = None
+    cwd: str | None = None
+    cwd_from: Origin | None = None
+
+    @property
+    def cgroup(self) -> str | None:
+        """Its cgroup v2 path (relative to the cgroup2 mount)."""
+        return None if self.where is None else self.where.cgroup
+
+    @property
+    def container(self) -> Container | None:
+        """The container it runs in (id, runtime, pod uid, name), None outside one (or unknown)."""
+        return None if self.where is None else self.where.container
+
+    @property
+    def loginuid(self) -> int | None:
+        """The audit login uid: who logged in (it survives su and sudo); None when unset or unknown."""
+        return None if self.where is None else self.where.loginuid
+
+    @property
+    def sessionid(self) -> int | None:
+        return None if self.where is None else self.where.sessionid
+
+    @property
+    def tty(self) -> str | None:
+        """Its controlling terminal (``pts/3``), None without one (or unknown)."""
+        return None if self.where is None else self.where.tty
+
+    @property
+    def namespaces(self) -> Namespaces | None:
+        return None if self.where is None else self.where.namespaces
+
+    @property
+    def ns_pid(self) -> int | None:
+        """Its pid inside its own pid namespace, when that is not the initial one."""
+        return None if self.where is None else self.where.ns_pid
 
     @property
     def key(self) -> TaskKey | None:
@@ -138,17 +195,25 @@ class ProcessCache:
 
     Feed it every event with :meth:`apply` (in stream order).  ``read_proc``: learn processes it has not seen from
     /proc (a miss), e.g. the parent of a Fork when the parent predates the watcher.  ``grace`` (seconds) and
-    ``capacity`` (records) bound what it holds.
+    ``capacity`` (records) bound what it holds.  ``context``: a process learnt from /proc gets its context
+    (:class:`proctap.Where`) too; ``cgroups``: the cgroup resolver to share (the watcher's).
     """
 
     def __init__(
-        self, *, grace: float = DEFAULT_GRACE_S, capacity: int = DEFAULT_CAPACITY, read_proc: bool = True
+        self,
+        *,
+        grace: float = DEFAULT_GRACE_S,
+        capacity: int = DEFAULT_CAPACITY,
+        read_proc: bool = True,
+        context: bool = False,
+        cgroups: Cgroups | None = None,
     ) -> None:
         if grace < 0 or capacity < 1:
             raise ValueError("grace must be >= 0 seconds and capacity >= 1")
         self.grace_ns = int(grace * 1e9)
         self.capacity = capacity
         self.read_proc = read_proc
+        self.cgroups = (cgroups or Cgroups()) if context else None
         self._live: dict[int, Process] = {}
         self._exited: dict[TaskKey | int, Process] = {}  # by key (by pid when the start is unknown)
         self._last_exited: dict[int, Process] = {}  # pid -> the latest exited record of that pid
@@ -156,6 +221,8 @@ class ProcessCache:
         self._clock = Clock()
         self._stats = CacheStats(capacity=capacity)
         self._context_memo: dict[tuple[tuple[int, ...], bool], tuple[list[Process], str]] = {}
+        self._where_memo: dict[tuple[int, Origin | None, str | None, Origin | None], tuple[Where | None, str]] = {}
+        self._inherited_memo: dict[int, tuple[Where, Where]] = {}
 
     # -- reading -----------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -233,14 +300,16 @@ class ProcessCache:
         return out
 
     def context(self, proc: Process | None, *, ancestry: bool = False) -> dict[str, object]:
-        """The JSON context of a process (``--context``/``--ancestry``): ``exec_id``, ``parent`` {pid, comm, exe}
-        and, with ``ancestry``, ``ancestors`` [{pid, comm, exe}, ...] from the parent to the root."""
+        """The JSON context of a process (``--context``/``--ancestry``): ``exec_id``, ``parent`` {pid, comm, exe},
+        with ``ancestry`` ``ancestors`` [{pid, comm, exe}, ...] from the parent to the root, then who and where it
+        is (:func:`where_dict`: cgroup, container, loginuid, sessionid, tty, cwd, namespaces...; docs/cli.md)."""
         if proc is None:
-            return {"exec_id": None, "parent": None, **({"ancestors": None} if ancestry else {})}
+            return {"exec_id": None, "parent": None, **({"ancestors": None} if ancestry else {}), **where_dict(None)}
         parent = self.parent(proc)
         out: dict[str, object] = {"exec_id": proc.exec_id, "parent": None if parent is None else _ref(parent)}
         if ancestry:
             out["ancestors"] = [_ref(p) for p in self.ancestors(proc)]
+        out.update(where_dict(proc))
         return out
 
     def context_json(self, proc: Process | None, *, ancestry: bool = False) -> str:
@@ -248,7 +317,7 @@ class ProcessCache:
         an event's JSON line.  The encoded chain is memoised by the identity of its records (immutable: a parent
         that exec'd is a new record), so a storm's lines cost a walk up the chain, not an encoding of it."""
         if proc is None:
-            return _NO_CONTEXT_ANCESTRY if ancestry else _NO_CONTEXT
+            return (_NO_CONTEXT_ANCESTRY if ancestry else _NO_CONTEXT) + _NO_WHERE
         chain = self.ancestors(proc) if ancestry else [p for p in (self.parent(proc),) if p is not None]
         key = (tuple(map(id, chain)), ancestry)
         memo = self._context_memo
@@ -262,7 +331,22 @@ class ProcessCache:
                 memo.clear()
             found = memo[key] = (chain, tail)  # the chain keeps its records alive while their ids are the key
         exec_id = proc.exec_id
-        return ('"exec_id":null' if exec_id is None else f'"exec_id":"{exec_id}"') + found[1]
+        head = '"exec_id":null' if exec_id is None else f'"exec_id":"{exec_id}"'
+        return head + found[1] + self._where_json(proc)
+
+    def _where_json(self, proc: Process) -> str:
+        """``,"cgroup":...`` (:func:`where_dict` as JSON members), memoised by the identity of the (immutable,
+        shared) Where record and the cwd."""
+        where = proc.where
+        key = (id(where), proc.where_from, proc.cwd, proc.cwd_from)
+        memo = self._where_memo
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            text = _encode(where_dict(proc))
+            found = memo[key] = (where, "," + text[1:-1])  # the record stays alive while its id is in the key
+        return found[1]
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
@@ -322,6 +406,11 @@ class ProcessCache:
             self._retire(stale._replace(exit=synthetic_exit(stale, event)))
             self._stats.reused += 1
         inherited = Origin.INHERITED if parent is not None else None
+        where = event.where
+        where_from = None if where is None else where.origin
+        if where is None and parent is not None and parent.where is not None:
+            where, where_from = self._inherited(parent.where), Origin.INHERITED
+        cwd = None if parent is None else parent.cwd
         proc = Process(
             pid=event.pid,
             start_ns=event.start_ns,
@@ -336,8 +425,24 @@ class ProcessCache:
             comm_from=Origin.KERNEL if event.comm is not None else inherited,
             exe_from=inherited if parent is not None and parent.exe is not None else None,
             argv_from=inherited if parent is not None and parent.argv is not None else None,
+            where=where,
+            where_from=where_from,
+            cwd=cwd,
+            cwd_from=None if cwd is None else Origin.INHERITED,
         )
         return self._put(proc)
+
+    def _inherited(self, where: Where) -> Where:
+        """The parent's context for a child whose Fork did not carry its own: all but the pid in its namespace,
+        which is the child's own (unknown here).  One record per parent record."""
+        if where.ns_pid is None:
+            return where
+        found = self._inherited_memo.get(id(where))
+        if found is None or found[0] is not where:
+            if len(self._inherited_memo) >= _MEMO_MAX:
+                self._inherited_memo.clear()
+            found = self._inherited_memo[id(where)] = (where, replace(where, ns_pid=None))
+        return found[1]
 
     def _exec(self, event: Exec) -> Process:
         proc = self._live.get(event.pid) or self.lookup(event.pid) or Process(pid=event.pid, start_ns=event.start_ns)
@@ -347,6 +452,12 @@ class ProcessCache:
         if comm is None and event.filename is not None:
             comm, comm_from = event.filename.rsplit("/", 1)[-1][:15], event.filename_from
         parent_pid = proc.parent_pid if event.parent_pid is None else event.parent_pid
+        where = event.where
+        if where is None:  # no context at this exec: what the process had
+            where, where_from, cwd, cwd_from = proc.where, proc.where_from, proc.cwd, proc.cwd_from
+        else:
+            where_from = where.origin
+            cwd, cwd_from = where.cwd, None if where.cwd is None else where.origin
         new = proc._replace(
             start_ns=proc.start_ns if proc.start_ns is not None else event.start_ns,
             parent_pid=parent_pid,
@@ -360,6 +471,10 @@ class ProcessCache:
             uid=proc.uid if event.uid is None else event.uid,
             gid=proc.gid if event.gid is None else event.gid,
             exec_ns=event.timestamp_ns,
+            where=where,
+            where_from=where_from,
+            cwd=cwd,
+            cwd_from=cwd_from,
         )
         return self._put(new)
 
@@ -377,6 +492,8 @@ class ProcessCache:
     def _existing(self, event: Existing) -> Process:
         origin = Origin.SNAPSHOT if event.reason == "snapshot" else Origin.SYNTHETIC
         parent = self._live.get(event.parent_pid) if event.parent_pid else None
+        where = event.where
+        cwd = None if where is None else where.cwd
         proc = Process(
             pid=event.pid,
             start_ns=event.start_ns,
@@ -391,11 +508,15 @@ class ProcessCache:
             exe_from=origin if event.filename is not None else None,
             argv_from=origin if event.argv is not None else None,
             synthetic=event.reason != "snapshot",
+            where=where,
+            where_from=None if where is None else origin,
+            cwd=cwd,
+            cwd_from=None if cwd is None else origin,
         )
         return self._put(proc)
 
     def _learn(self, pid: int) -> Process | None:
-        found = read_existing(pid, "proc", self._clock, "proc")
+        found = read_existing(pid, "proc", self._clock, "proc", self.cgroups)
         if found is None:
             return None
         self._stats.learnt += 1
@@ -406,6 +527,8 @@ class ProcessCache:
                 comm_from=origin if proc.comm is not None else None,
                 exe_from=origin if proc.exe is not None else None,
                 argv_from=origin if proc.argv is not None else None,
+                where_from=origin if proc.where is not None else None,
+                cwd_from=origin if proc.cwd is not None else None,
                 synthetic=False,
             )
         )
@@ -451,6 +574,41 @@ _MEMO_MAX = 2048
 _NO_CONTEXT = '"exec_id":null,"parent":null'
 _NO_CONTEXT_ANCESTRY = '"exec_id":null,"parent":null,"ancestors":null'
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def where_dict(proc: Process | None) -> dict[str, object]:
+    """Who and where a process is, for JSON (``--context``; docs/cli.md "Context"): ``cgroup``, ``cgroup_id``,
+    ``container`` ({id, runtime, name, pod_uid} or null), ``loginuid``, ``sessionid``, ``tty``, ``cwd``,
+    ``ns_pid``, ``namespaces`` ({pid, mnt, net, uts, ipc, user, cgroup} inode numbers), ``where_from`` and
+    ``cwd_from`` (kernel, proc, snapshot, inherited).  Every key is there; unknown values are null.  Text is made
+    valid UTF-8."""
+    where = None if proc is None else proc.where
+    cwd = None if proc is None else proc.cwd
+    out: dict[str, object] = {
+        "cgroup": None, "cgroup_id": None, "container": None, "loginuid": None, "sessionid": None, "tty": None,
+        "cwd": None if cwd is None else json_text(cwd), "ns_pid": None, "namespaces": None,
+        "where_from": None if proc is None or proc.where_from is None else proc.where_from.value,
+        "cwd_from": None if proc is None or proc.cwd_from is None else proc.cwd_from.value,
+    }  # fmt: skip
+    if where is not None:
+        container = where.container
+        out.update(
+            cgroup=None if where.cgroup is None else json_text(where.cgroup),
+            cgroup_id=where.cgroup_id,
+            container=None if container is None else {
+                "id": json_text(container.id), "runtime": container.runtime,
+                "name": None if container.name is None else json_text(container.name), "pod_uid": container.pod_uid,
+            },
+            loginuid=where.loginuid,
+            sessionid=where.sessionid,
+            tty=where.tty,
+            ns_pid=where.ns_pid,
+            namespaces=None if where.namespaces is None else where.namespaces._asdict(),
+        )  # fmt: skip
+    return out
+
+
+_NO_WHERE = "," + _encode(where_dict(None))[1:-1]
 
 
 def _younger(candidate: Process, child: Process) -> bool:

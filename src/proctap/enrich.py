@@ -3,6 +3,10 @@
 Backends report what the kernel gives them and leave the rest ``None``; the watcher passes the events it delivers
 (and those its process table needs) through :func:`enrich_exec`.  Values read here carry ``Origin.PROC``: /proc
 describes the task as it is *now*, so a task that already exited (or exec'd again) gives ``None`` or a later state.
+
+With context wanted (a :class:`proctap.where.Cgroups` passed in), an Exec or Existing event also gets its
+:class:`proctap.events.Where` (cgroup, container, login session, terminal, cwd, namespaces) from /proc
+(:func:`read_where`) when the backend did not capture it in the kernel.
 """
 
 from __future__ import annotations
@@ -11,21 +15,27 @@ import os
 import time
 from dataclasses import fields
 
-from .events import Exec, Existing, Origin
+from .events import Exec, Existing, Namespaces, Origin, Where
 from .linux import procfs
+from .linux.cgroups import read_cgroup
 from .linux.clock import Clock
+from .where import AUDIT_UNSET, Cgroups, decode_tty_nr
 
-__all__ = ["enrich_exec", "read_existing"]
+__all__ = ["enrich_exec", "read_existing", "read_where"]
+
+NAMESPACE_KINDS = Namespaces._fields  # pid, mnt, net, uts, ipc, user, cgroup: the names under /proc/PID/ns/
 
 
-def enrich_exec(event: Exec) -> Exec:
-    """``event`` with argv, filename, comm and parent pid filled from /proc where the backend left them ``None``.
+def enrich_exec(event: Exec, cgroups: Cgroups | None = None) -> Exec:
+    """``event`` with argv, filename, comm and parent pid filled from /proc where the backend left them ``None``,
+    and with ``cgroups`` (context wanted) its ``where`` when the backend did not capture it.
 
     Returns ``event`` itself when there is nothing to fill (or /proc no longer has the task).  One read of
     /proc/PID/stat gives both comm and parent: this runs for every exec in scope, a storm's hot path.
     """
     pid = event.pid
     changes: dict[str, object] = {}
+    stat: procfs.Stat | None = None
     if event.argv is None:
         argv = procfs.read_argv(pid)
         if argv is not None:
@@ -41,6 +51,10 @@ def enrich_exec(event: Exec) -> Exec:
                 changes.update(comm=stat.comm, comm_from=Origin.PROC)
             if event.parent_pid is None:
                 changes["parent_pid"] = stat.ppid
+    if cgroups is not None and event.where is None:
+        where = read_where(pid, cgroups, stat)
+        if where is not None:
+            changes["where"] = where
     return _replaced(event, changes) if changes else event
 
 
@@ -57,10 +71,61 @@ def _replaced(event: Exec, changes: dict[str, object]) -> Exec:
     return new
 
 
-def read_existing(pid: int, reason: str, clock: Clock, source: str) -> Existing | None:
+def read_where(pid: int, cgroups: Cgroups, stat: procfs.Stat | None = None) -> Where | None:
+    """The context of a live process from /proc (``Origin.PROC``), or None when it is gone.  ``stat``: its
+    /proc/PID/stat if already read (for the terminal).  Fields /proc does not give (another user's cwd to a
+    non-root reader, loginuid without CONFIG_AUDIT) are None."""
+    if stat is None:
+        stat = procfs.read_stat(pid)
+        if stat is None:
+            return None
+    cgroup_id, path, container = cgroups.by_path(read_cgroup(pid))
+    loginuid = procfs.read_id_file(pid, "loginuid")
+    sessionid = procfs.read_id_file(pid, "sessionid")
+    status = procfs.read_status(pid)
+    ns_pid = None
+    if status is not None:
+        levels = status.get("NSpid", "").split()
+        if len(levels) > 1 and levels[-1].isdigit():
+            ns_pid = int(levels[-1])
+    namespaces = Namespaces(*(procfs.read_namespace(pid, kind) for kind in NAMESPACE_KINDS))
+    return _interned(
+        Where(
+            origin=Origin.PROC,
+            cgroup_id=cgroup_id,
+            cgroup=path,
+            container=container,
+            loginuid=None if loginuid == AUDIT_UNSET else loginuid,
+            sessionid=None if sessionid == AUDIT_UNSET else sessionid,
+            tty=decode_tty_nr(stat.tty_nr),
+            cwd=procfs.read_cwd(pid),
+            ns_pid=ns_pid,
+            namespaces=None if all(ns is None for ns in namespaces) else namespaces,
+        )
+    )
+
+
+_WHERES: dict[Where, Where] = {}
+
+
+def _interned(where: Where) -> Where:
+    """One record for equal contexts (a build's thousand execs in one directory): less memory in the process
+    cache, and one encoding of it in ``--context`` output."""
+    found = _WHERES.get(where)
+    if found is None:
+        if len(_WHERES) >= 16384:
+            _WHERES.clear()
+        found = _WHERES[where] = where
+    return found
+
+
+def read_existing(
+    pid: int, reason: str, clock: Clock, source: str, cgroups: Cgroups | None = None
+) -> Existing | None:
     """An :class:`Existing` event for a live process, read from /proc now (``reason``: ``"snapshot"`` or
     ``"repair"``), or ``None`` when /proc no longer has it.  One stat read gives parent, comm and start; the owner of
-    /proc/PID gives the uid and gid (the task's effective ids, fs/proc/base.c task_dump_owner)."""
+    /proc/PID gives the uid and gid (the task's effective ids, fs/proc/base.c task_dump_owner).  With ``cgroups``
+    (context wanted) its ``where`` too."""
     stat = procfs.read_stat(pid)
     if stat is None:
         return None
@@ -85,4 +150,5 @@ def read_existing(pid: int, reason: str, clock: Clock, source: str) -> Existing 
         argv=procfs.read_argv(pid),
         uid=uid,
         gid=gid,
+        where=None if cgroups is None else read_where(pid, cgroups, stat),
     )

@@ -28,6 +28,7 @@ __all__ = [
     "EVENT_CLASSES",
     "Accounting",
     "Comm",
+    "Container",
     "Coredump",
     "Event",
     "EventKind",
@@ -39,12 +40,14 @@ __all__ = [
     "ForkFailed",
     "Gid",
     "Lost",
+    "Namespaces",
     "Origin",
     "Ptrace",
     "Sid",
     "TaskKey",
     "Uid",
     "WaitStatus",
+    "Where",
     "accounting_dict",
     "decode_wait_status",
     "errno_name",
@@ -161,6 +164,63 @@ class Accounting:
     per_process: bool = False  # True: totals of all threads of the process (TASKSTATS_TYPE_AGGR_TGID)
 
 
+class Container(NamedTuple):
+    """A container, as the path of its cgroup names it (:func:`proctap.where.container_of`).
+
+    ``id``: the runtime's id (64 hex digits for docker, podman, containerd and CRI-O; the name for LXC and
+    systemd-nspawn); ``runtime``: ``docker``, ``podman``, ``containerd``, ``cri-o``, ``lxc``, ``systemd-nspawn``, or
+    ``kubernetes`` when only the kubepods layout tells; ``pod_uid``: the Kubernetes pod's uid; ``name``: the
+    container's name where the runtime keeps it in a file readable without asking a daemon, else None.
+    """
+
+    id: str
+    runtime: str
+    pod_uid: str | None = None
+    name: str | None = None
+
+
+class Namespaces(NamedTuple):
+    """The inode numbers of a process's namespaces (what ``readlink /proc/PID/ns/*`` shows in brackets)."""
+
+    pid: int | None
+    mnt: int | None
+    net: int | None
+    uts: int | None
+    ipc: int | None
+    user: int | None
+    cgroup: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Where:
+    """Who and where a process is: its cgroup and container, login session, terminal, working directory and
+    namespaces.  Carried by Fork, Exec and Existing events when context is wanted (``Watcher(context=True)``,
+    ``watch --context``), and by the process cache's records; not part of an event's own JSON (``--context`` adds
+    these fields after the others, docs/cli.md).
+
+    ``origin``: :class:`Origin` ``KERNEL`` (captured by the kernel at the event: the bpf backend) or ``PROC`` (read
+    from /proc right after it).  ``cgroup_id``: the v2 cgroup's id (the inode number of its directory); ``cgroup``:
+    its path relative to the cgroup2 mount (``/user.slice/user-0.slice/session-3.scope``; resolved from the id once
+    per cgroup with bpf); ``container``: parsed from that path, None outside a container.  ``loginuid`` and
+    ``sessionid``: the audit login uid (the user who logged in: it survives su and sudo) and session, None when
+    unset; ``tty``: the controlling terminal (``pts/3``, ``tty1``, ``ttyS0``), None without one.  ``cwd``: the
+    working directory at the exec (None in a Fork: a child starts in its parent's).  ``ns_pid``: the pid inside the
+    process's own pid namespace, when that is not the initial one; ``namespaces``: the namespaces' inode numbers.
+    Anything the source could not tell is None.
+    """
+
+    origin: Origin
+    cgroup_id: int | None = None
+    cgroup: str | None = None
+    container: Container | None = None
+    loginuid: int | None = None
+    sessionid: int | None = None
+    tty: str | None = None
+    cwd: str | None = None
+    ns_pid: int | None = None
+    namespaces: Namespaces | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """Base of all events; see the module docstring for the common fields."""
@@ -208,6 +268,9 @@ class Fork(Event):
     uid: int | None = None
     gid: int | None = None
     cgroup_id: int | None = None
+    # The child's context (cgroup, container, login, tty, namespaces; cwd is its parent's) when context is wanted:
+    # captured by the kernel (bpf), else None (the process cache gives the child its parent's).  Not in the JSON.
+    where: Where | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,6 +318,9 @@ class Exec(Event):
     filename_from: Origin | None = None
     argv_from: Origin | None = None
     comm_from: Origin | None = None
+    # Context at the exec (cgroup, container, login, tty, cwd, namespaces) when wanted: captured by the kernel
+    # (bpf) or read from /proc by the watcher.  Not in the JSON (``--context`` adds it).
+    where: Where | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,6 +451,7 @@ class Existing(Event):
     argv: tuple[str, ...] | None = None
     uid: int | None = None
     gid: int | None = None
+    where: Where | None = field(default=None, compare=False, repr=False)  # read from /proc when context is wanted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -537,7 +604,7 @@ def _plan(cls: type[Event]) -> _Plan:
 
 
 _PLANS: dict[type[Event], _Plan] = {}
-_NOT_IN_JSON = frozenset({"process"})
+_NOT_IN_JSON = frozenset({"process", "where"})  # the cache's record and the context: ``--context`` adds them
 _ACCOUNTING_NAMES = tuple(f.name for f in fields(Accounting))
 _accounting_values = _getter(_ACCOUNTING_NAMES)
 

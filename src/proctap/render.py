@@ -20,9 +20,18 @@ from typing import Protocol, TextIO
 
 from .cache import Process, ProcessCache
 from .events import Event, Exec, ExecFailed, Existing, Exit, Fork, Lost, event_dict
-from .text import format_accounting, format_change, format_command, format_duration, format_exit, format_lost, sanitize
+from .text import (
+    format_accounting,
+    format_change,
+    format_command,
+    format_duration,
+    format_exit,
+    format_lost,
+    quote_arg,
+    sanitize,
+)
 
-__all__ = ["JsonRenderer", "Renderer", "TableRenderer"]
+__all__ = ["JsonRenderer", "Renderer", "TableRenderer", "where_text"]
 
 EventInfo = tuple[Event, "Process | None"]
 
@@ -67,7 +76,8 @@ class TableRenderer:
     :class:`Process` as of the event) supplies the parent pid and command line where the event lacks them.
     ``width``: truncate lines to this many characters (a terminal's width); None: never truncate.
     ``color``: highlight lost events (ANSI) for a terminal.  ``context`` (the watcher's process cache): end each
-    line with the parent (``<- bash[1234]``), or with ``ancestry`` the whole chain of ancestors.
+    line with who and where the process is (:func:`where_text`: ``[ctr=podman:web auid=1000 ses=3 tty=pts/0
+    cwd=/srv]``) and its parent (``<- bash[1234]``), or with ``ancestry`` the whole chain of ancestors.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class TableRenderer:
         self._second = -1
         self._second_text = ""
         self._commands: dict[tuple[str, ...], str] = {}
+        self._wheres: dict[tuple[int, str | None], tuple[object, str]] = {}
 
     def header(self) -> None:
         line = self._columns("TIME", "EVENT", "PID", "PPID", "LIFETIME", "INFO", "COMMAND", time_width=12)
@@ -169,8 +180,19 @@ class TableRenderer:
         line = f"{stamp} {label:<8} {event.pid:>7} {'' if ppid is None else ppid:>7} {lifetime:>8} "
         line = f"{line}{text:<{_INFO_WIDTH}} {command}"
         if self.context is not None and info is not None:
-            line += self._lineage(info)
+            line += self._where(info) + self._lineage(info)
         return self._clip(line) if self.width else line
+
+    def _where(self, proc: Process) -> str:
+        where = proc.where
+        key = (id(where), proc.cwd)
+        found = self._wheres.get(key)
+        if found is None:
+            if len(self._wheres) >= 4096:
+                self._wheres.clear()
+            text = where_text(proc)
+            found = self._wheres[key] = (where, f"  [{text}]" if text else "")  # keeps the record (its id) alive
+        return found[1]
 
     def _lineage(self, proc: Process) -> str:
         cache = self.context
@@ -218,6 +240,29 @@ class TableRenderer:
         return None
 
 
+def where_text(proc: Process) -> str:
+    """Who and where a process is, compact, for a table line: ``ctr=RUNTIME:NAME`` (the container's name, else
+    its short id) or ``cg=PATH`` outside a container (not for the root cgroup), ``auid=N ses=N`` when it has a login
+    session, ``tty=pts/N``, ``cwd=PATH``; what is unknown or unset is left out."""
+    where = proc.where
+    parts: list[str] = []
+    if where is not None:
+        container = where.container
+        if container is not None:
+            parts.append(f"ctr={container.runtime}:{sanitize(container.name or container.id[:12])}")
+        elif where.cgroup is not None and where.cgroup != "/":
+            parts.append(f"cg={quote_arg(where.cgroup)}")
+        if where.loginuid is not None:
+            parts.append(f"auid={where.loginuid}")
+        if where.sessionid is not None:
+            parts.append(f"ses={where.sessionid}")
+        if where.tty is not None:
+            parts.append(f"tty={where.tty}")
+    if proc.cwd is not None:
+        parts.append(f"cwd={quote_arg(proc.cwd)}")
+    return " ".join(parts)
+
+
 # -- NDJSON ----------------------------------------------------------------------------------------------------
 
 
@@ -225,7 +270,8 @@ class JsonRenderer:
     """NDJSON: one ``Event.to_dict()`` object per line (:func:`proctap.events.event_dict`), compact, ASCII-only.
     Text that was not valid UTF-8 reads U+FFFD, its exact bytes in ``raw_b64`` (read them back with
     :func:`proctap.events.exact_bytes`).  ``context`` (the watcher's process cache): each object gains ``exec_id``
-    and ``parent`` ({pid, comm, exe}), and with ``ancestry`` ``ancestors`` (parent first, up to the root), from
+    and ``parent`` ({pid, comm, exe}), with ``ancestry`` ``ancestors`` (parent first, up to the root), then who and
+    where the process is (:func:`proctap.cache.where_dict`: cgroup, container, loginuid, tty, cwd, ...), from
     ``info``, the event's process."""
 
     def __init__(self, stream: TextIO, *, context: ProcessCache | None = None, ancestry: bool = False) -> None:

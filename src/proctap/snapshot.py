@@ -12,14 +12,21 @@ from .enrich import read_existing
 from .events import Existing
 from .linux import procfs
 from .linux.clock import Clock
+from .where import Cgroups
 
 __all__ = ["parents_first", "scan", "start_times", "unseen_or_gone"]
 
 
-def scan(reason: str, clock: Clock, source: str, pids: Iterable[int] | None = None) -> list[Existing]:
-    """An :class:`Existing` event for every live process (or for ``pids``), parents before children."""
-    found = [ev for pid in (procfs.list_pids() if pids is None else pids) if (ev := read_existing(pid, reason, clock,
-                                                                                                       source))]
+def scan(
+    reason: str, clock: Clock, source: str, pids: Iterable[int] | None = None, cgroups: Cgroups | None = None
+) -> list[Existing]:
+    """An :class:`Existing` event for every live process (or for ``pids``), parents before children; with
+    ``cgroups`` (context wanted) each carries its :class:`proctap.Where`."""
+    found = [
+        ev
+        for pid in (procfs.list_pids() if pids is None else pids)
+        if (ev := read_existing(pid, reason, clock, source, cgroups))
+    ]
     return parents_first(found)
 
 

@@ -38,8 +38,10 @@ from .enrich import enrich_exec, read_existing
 from .errors import BackendUnavailable, ProctapError
 from .events import Event, EventKind, Exec, Exit, Fork, Lost
 from .linux import procfs
+from .linux.cgroups import relative_cgroup, under
 from .linux.clock import Clock
 from .snapshot import scan, start_times, unseen_or_gone
+from .where import AUDIT_UNSET, Cgroups
 
 __all__ = [
     "DEFAULT_LATENCY_S",
@@ -98,6 +100,11 @@ class EventFilter:
 
     ``pid``: that process and its descendants (followed through Fork events).  ``comm``: processes whose comm
     (or argv[0] basename) equals it.  ``threads``: False drops thread Fork/Exit.  Lost events always pass.
+
+    Filters on who and where a process is (:meth:`context_matches`, on the event's process as the cache knows it):
+    ``uid`` (its real uid), ``loginuid`` (its audit login uid; :data:`proctap.where.AUDIT_UNSET` for "never
+    logged in"), ``cgroup`` (a v2 cgroup path: that cgroup and below), ``container`` (an id prefix or a name;
+    ``"any"``: every containerised process).
     """
 
     def __init__(
@@ -107,11 +114,20 @@ class EventFilter:
         threads: bool = True,
         pid: int | None = None,
         comm: str | None = None,
+        uid: int | None = None,
+        loginuid: int | None = None,
+        cgroup: str | None = None,
+        container: str | None = None,
     ) -> None:
         self.kinds = kinds
         self.threads = threads
         self.comm = comm
         self.tracked: set[int] | None = None if pid is None else {pid}
+        self.uid = uid
+        self.loginuid = loginuid
+        self.cgroup = cgroup
+        self.container = container
+        self.by_context = not (uid is None and loginuid is None and cgroup is None and container is None)
 
     def in_scope(self, event: Event) -> bool:
         """Every filter but the comm one (which may need the event enriched first); follows the pid subtree."""
@@ -141,6 +157,29 @@ class EventFilter:
             if comm != self.comm and proc.argv:
                 return proc.argv[0].rsplit("/", 1)[-1] == self.comm
         return comm == self.comm
+
+    def context_matches(self, event: Event, proc: Process | None) -> bool:
+        """The uid, loginuid, cgroup and container filters, on the event's process (Lost events pass)."""
+        if not self.by_context or type(event) is Lost:
+            return True
+        if proc is None:
+            return False
+        if self.uid is not None and proc.uid != self.uid:
+            return False
+        where = proc.where
+        if self.loginuid is not None:
+            loginuid = None if where is None else where.loginuid
+            if (AUDIT_UNSET if loginuid is None else loginuid) != self.loginuid:
+                return False
+        if self.cgroup is not None and not under(None if where is None else where.cgroup, self.cgroup):
+            return False
+        if self.container is not None:
+            found = None if where is None else where.container
+            if found is None:
+                return False
+            wanted = self.container
+            return wanted == "any" or found.id.startswith(wanted) or found.name == wanted
+        return True
 
     def follow(self, pid: int) -> None:
         """Follow ``pid`` too (a process the caller started itself, whose Fork event may come late or be lost)."""
@@ -199,6 +238,15 @@ class Watcher:
     ``read_proc``: fill what the kernel did not say (exec'd argv, filename, comm, parent) from /proc right after the
     event (``Origin.PROC``).
 
+    ``context``: who and where each process is (:class:`proctap.Where` on ``event.process.where``: cgroup,
+    container, login uid and session, terminal, cwd, namespaces), captured in the kernel at Fork and Exec where the
+    backend can (``Feature.CONTEXT_KERNEL``), else read from /proc for each Exec and for processes learnt from
+    /proc; a forked child has its parent's until it exec's.  The filters ``uid`` (real uid), ``loginuid`` (audit
+    login uid, 4294967295: never logged in), ``cgroup`` (a v2 cgroup path as /proc/PID/cgroup shows it, or its
+    directory: that cgroup and below) and ``container`` (an id prefix or a name; ``"any"``: every containerised
+    process) imply it; they are exact (applied to every event's process) and also run in the kernel where the
+    backend can (``Feature.CONTEXT_FILTER_KERNEL``).
+
     The process cache (:attr:`processes`, :class:`proctap.ProcessCache`) follows every process while the backend
     delivers forks, execs and exits (the default kinds; ``track=True`` asks for them whatever ``events`` says), and
     each event then carries its process (``event.process``).  ``track`` also reads the processes that exist at the
@@ -238,9 +286,29 @@ class Watcher:
         cache_capacity: int = DEFAULT_CAPACITY,
         accounting: bool = False,
         options: OptionsSpec = (),
+        context: bool = False,
+        uid: int | None = None,
+        loginuid: int | None = None,
+        cgroup: str | None = None,
+        container: str | None = None,
     ) -> None:
         kinds = parse_kinds(events)
         _check_pid(pid)
+        _check_id("uid", uid)
+        _check_id("loginuid", loginuid)
+        if container is not None and not container.strip():
+            raise ProctapError("container must be an id prefix, a name or 'any': an empty one matches nothing")
+        by_context = not (uid is None and loginuid is None and cgroup is None and container is None)
+        context = context or by_context
+        self.cgroups = Cgroups() if context else None
+        if cgroup is not None:
+            found = relative_cgroup(cgroup, None if self.cgroups is None else self.cgroups.root)
+            if found is None:
+                where = "no cgroup2 mount here" if self.cgroups is None or self.cgroups.root is None else (
+                    f"under {self.cgroups.root}")
+                raise ProctapError(f"no cgroup {cgroup!r} ({where}): give a path as /proc/PID/cgroup's 0:: line "
+                                   "shows it, or the cgroup's directory")  # fmt: skip
+            cgroup = found
         if comm is not None and not comm.strip():
             raise ProctapError("comm must name a program (e.g. comm='make'): an empty name matches nothing")
         if latency < 0:
@@ -251,14 +319,18 @@ class Watcher:
             raise ProctapError("grace must be >= 0 seconds and cache_capacity >= 1")
         cls = choose_backend(backend) if isinstance(backend, str) else backend
         self.read_proc = read_proc
-        self.processes = ProcessCache(grace=grace, capacity=cache_capacity, read_proc=read_proc)
+        self.processes = ProcessCache(
+            grace=grace, capacity=cache_capacity, read_proc=read_proc, context=context, cgroups=self.cgroups
+        )
         track = track or snapshot
         # Following a subtree needs Fork events even when the user does not want to see them; keeping the process
         # cache right needs every event that changes it.
         backend_kinds = kinds | {EventKind.FORK, EventKind.EXIT} if pid is not None else kinds
         if track:
             backend_kinds |= {EventKind.FORK, EventKind.EXEC, EventKind.EXIT, EventKind.COMM}
-        self._cache_fed = (cache or track) and backend_kinds >= CACHE_KINDS
+        if by_context:  # the filters read each event's process: the cache must follow them all
+            backend_kinds |= CACHE_KINDS | ({EventKind.UID} if uid is not None else set())
+        self._cache_fed = (cache or track or by_context) and backend_kinds >= CACHE_KINDS
         self._enrich_all = track  # enrich execs out of scope too: the cache's ancestors need their argv
         self._repair = repair and self._cache_fed
         if EventKind.FORK in kinds or snapshot:  # a process found by a repair stands in for its lost Fork
@@ -270,8 +342,13 @@ class Watcher:
             buffer_bytes=buffer_bytes,
             argv_limit=argv_limit,
             options=check_options(cls, options),
+            context=context,
+            uid=uid,
+            loginuid=loginuid,
+            cgroup=cgroup,
         )
-        self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm)
+        self.filter = EventFilter(kinds, threads=threads, pid=pid, comm=comm, uid=uid, loginuid=loginuid,
+                                  cgroup=cgroup, container=container)  # fmt: skip
         self.latency = latency
         self.accounting_note: str | None = None
         self._accounting = self._open_accounting() if accounting else None
@@ -319,6 +396,8 @@ class Watcher:
             self._closed = True
             self._stats.backend = self.backend.stats()
             self.backend.close()
+            if self.cgroups is not None:
+                self.cgroups.close()
             if self._accounting is not None:
                 self._stats.accounting_overruns = self._accounting.overruns
                 self._accounting.close()
@@ -438,7 +517,9 @@ class Watcher:
         cache = self.processes if self._cache_fed else None
         enrich = self.read_proc
         enrich_all = self._enrich_all
+        cgroups = self.cgroups
         by_comm = flt.comm is not None
+        by_context = flt.by_context
         accounting = self._accounting
         out: list[Event] = []
         for ev in events:
@@ -451,14 +532,16 @@ class Watcher:
                 continue
             in_scope = flt.in_scope(ev)
             if enrich and cls is Exec and (in_scope or enrich_all):
-                ev = enrich_exec(ev)  # type: ignore[arg-type]
+                ev = enrich_exec(ev, cgroups)  # type: ignore[arg-type]
             proc = None
             if cache is not None:
                 proc = cache.apply(ev)
                 _set(ev, "process", proc)
             elif by_comm and in_scope:
                 proc = self.processes.lookup(ev.pid) if ev.pid > 0 else None
-            if in_scope and (not by_comm or flt.comm_matches(ev, proc)):
+            if in_scope and (not by_comm or flt.comm_matches(ev, proc)) and (
+                not by_context or flt.context_matches(ev, proc)
+            ):
                 out.append(ev)
             elif accounting is not None and cls is Exit and not ev.is_thread:  # type: ignore[attr-defined]
                 accounting.forget(ev.pid)
@@ -485,7 +568,8 @@ class Watcher:
         dropped, so nothing comes twice.
         """
         tracked = self.filter.tracked
-        found = scan("snapshot", self._clock, self.backend.name, pids=None if tracked is None else sorted(tracked))
+        found = scan("snapshot", self._clock, self.backend.name, pids=None if tracked is None else sorted(tracked),
+                     cgroups=self.cgroups)  # fmt: skip
         queued = self.backend.read_events()
         forked = {ev.pid for ev in queued if type(ev) is Fork and not ev.is_thread}  # type: ignore[attr-defined]
         found = [ev for ev in found if ev.pid not in forked]
@@ -545,7 +629,7 @@ class Watcher:
             made.append(synthetic_exit(proc, stamp, dead.get(pid)))  # a zombie still tells its status
         exits = len(made)
         for pid in unseen:  # exits come first in ``made``: a reused pid's old process ends before the new one
-            found = read_existing(pid, "repair", self._clock, self.backend.name)
+            found = read_existing(pid, "repair", self._clock, self.backend.name, self.cgroups)
             if found is not None:
                 made.append(found)
         cache.count_repair(exits, len(made) - exits)
@@ -578,6 +662,13 @@ def _check_pid(pid: int | None) -> None:
         raise ProctapError(f"invalid pid {pid!r}: give a positive process id")
     if not os.path.exists(f"/proc/{pid}"):
         raise ProctapError(f"no process with pid {pid}: give the pid of a running process")
+
+
+def _check_id(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= AUDIT_UNSET:
+        raise ProctapError(f"invalid {name} {value!r}: give a user id from 0 to {AUDIT_UNSET}")
 
 
 def _milliseconds(seconds: float) -> int:

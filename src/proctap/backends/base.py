@@ -55,6 +55,11 @@ class Feature(str, Enum):
     PTRACE = "ptrace"  # Ptrace events
     COREDUMP = "coredump"  # Coredump events
     LOSS_EXACT = "loss_exact"  # Lost events carry exact counts
+    # Context (``Watcher(context=True)``): Fork and Exec events carry a Where captured by the kernel at the event
+    # (cgroup, loginuid, sessionid, tty, namespaces, pid in its namespace); without it the watcher reads /proc
+    CONTEXT_KERNEL = "context_kernel"
+    CWD_KERNEL = "cwd_kernel"  # Exec's Where.cwd captured by the kernel at the exec (else /proc/PID/cwd afterwards)
+    CONTEXT_FILTER_KERNEL = "context_filter_kernel"  # the cgroup, uid and loginuid filters run in the kernel too
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,10 @@ class BackendConfig:
     ``events``: the kinds wanted (``Lost`` is always delivered).  ``root_pid``: only this process and its
     descendants are wanted (a hint: backends may deliver more, the watcher filters exactly).  ``threads``: whether
     thread Fork/Exit events are wanted.  ``buffer_bytes``: kernel buffer to ask for (None: the backend's default).
-    ``argv_limit``: bytes of argv to capture where the backend captures argv itself.
+    ``argv_limit``: bytes of argv to capture where the backend captures argv itself.  ``context``: capture each
+    Fork's and Exec's :class:`proctap.events.Where` where the backend can (else the watcher reads /proc).  ``uid``,
+    ``loginuid``, ``cgroup`` (a path relative to the cgroup2 mount: that cgroup and below): the user's filters, hints
+    like ``root_pid``.
     """
 
     events: frozenset[EventKind] = field(default_factory=lambda: frozenset(EventKind))
@@ -88,6 +96,10 @@ class BackendConfig:
     buffer_bytes: int | None = None
     argv_limit: int = DEFAULT_ARGV_LIMIT
     options: tuple[tuple[str, str], ...] = ()
+    context: bool = False
+    uid: int | None = None
+    loginuid: int | None = None
+    cgroup: str | None = None
 
     def option(self, name: str, default: str | None = None) -> str | None:
         """A backend-specific option (``--backend-option NAME=VALUE`` on the command line)."""

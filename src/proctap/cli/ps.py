@@ -17,11 +17,15 @@ from ..cache import ProcessCache
 from ..errors import ProctapError
 from ..events import Existing
 from ..linux import procfs
+from ..linux.cgroups import relative_cgroup
 from ..linux.clock import Clock
 from ..render import JsonRenderer
 from ..snapshot import scan
 from ..text import format_command, sanitize
+from ..watcher import EventFilter
+from ..where import Cgroups
 from .common import Subcommand, comm_arg, pid_arg
+from .watch import add_context_filter_arguments, context_filters
 
 __all__ = ["SUBCOMMAND", "ps_lines"]
 
@@ -36,8 +40,26 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-j", "--json", action="store_true", help="NDJSON: one 'existing' event per process")
     parser.add_argument("--flat", action="store_true", help="a list by pid instead of a tree")
     parser.add_argument("-w", "--wide", action="store_true", help="do not truncate lines to the terminal width")
-    parser.add_argument("--context", action="store_true", help="JSON: add each process's parent and exec_id")
+    add_context_filter_arguments(parser)
+    parser.add_argument(
+        "--context",
+        action="store_true",
+        help="JSON: add each process's parent, exec_id, cgroup, container, login, terminal, cwd and namespaces",
+    )
     parser.add_argument("--ancestry", action="store_true", help="JSON: add the chain of ancestors (implies --context)")
+
+
+def _in_context(events: list[Existing], args: argparse.Namespace, cgroups: Cgroups) -> list[Existing]:
+    """The processes the --container/--cgroup/--uid/--loginuid filters keep (as ``watch`` applies them)."""
+    filters = context_filters(args)
+    if filters["cgroup"] is not None:
+        found = relative_cgroup(str(filters["cgroup"]), cgroups.root)
+        if found is None:
+            raise ProctapError(f"no cgroup {filters['cgroup']!r} here: give a path as /proc/PID/cgroup shows it")
+        filters["cgroup"] = found
+    flt = EventFilter(frozenset(), **filters)  # type: ignore[arg-type]
+    cache = ProcessCache(read_proc=False)
+    return [ev for ev in events if flt.context_matches(ev, cache.apply(ev))]
 
 
 def _selected(events: list[Existing], args: argparse.Namespace) -> list[Existing]:
@@ -89,8 +111,12 @@ def ps_lines(events: list[Existing], *, tree: bool = True, now: float | None = N
 
 
 def run_ps(args: argparse.Namespace) -> int:
-    everything = scan("snapshot", Clock(), "proc")
+    by_context = any(value is not None for value in context_filters(args).values())
+    cgroups = Cgroups() if args.context or args.ancestry or by_context else None
+    everything = scan("snapshot", Clock(), "proc", cgroups=cgroups)
     events = _selected(everything, args)
+    if by_context and cgroups is not None:
+        events = _in_context(events, args, cgroups)
     out = sys.stdout
     if args.json:
         cache = ProcessCache() if args.context or args.ancestry else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import select
 import shutil
 import sys
@@ -18,6 +19,7 @@ from ..events import Event, EventKind
 from ..render import JsonRenderer, Renderer, TableRenderer
 from ..text import plural, quote_arg
 from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
+from ..where import AUDIT_UNSET
 from . import common, export_options
 from .common import (
     DEFAULT_EVENTS,
@@ -34,7 +36,16 @@ from .common import (
     stderr,
 )
 
-__all__ = ["SUBCOMMAND", "add_watch_arguments", "make_renderer", "open_watcher", "print_summary", "pump"]
+__all__ = [
+    "SUBCOMMAND",
+    "add_context_filter_arguments",
+    "add_watch_arguments",
+    "context_filters",
+    "make_renderer",
+    "open_watcher",
+    "print_summary",
+    "pump",
+]
 
 # What each kind needs from a backend, to warn when the chosen backend cannot deliver a requested kind.
 _KIND_FEATURE = {
@@ -74,12 +85,73 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--comm", type=comm_arg, metavar="NAME", help="only processes whose name (comm or argv[0]) is NAME"
     )
+    add_context_filter_arguments(parser)
     common.add_backend_arguments(
         parser,
         latency_default=DEFAULT_LATENCY_S,
         latency_help=f"how long events may wait in the kernel buffer while they keep coming (default: "
         f"{DEFAULT_LATENCY_S:g}); longer costs the watched tasks less in a fork storm",
     )
+
+
+def uid_arg(text: str) -> int:
+    """``--uid``: a user id or a user name."""
+    text = text.strip()
+    if text.isdigit():
+        value = int(text)
+        if value >= AUDIT_UNSET:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a user id: give 0 to {AUDIT_UNSET - 1}")
+        return value
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no user {text!r}: give a user name or a number") from None
+
+
+def loginuid_arg(text: str) -> int:
+    """``--loginuid``: a user id, a user name, or ``unset`` (processes started outside any login)."""
+    return AUDIT_UNSET if text.strip() == "unset" else uid_arg(text)
+
+
+def nonempty_arg(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"give {what} (an empty one matches nothing)")
+        return text.strip()
+
+    return parse
+
+
+def add_context_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--container``, ``--cgroup``, ``--uid``, ``--loginuid``: who and where (every event-showing subcommand)."""
+    parser.add_argument(
+        "--container",
+        type=nonempty_arg("a container id prefix, a name or 'any'"),
+        metavar="ID",
+        help="only processes in this container: an id prefix (as docker ps shows), a name, or 'any' for every "
+        "containerised process",
+    )
+    parser.add_argument(
+        "--cgroup",
+        type=nonempty_arg("a cgroup path"),
+        metavar="PATH",
+        help="only processes in this cgroup v2 cgroup and below it: its path as /proc/PID/cgroup shows it "
+        "(/system.slice/cron.service) or its directory",
+    )
+    parser.add_argument("--uid", type=uid_arg, metavar="USER", help="only processes whose real uid is USER (a name or "
+                        "a number)")  # fmt: skip
+    parser.add_argument(
+        "--loginuid",
+        type=loginuid_arg,
+        metavar="USER",
+        help="only processes of USER's login sessions (the audit login uid, kept through su and sudo; 'unset': "
+        "started outside any login)",
+    )
+
+
+def context_filters(args: argparse.Namespace) -> dict[str, object]:
+    """The Watcher arguments of :func:`add_context_filter_arguments`' options."""
+    return {name: getattr(args, name, None) for name in ("container", "cgroup", "uid", "loginuid")}
 
 
 def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +164,9 @@ def _add_watch_only_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--context",
         action="store_true",
-        help="add each process's parent (pid, comm, exe) and exec_id: JSON fields, or '<- parent[pid]' in the table",
+        help="add who and where each process is: its parent (pid, comm, exe), exec_id, cgroup, container, login "
+        "uid and session, terminal, cwd and namespaces (JSON fields; in the table '[ctr=... auid=... tty=... "
+        "cwd=...] <- parent[pid]')",
     )
     parser.add_argument(
         "--ancestry", action="store_true", help="add the whole chain of ancestors up to pid 1 (implies --context)"
@@ -152,6 +226,8 @@ def open_watcher(
             cache=cache,
             accounting=accounting,
             options=args.backend_option,
+            context=bool(getattr(args, "context", False) or getattr(args, "ancestry", False)),
+            **context_filters(args),  # type: ignore[arg-type]
         )
     except OSError as exc:
         raise ProctapError(os_error_message(backend.name, exc)) from None
@@ -305,9 +381,26 @@ def _start_message(args: argparse.Namespace, backend: str) -> str:
     kinds = ",".join(k.value for k in _ordered(args.events))
     scope = f" of pid {args.pid} and its descendants" if args.pid else ""
     scope += f" named {quote_arg(args.comm)}" if args.comm else ""
+    scope += _context_scope(args)
     scope += " (threads included)" if args.threads else ""
     until = f" for {args.duration:g}s" if args.duration is not None else " (Ctrl-C to stop)"
     return f"{PROG}: watching {kinds}{scope} with backend {backend}{until}"
+
+
+def _context_scope(args: argparse.Namespace) -> str:
+    """`` in container X``, `` in cgroup /a``, `` of uid N``, `` of login uid N`` for the start message."""
+    scope = ""
+    container = getattr(args, "container", None)
+    if container:
+        scope += " in any container" if container == "any" else f" in container {quote_arg(container)}"
+    if getattr(args, "cgroup", None):
+        scope += f" in cgroup {quote_arg(args.cgroup)}"
+    if getattr(args, "uid", None) is not None:
+        scope += f" of uid {args.uid}"
+    loginuid = getattr(args, "loginuid", None)
+    if loginuid is not None:
+        scope += " outside any login" if loginuid == AUDIT_UNSET else f" of login uid {loginuid}"
+    return scope
 
 
 SUBCOMMAND = Subcommand(

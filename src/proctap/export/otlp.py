@@ -29,6 +29,7 @@ from ..events import Event, EventKind, Exit, event_dict, json_text, json_texts
 from ..text import format_command, format_exit, format_lost, format_status, sanitize
 
 if TYPE_CHECKING:
+    from ..cache import Process
     from ..run.tree import ProcessNode, ProcessTree
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "SEVERITY_WARN",
     "any_value",
     "attributes",
+    "context_pairs",
     "endpoint",
     "log_record",
     "log_record_json",
@@ -271,7 +273,69 @@ def _attributes_json(event: Event, fields: Mapping[str, Any]) -> str:
         add(_EXE_NAME + _esc(json_text(filename.rsplit("/", 1)[-1])) + "}}")
     if event.kind is EventKind.EXIT and not fields.get("is_thread"):
         add(_EXIT_TIME + _esc(_iso8601(_wall_ns(event))) + "}}")
+    proc = event.process
+    if proc is not None:  # the process cache's record (a watcher with context): who and where it is
+        if fields.get("parent_pid") is None and proc.parent_pid is not None:
+            add(_PARENT_PID + str(proc.parent_pid) + '"}}')
+        if fields.get("uid") is None and fields.get("ruid") is None and proc.uid is not None:
+            add(_REAL_UID + str(proc.uid) + '"}}')
+        context = _context_attributes(proc)
+        if context:
+            add(context)
     return ",".join(parts)
+
+
+_PARENT_PID = _attr_prefix("process.parent_pid") + '{"intValue":"'
+_REAL_UID = _attr_prefix("process.real_user.id") + '{"intValue":"'
+_CONTEXT_MEMO: dict[tuple[int, str | None], tuple[object, str]] = {}
+
+
+def _context_attributes(proc: Process) -> str:
+    """The attributes of a process's context (:class:`proctap.Where` and cwd), as JSON text: memoised by the
+    identity of the (immutable, shared) Where record and the cwd, so a storm's records cost a lookup."""
+    where = proc.where
+    key = (id(where), proc.cwd)
+    found = _CONTEXT_MEMO.get(key)
+    if found is None:
+        if len(_CONTEXT_MEMO) >= 8192:
+            _CONTEXT_MEMO.clear()
+        pairs = context_pairs(proc)
+        text = ",".join(_attr_prefix(name) + _json_value(value) + "}" for name, value in pairs if value is not None)
+        found = _CONTEXT_MEMO[key] = (where, text)  # the record stays alive while its id is in the key
+    return found[1]
+
+
+def context_pairs(proc: Process) -> list[tuple[str, Any]]:
+    """(attribute, value) of who and where a process is (docs/export.md): ``process.working_directory``,
+    ``process.linux.cgroup`` (``0::PATH``, as /proc/PID/cgroup's v2 line), ``container.id``,
+    ``container.runtime.name``, ``container.name``, ``k8s.pod.uid``, ``process.vpid`` (the pid in its own pid
+    namespace), and ``proctap.loginuid``, ``proctap.sessionid``, ``proctap.tty``, ``proctap.cgroup_id``,
+    ``proctap.namespaces.<kind>`` (inode numbers), which have no semantic-convention name."""
+    where = proc.where
+    pairs: list[tuple[str, Any]] = [("process.working_directory", proc.cwd)]
+    if where is None:
+        return pairs
+    container = where.container
+    pairs += [
+        ("process.linux.cgroup", None if where.cgroup is None else f"0::{where.cgroup}"),
+        ("proctap.cgroup_id", where.cgroup_id),
+    ]
+    if container is not None:
+        pairs += [
+            ("container.id", container.id),
+            ("container.runtime.name", container.runtime),
+            ("container.name", container.name),
+            ("k8s.pod.uid", container.pod_uid),
+        ]
+    pairs += [
+        ("process.vpid", where.ns_pid),
+        ("proctap.loginuid", where.loginuid),
+        ("proctap.sessionid", where.sessionid),
+        ("proctap.tty", where.tty),
+    ]
+    if where.namespaces is not None:
+        pairs += [(f"proctap.namespaces.{kind}", inode) for kind, inode in where.namespaces._asdict().items()]
+    return pairs
 
 
 _CREATION = _attr_prefix("process.creation.time") + '{"stringValue":'

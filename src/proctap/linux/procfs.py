@@ -28,7 +28,10 @@ __all__ = [
     "process_alive",
     "read_argv",
     "read_comm",
+    "read_cwd",
     "read_exe",
+    "read_id_file",
+    "read_namespace",
     "read_ppid",
     "read_small",
     "read_start_ticks",
@@ -92,6 +95,37 @@ def read_exe(pid: int) -> str | None:
         return None
 
 
+def read_cwd(pid: int) -> str | None:
+    """The working directory (readlink of /proc/PID/cwd, as seen from this process's root)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def read_id_file(pid: int, name: str) -> int | None:
+    """A /proc/PID file holding one number (``loginuid``, ``sessionid``), None when gone or absent."""
+    data = read_small(f"/proc/{pid}/{name}")
+    try:
+        return None if not data else int(data)
+    except ValueError:
+        return None
+
+
+def read_namespace(pid: int, kind: str) -> int | None:
+    """The inode number of a namespace of a task (``kind``: pid, mnt, net, uts, ipc, user, cgroup...), from the
+    link /proc/PID/ns/KIND (``pid:[4026531836]``); None when gone or unreadable."""
+    try:
+        link = os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+    start = link.find("[")
+    try:
+        return int(link[start + 1 : -1]) if start >= 0 and link.endswith("]") else None
+    except ValueError:
+        return None
+
+
 def read_comm(pid: int, tid: int | None = None) -> str | None:
     """The task's comm (at most 15 characters)."""
     path = f"/proc/{pid}/comm" if tid is None or tid == pid else f"/proc/{pid}/task/{tid}/comm"
@@ -116,6 +150,7 @@ class Stat(NamedTuple):
     end_code: int  # field 27
     arg_start: int  # field 48
     exit_code: int  # field 52 (0 unless a zombie, and 0 when the reader may not ptrace the task)
+    tty_nr: int = 0  # field 7: the controlling terminal (new_encode_dev of its device number), 0 without one
 
     @property
     def start_ns(self) -> int:
@@ -175,6 +210,7 @@ def parse_stat(data: bytes) -> Stat | None:
             int(rest[24]),  # endcode
             int(rest[45]),  # arg_start
             int(rest[49]),  # exit_code
+            int(rest[4]),  # tty_nr
         )
     except ValueError:
         return None
