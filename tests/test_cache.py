@@ -169,10 +169,13 @@ def test_repair_after_forced_losses() -> None:
             assert cache_live == proc_live
             synthetic = [e for e in events if isinstance(e, Exit) and e.synthetic]
             repaired = [e for e in events if isinstance(e, Existing) and e.reason == "repair"]
-            assert all(e.status is None and e.exit_code is None for e in synthetic)
+            # status unknown, or read from a zombie's stat: the storm's processes all exit 0
+            ours = [e for e in synthetic if e.parent_pid == root.pid and e.comm == "true"]
+            assert all(e.status is None or (e.exit_code == 0 and e.status == 0) for e in ours), ours
             assert len(synthetic) == stats.synthetic_exits
             assert len(repaired) == stats.synthetic_found
-            assert all(w.processes.lookup(e.pid, learn=False) is not None for e in repaired if e.pid in proc_live)
+            unknown = [e for e in repaired if e.pid in proc_live and w.processes.lookup(e.pid, learn=False) is None]
+            assert not unknown, (unknown, [(type(e).__name__, e) for e in events if e.pid in {u.pid for u in unknown}])
         finally:
             for pid in [root.pid, *proc_live]:
                 with contextlib.suppress(ProcessLookupError):
