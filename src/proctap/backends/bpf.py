@@ -8,6 +8,12 @@ force a reader wakeup when more than N bytes are pending (default: half the ring
 syscalls but slow to close, ~0.3 s) or ``raw`` (one program on the raw sys_exit tracepoint: closes at once but adds
 ~0.13 us to every syscall on the machine; what ``proctap run`` uses, and the fallback without tracefs).  The hook
 serves ForkFailed and ExecFailed alike; either is only attached when its kind is wanted.
+
+With context wanted (``BackendConfig.context``), the fork and exec programs capture each task's context in the
+kernel (``Feature.CONTEXT_KERNEL``, ``Feature.CWD_KERNEL``): the decoder makes one :class:`proctap.events.Where` per
+distinct context (a storm's tasks share it), resolving the cgroup id to its path once per cgroup.  The watcher's
+``uid``, ``loginuid`` and ``cgroup`` filters run in the programs too (``Feature.CONTEXT_FILTER_KERNEL``; the cgroup
+one with ``bpf_current_task_under_cgroup``: that cgroup and below).
 """
 
 from __future__ import annotations
@@ -21,7 +27,19 @@ import time
 from typing import ClassVar
 
 from ..errors import BackendUnavailable, DecodeError, ProctapError
-from ..events import Event, EventKind, Exec, ExecFailed, Exit, Fork, ForkFailed, Origin, decode_wait_status
+from ..events import (
+    Event,
+    EventKind,
+    Exec,
+    ExecFailed,
+    Exit,
+    Fork,
+    ForkFailed,
+    Namespaces,
+    Origin,
+    Where,
+    decode_wait_status,
+)
 from ..linux import procfs
 from ..linux.bpf import programs as progs
 from ..linux.bpf import records as rec
@@ -42,9 +60,11 @@ from ..linux.bpf.syscall import (
     perf_event_open_tracepoint,
     raw_tracepoint_open,
 )
+from ..linux.cgroups import cgroup_dir
 from ..linux.clock import Clock
 from ..linux.cpus import possible_cpu_count
 from ..linux.tracefs.instance import tracepoint_format
+from ..where import AUDIT_UNSET, Cgroups, tty_name
 from .base import Availability, Backend, BackendConfig, BackendOption, Feature, Stamp, StartTimes, int_option
 
 __all__ = ["BpfBackend", "EventDecoder"]
@@ -58,7 +78,9 @@ MISSES_INTERVAL_S = 1.0
 _U64 = struct.Struct("=Q")
 HEADER_SIZE = rec.HEADER_SIZE
 EXIT_SIZE = rec.EXIT_RECORD_SIZE
+FORK_WHERE_SIZE = HEADER_SIZE + rec.WHERE_SIZE  # a record with its context block
 _unpack_header = rec.HEADER.unpack_from
+_unpack_cwd = struct.Struct("=II").unpack_from
 
 
 def _ring_size(requested: int | None) -> int:
@@ -103,7 +125,8 @@ class BpfBackend(Backend):
         {
             Feature.FORK, Feature.THREADS, Feature.EXEC, Feature.EXEC_FILENAME_KERNEL, Feature.ARGV_KERNEL,
             Feature.EXIT, Feature.EXIT_STATUS, Feature.CORE_DUMPED, Feature.FORK_FAILED, Feature.EXEC_FAILED,
-            Feature.EXEC_FAILED_ARGS, Feature.LOSS_EXACT,
+            Feature.EXEC_FAILED_ARGS, Feature.LOSS_EXACT, Feature.CONTEXT_KERNEL, Feature.CWD_KERNEL,
+            Feature.CONTEXT_FILTER_KERNEL,
         }
     )  # fmt: skip
 
@@ -142,7 +165,8 @@ class BpfBackend(Backend):
         self._prog_fds: list[int] = []
         self._ring: RingBuffer | None = None
         self._closed = False
-        self._decoder = EventDecoder(Clock(), threads=config.threads)
+        self._cgroups = Cgroups() if config.context else None
+        self._decoder = EventDecoder(Clock(), threads=config.threads, cgroups=self._cgroups)
         self._ncpus = possible_cpu_count()  # per-CPU map values come in that many 8-byte slots
         self._lost_seen = [0] * self._ncpus
         self._misses_seen = 0
@@ -176,22 +200,32 @@ class BpfBackend(Backend):
             raise BackendUnavailable(f"bpf: cannot read the kernel BTF ({exc}): use another backend") from None
         ring_size = _ring_size(cfg.buffer_bytes)
         wakeup = self._int_value("wakeup_bytes")
+        uid = self._int_value("uid")
+        if uid is not None and cfg.uid is not None and uid != cfg.uid:
+            raise ProctapError(f"bpf: the backend option uid={uid} and the uid filter {cfg.uid} disagree: give one")
         filters = progs.Filters(
             tracked=cfg.root_pid is not None,
-            uid=self._int_value("uid"),
+            uid=cfg.uid if uid is None else uid,
             cgroup_id=self._int_value("cgroup_id"),
+            loginuid=cfg.loginuid,
+            loginuid_offset=layout.where.get("task_loginuid", -1),
+            cgroup_under=cfg.cgroup is not None,
             threads=cfg.threads,
             wakeup_threshold=ring_size // 2 if wakeup is None else wakeup,
         )
         argv_limit = max(0, cfg.argv_limit)
+        self._context = cfg.context and progs.context_capturable(layout)
+        self._cwd = self._context and progs.cwd_capturable(layout)
         try:
             maps = progs.MapFds(
                 ringbuf=self._own(create_map(MapType.RINGBUF, 0, 0, ring_size, "proctap_ring")),
                 scratch=self._own(create_map(MapType.ARRAY, 4, progs.scratch_size(
-                    argv_limit, exec_failed=EventKind.EXEC_FAILED in cfg.events), self._ncpus, "proctap_scratch")),
+                    argv_limit, exec_failed=EventKind.EXEC_FAILED in cfg.events, context=self._context), self._ncpus,
+                    "proctap_scratch")),
                 lost=self._own(create_map(MapType.PERCPU_ARRAY, 4, 8, 1, "proctap_lost")),
                 tracked=self._own(create_map(MapType.HASH, 4, 8, TRACKED_MAX, "proctap_tracked"))
                 if filters.tracked else -1,
+                cgroup=self._cgroup_map(cfg.cgroup) if cfg.cgroup is not None else -1,
             )  # fmt: skip
             self._lost_fd = maps.lost
             if cfg.root_pid is not None:
@@ -208,6 +242,19 @@ class BpfBackend(Backend):
             raise error from None
         except OSError as exc:
             raise BackendUnavailable(f"bpf: {exc}") from None
+
+    def _cgroup_map(self, path: str) -> int:
+        """A CGROUP_ARRAY holding the cgroup ``path`` (relative to the cgroup2 mount), for the subtree filter."""
+        root = Cgroups(names=False).root
+        if root is None:
+            raise BackendUnavailable("bpf: no cgroup2 mount here for the cgroup filter")
+        fd = self._own(create_map(MapType.CGROUP_ARRAY, 4, 4, 1, "proctap_cgroup"))
+        directory = os.open(cgroup_dir(path, root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            map_update(fd, struct.pack("=I", 0), struct.pack("=I", directory))
+        finally:
+            os.close(directory)
+        return fd
 
     @staticmethod
     def _track_subtree(tracked_fd: int, root: int) -> None:
@@ -226,10 +273,12 @@ class BpfBackend(Backend):
     def _attach_all(self, layout: progs.Layout, maps: progs.MapFds, filters: progs.Filters, argv_limit: int) -> None:
         kinds = self.config.events
         if EventKind.FORK in kinds or filters.tracked:
-            self._attach_tp_btf(layout, "task_newtask", "proctap_fork", progs.fork_program(layout, maps, filters))
+            self._attach_tp_btf(layout, "task_newtask", "proctap_fork",
+                                progs.fork_program(layout, maps, filters, context=self._context))  # fmt: skip
         if EventKind.EXEC in kinds:
             self._attach_tp_btf(layout, "sched_process_exec", "proctap_exec",
-                                progs.exec_program(layout, maps, filters, argv_limit))  # fmt: skip
+                                progs.exec_program(layout, maps, filters, argv_limit, context=self._context,
+                                                   cwd=self._cwd))  # fmt: skip
         if EventKind.EXIT in kinds or filters.tracked:
             self._attach_tp_btf(layout, "sched_process_exit", "proctap_exit", progs.exit_program(layout, maps, filters))
         if EventKind.FORK_FAILED in kinds or EventKind.EXEC_FAILED in kinds:
@@ -353,6 +402,8 @@ class BpfBackend(Backend):
                 os.close(fd)
         self._fds.clear()
         self._prog_fds.clear()
+        if self._cgroups is not None:
+            self._cgroups.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -408,17 +459,20 @@ class BpfBackend(Backend):
 
 class EventDecoder:
     """Ring records (layout: :mod:`proctap.linux.bpf.records`) into events: the backend's hot path, so it unpacks
-    the header once and builds the events directly.  ``threads``: whether thread Exits are wanted."""
+    the header once and builds the events directly.  ``threads``: whether thread Exits are wanted.  ``cgroups``:
+    resolves the cgroup ids of context blocks (records with FLAG_WHERE) to paths and containers."""
 
-    __slots__ = ("_boot_offset_ns", "_comms", "_starts", "_threads", "_wall_offset_ns", "stamp")
+    __slots__ = ("_boot_offset_ns", "_cgroups", "_comms", "_starts", "_threads", "_wall_offset_ns", "_wheres", "stamp")
 
-    def __init__(self, clock: Clock, *, threads: bool = True) -> None:
+    def __init__(self, clock: Clock, *, threads: bool = True, cgroups: Cgroups | None = None) -> None:
         self.stamp = Stamp("bpf", clock)
         self._wall_offset_ns = clock.wall_offset_ns
         self._boot_offset_ns = clock.boot_offset_ns
         self._threads = threads
         self._comms: dict[bytes, str] = {}
         self._starts = StartTimes()
+        self._cgroups = cgroups
+        self._wheres: dict[tuple[bytes, int, bytes | None], Where] = {}
 
     def decode(self, data: bytes | mmap.mmap, offset: int, length: int, out: list[Event]) -> None:
         """The record at ``data[offset:offset + length]`` into 0-2 events appended to ``out``; DecodeError when
@@ -431,13 +485,18 @@ class EventDecoder:
         wall = (ts + self._wall_offset_ns) / 1e9
         # Fork, Exec and Exit spell the common fields out: Stamp's dict per event would slow a storm down.
         if rtype == rec.TYPE_FORK:
-            if length != HEADER_SIZE:
+            where = None
+            if flags & rec.FLAG_WHERE:
+                if length != FORK_WHERE_SIZE:
+                    raise DecodeError(f"BPF fork record has {length} bytes, expected {FORK_WHERE_SIZE}")
+                where = self._where(data, offset, cgroup, None)
+            elif length != HEADER_SIZE:
                 raise DecodeError(f"BPF fork record has {length} bytes, expected {HEADER_SIZE}")
             is_thread = bool(aux64 & progs.CLONE_THREAD)
             out.append(Fork(
                 source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
                 parent_pid=tgid if is_thread else ppid, parent_tid=aux32, is_thread=is_thread, clone_flags=aux64,
-                comm=self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup,
+                comm=self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup, where=where,
             ))  # fmt: skip
         elif rtype == rec.TYPE_EXIT:
             if length != EXIT_SIZE:
@@ -452,13 +511,23 @@ class EventDecoder:
                 leader = self._comm(data[offset + HEADER_SIZE : offset + EXIT_SIZE])
                 out.append(_exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, leader))
         elif rtype == rec.TYPE_EXEC:
-            payload = data[offset + HEADER_SIZE : offset + length]
+            where = None
+            start_payload, end = offset + HEADER_SIZE, offset + length
+            if flags & rec.FLAG_WHERE:
+                if length < FORK_WHERE_SIZE:
+                    raise DecodeError(f"BPF exec record of {length} bytes has no room for its context")
+                cwd_len, cwd_flags = _unpack_cwd(data, offset + HEADER_SIZE + rec.W_CWD_LEN)
+                if cwd_len > length - FORK_WHERE_SIZE:
+                    raise DecodeError(f"BPF exec record: a cwd of {cwd_len} bytes in {length}")
+                start_payload, end = offset + FORK_WHERE_SIZE, end - cwd_len
+                where = self._where(data, offset, cgroup, None if cwd_flags else data[end : end + cwd_len])
+            payload = data[start_payload:end]
             filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)
             out.append(Exec(
                 source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
                 filename=filename, argv=argv, argc=aux64, argv_truncated=truncated, comm=self._comm(comm),
                 parent_pid=ppid, uid=uid, gid=gid, cgroup_id=cgroup, filename_from=Origin.KERNEL,
-                argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL,
+                argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL, where=where,
             ))  # fmt: skip
         elif rtype == rec.TYPE_FORK_FAILED:
             if length != HEADER_SIZE:
@@ -482,6 +551,37 @@ class EventDecoder:
             ))  # fmt: skip
         else:
             raise DecodeError(f"unknown BPF record type {rtype}")
+
+    def _where(self, data: bytes | mmap.mmap, offset: int, cgroup: int, cwd: bytes | None) -> Where:
+        """The context block after the header (and the cwd's bytes, None when not captured) as a Where: one
+        record per distinct context, so a storm's tasks share theirs and the cgroup is resolved once."""
+        block = data[offset + HEADER_SIZE : offset + FORK_WHERE_SIZE]
+        key = (block, cgroup, cwd)
+        found = self._wheres.get(key)
+        if found is None:
+            if len(self._wheres) >= 16384:
+                self._wheres.clear()
+            found = self._wheres[key] = self._make_where(block, cgroup, cwd)
+        return found
+
+    def _make_where(self, block: bytes, cgroup: int, cwd: bytes | None) -> Where:
+        (loginuid, sessionid, major, minor, ns_pid, level, *ns, _cwd_len, _cwd_flags, _) = rec.WHERE.unpack(block)
+        path = container = None
+        if self._cgroups is not None and cgroup:
+            _, path, container = self._cgroups.by_id(cgroup)
+        namespaces = Namespaces(*(n or None for n in ns))
+        return Where(
+            origin=Origin.KERNEL,
+            cgroup_id=cgroup or None,
+            cgroup=path,
+            container=container,
+            loginuid=None if loginuid == AUDIT_UNSET else loginuid,
+            sessionid=None if sessionid == AUDIT_UNSET else sessionid,
+            tty=tty_name(major, minor),
+            cwd=None if cwd is None else rec.decode_cwd(cwd),
+            ns_pid=ns_pid if level else None,
+            namespaces=None if not any(ns) else namespaces,
+        )
 
     def _comm(self, raw: bytes) -> str:
         """comm[16] as text; cached, since a storm repeats a few names."""

@@ -84,6 +84,7 @@ class Helper(IntEnum):
     get_current_uid_gid = 15
     get_current_comm = 16
     get_current_task = 35
+    current_task_under_cgroup = 37
     get_current_cgroup_id = 80
     probe_read_user = 112
     probe_read_kernel = 113

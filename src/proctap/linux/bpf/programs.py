@@ -18,9 +18,14 @@
   closes at once, but it runs for every syscall on the machine (+0.13 us each; bench/startup_costs.py).  One
   program serves both failed forks and failed execs.
 
+With context wanted, ``proctap_fork`` and ``proctap_exec`` add the task's context block (:mod:`records`: loginuid,
+sessionid, controlling tty, namespaces, pid in its own pid namespace; read through BTF offsets like the rest), and
+``proctap_exec`` the working directory: a bounded walk up ``task->fs->pwd`` (dentry parents, crossing mounts through
+``struct mount``) to the root of its mount namespace, each name copied with ``bpf_probe_read_kernel_str``.
+
 All write :mod:`records` into one ring buffer through a per-CPU scratch slot, with NO_WAKEUP unless the ring was
 empty (the first record after a drain wakes the reader) or more than half full.  A failed output increments a per-CPU
-loss counter.  Filters (pid subtree, uid, cgroup, threads) run before anything is written.
+loss counter.  Filters (pid subtree, uid, loginuid, cgroup id or subtree, threads) run before anything is sent.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from . import records as rec
-from .btf import TYPEDEF, Btf
+from .btf import STRUCT, TYPEDEF, Btf
 from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, B, Helper, Reg, W
 
-__all__ = ["EXEC_ARGS_MAX", "EXEC_SYSCALLS", "FNAME_MAX", "SYSCALL_ABI", "Filters", "Layout", "MapFds", "SyscallAbi",
-           "exec_failed_program", "exec_program", "exit_program", "failed_syscalls_raw_program", "fork_failed_program",
-           "fork_program", "scratch_size"]  # fmt: skip
+__all__ = ["CWD_MAX", "EXEC_ARGS_MAX", "EXEC_SYSCALLS", "FNAME_MAX", "SYSCALL_ABI", "WHERE_MEMBERS", "Filters",
+           "Layout", "MapFds", "SyscallAbi", "context_capturable", "cwd_capturable", "exec_failed_program",
+           "exec_program", "exit_program", "failed_syscalls_raw_program", "fork_failed_program", "fork_program",
+           "scratch_size"]  # fmt: skip
 
 FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
@@ -52,6 +58,48 @@ SLOT_FLAGS = -32  # u64 wakeup flags of the output
 SLOT_FNAME_PTR = -40  # a failed exec's filename (user address)
 SLOT_ARGV_PTR = -48  # a failed exec's argv (user address of the pointer array)
 SLOT_ARG_PTR = -56  # argv[i], read from the caller's memory
+SLOT_UPID = -72  # 16 bytes: the task's struct upid in its own pid namespace
+SLOT_TMP = -80  # the cwd walk: a pointer just read
+SLOT_DENTRY = -88  # the cwd walk: the current dentry
+SLOT_MOUNT = -96  # the cwd walk: its struct mount
+SLOT_MNT_ROOT = -104  # the cwd walk: that mount's root dentry
+SLOT_SIZE = -112  # the cwd walk: the record's size before the cwd
+SLOT_NAME = -120  # the cwd walk: the current dentry's name (a kernel pointer)
+
+# The cwd walk: at most CWD_MAX bytes of names and CWD_STEPS steps (a component or a mount crossed), each name read
+# with room for NAME_ROOM bytes (NAME_MAX + 1); a path beyond is reported truncated (no cwd).
+CWD_MAX = 4096
+CWD_STEPS = 64
+NAME_ROOM = 256
+MAX_PID_NS_LEVEL = 32  # include/linux/pid_namespace.h
+AUDIT_UNSET = 0xFFFF_FFFF
+
+# Context (``where``): the members the programs read, by name -> (struct, member path); -1 when the kernel lacks it.
+WHERE_MEMBERS = {
+    "task_loginuid": ("task_struct", "loginuid"), "task_sessionid": ("task_struct", "sessionid"),
+    "signal_tty": ("signal_struct", "tty"), "tty_index": ("tty_struct", "index"),
+    "tty_driver": ("tty_struct", "driver"), "driver_major": ("tty_driver", "major"),
+    "driver_minor_start": ("tty_driver", "minor_start"),
+    "task_nsproxy": ("task_struct", "nsproxy"), "nsproxy_mnt": ("nsproxy", "mnt_ns"),
+    "nsproxy_net": ("nsproxy", "net_ns"), "nsproxy_uts": ("nsproxy", "uts_ns"), "nsproxy_ipc": ("nsproxy", "ipc_ns"),
+    "nsproxy_cgroup": ("nsproxy", "cgroup_ns"),
+    "mnt_inum": ("mnt_namespace", "ns.inum"), "net_inum": ("net", "ns.inum"), "uts_inum": ("uts_namespace", "ns.inum"),
+    "ipc_inum": ("ipc_namespace", "ns.inum"), "cgroup_inum": ("cgroup_namespace", "ns.inum"),
+    "user_inum": ("user_namespace", "ns.inum"), "pidns_inum": ("pid_namespace", "ns.inum"),
+    "task_real_cred": ("task_struct", "real_cred"), "cred_user_ns": ("cred", "user_ns"),
+    "task_thread_pid": ("task_struct", "thread_pid"), "pid_level": ("pid", "level"),
+    "pid_numbers": ("pid", "numbers"), "upid_nr": ("upid", "nr"), "upid_ns": ("upid", "ns"),
+    "task_fs": ("task_struct", "fs"), "fs_pwd": ("fs_struct", "pwd"), "path_mnt": ("path", "mnt"),
+    "path_dentry": ("path", "dentry"), "dentry_parent": ("dentry", "d_parent"),
+    "dentry_name": ("dentry", "d_name.name"),
+    "mount_mnt": ("mount", "mnt"), "mount_parent": ("mount", "mnt_parent"),
+    "mount_mountpoint": ("mount", "mnt_mountpoint"), "vfsmount_root": ("vfsmount", "mnt_root"),
+}  # fmt: skip
+# (nsproxy member, inode member, index among the record's namespaces: pid, mnt, net, uts, ipc, user, cgroup)
+_NSPROXY = (("nsproxy_mnt", "mnt_inum", 1), ("nsproxy_net", "net_inum", 2), ("nsproxy_uts", "uts_inum", 3),
+            ("nsproxy_ipc", "ipc_inum", 4), ("nsproxy_cgroup", "cgroup_inum", 6))  # fmt: skip
+_CWD_MEMBERS = ("task_fs", "fs_pwd", "path_mnt", "path_dentry", "dentry_parent", "dentry_name", "mount_mnt",
+                "mount_parent", "mount_mountpoint", "vfsmount_root")  # fmt: skip
 
 # Failed execs: the syscalls by the index the programs write, which of the syscall's arguments are the filename and
 # argv (fs/exec.c: execve(filename, argv, envp), execveat(dirfd, filename, argv, envp, flags)), and how many argv
@@ -123,6 +171,7 @@ class Layout:
     regs_arg0: int  # where pt_regs keeps the syscall's arguments 0-2 at sys_exit (-1: unknown)
     regs_arg1: int
     regs_arg2: int
+    where: dict[str, int]  # WHERE_MEMBERS' offsets (-1: missing) and "upid_size" (0: unknown)
 
     @property
     def regs_args(self) -> tuple[int, int, int]:
@@ -146,6 +195,11 @@ class Layout:
         abi = SYSCALL_ABI.get(machine)
         regs_nr = None if abi is None else btf.member("pt_regs", abi.regs_nr)
         exit_params = btf.func_params("btf_trace_sched_process_exit")  # (void *__data, task[, group_dead])
+        where = {name: off_or_missing(struct_name, member) for name, (struct_name, member) in WHERE_MEMBERS.items()}
+        try:
+            where["upid_size"] = btf.size(btf.find("upid", STRUCT))
+        except (KeyError, ValueError):
+            where["upid_size"] = 0
         arg_offsets = [-1, -1, -1]
         if abi is not None:
             with contextlib.suppress(KeyError):
@@ -179,6 +233,7 @@ class Layout:
             regs_arg0=arg_offsets[0],
             regs_arg1=arg_offsets[1],
             regs_arg2=arg_offsets[2],
+            where=where,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -209,6 +264,9 @@ class Filters:
     tracked: bool = False  # only tgids in the tracked map (the pid subtree, extended by forks)
     uid: int | None = None
     cgroup_id: int | None = None
+    loginuid: int | None = None  # the task's audit login uid, at task_struct offset ``loginuid_offset``
+    loginuid_offset: int = -1
+    cgroup_under: bool = False  # only tasks in the cgroup of MapFds.cgroup (or below it): current_task_under_cgroup
     threads: bool = True
     wakeup_threshold: int = 1 << 20  # force a wakeup when more bytes than this are pending
 
@@ -219,12 +277,26 @@ class MapFds:
     scratch: int  # ARRAY of one record slot per CPU
     lost: int  # PERCPU_ARRAY[1] of u64
     tracked: int  # HASH u32 tgid -> u64 (or -1 when not filtering)
+    cgroup: int = -1  # CGROUP_ARRAY[1] holding the cgroup of Filters.cgroup_under (-1: none)
 
 
-def scratch_size(argv_limit: int, *, exec_failed: bool = False) -> int:
+def scratch_size(argv_limit: int, *, exec_failed: bool = False, context: bool = False) -> int:
     """Bytes of one per-CPU record slot.  A failed exec's argv is read one string at a time, each at most what is
-    left of ``argv_limit``: the verifier cannot relate the offset to that size, so the slot leaves room for both."""
-    return rec.HEADER_SIZE + FNAME_MAX + argv_limit * (2 if exec_failed else 1)
+    left of ``argv_limit``: the verifier cannot relate the offset to that size, so the slot leaves room for both.
+    With ``context``, room for the context block and the cwd."""
+    extra = rec.WHERE_SIZE + CWD_MAX if context else 0
+    return rec.HEADER_SIZE + FNAME_MAX + argv_limit * (2 if exec_failed else 1) + extra
+
+
+def cwd_capturable(lay: Layout) -> bool:
+    """Whether this kernel's BTF has everything the cwd walk reads."""
+    return all(lay.where.get(name, -1) >= 0 for name in _CWD_MEMBERS)
+
+
+def context_capturable(lay: Layout) -> bool:
+    """Whether this kernel's BTF has what the context block needs at least (namespaces, pid levels)."""
+    w = lay.where
+    return w.get("task_nsproxy", -1) >= 0 and w.get("task_thread_pid", -1) >= 0 and w.get("upid_size", 0) == 16
 
 
 # -- building blocks ---------------------------------------------------------------------------------------------
@@ -262,8 +334,9 @@ def _check_tracked(a: Asm, maps: MapFds, tgid: Reg) -> None:
     a.jeq(R0, 0, "out")
 
 
-def _creds_cgroup_comm(a: Asm, filters: Filters) -> None:
-    """uid, gid, cgroup id and comm of the current task into the record at r9 (applying uid/cgroup filters)."""
+def _creds_cgroup_comm(a: Asm, filters: Filters, maps: MapFds) -> None:
+    """uid, gid, cgroup id and comm of the current task into the record at r9, applying the uid, loginuid and
+    cgroup filters (clobbers r0-r5)."""
     a.call(Helper.get_current_uid_gid)
     a.stx(W, R9, rec.OFF_UID, R0)
     if filters.uid is not None:
@@ -271,6 +344,15 @@ def _creds_cgroup_comm(a: Asm, filters: Filters) -> None:
         a.jne(R1, filters.uid, "out")
     a.rsh(R0, 32)
     a.stx(W, R9, rec.OFF_GID, R0)
+    if filters.loginuid is not None and filters.loginuid_offset >= 0:
+        a.call(Helper.get_current_task_btf)
+        a.ldx(W, R1, R0, filters.loginuid_offset)
+        a.jne(R1, filters.loginuid, "out")
+    if filters.cgroup_under and maps.cgroup >= 0:
+        a.ld_map_fd(R1, maps.cgroup)
+        a.mov(R2, 0)
+        a.call(Helper.current_task_under_cgroup)
+        a.jne(R0, 1, "out")
     a.call(Helper.get_current_cgroup_id)
     a.stx(DW, R9, rec.OFF_CGROUP, R0)
     if filters.cgroup_id is not None:
@@ -280,6 +362,192 @@ def _creds_cgroup_comm(a: Asm, filters: Filters) -> None:
     a.add(R1, rec.OFF_COMM)
     a.mov(R2, 16)
     a.call(Helper.get_current_comm)
+
+
+def _read_kernel(a: Asm, dst: Reg, dst_off: int, size: int, src: Reg, src_off: int) -> None:
+    """bpf_probe_read_kernel(dst + dst_off, size, src + src_off): r0 = 0 or -errno (the destination zeroed on
+    failure); clobbers r1-r5.  ``src`` may be any register (it is moved first)."""
+    if src != R3:
+        a.mov(R3, src)
+    if src_off:
+        a.add(R3, src_off)
+    a.mov(R1, dst)
+    if dst_off:
+        a.add(R1, dst_off)
+    a.mov(R2, size)
+    a.call(Helper.probe_read_kernel)
+
+
+def _where_fields(a: Asm, lay: Layout) -> None:
+    """The context block of the task in r7 (a BTF task pointer) into the record at r9 (after the header): loginuid,
+    sessionid, controlling tty, namespaces, pid in its own pid namespace.  Clobbers r0-r5; anything this kernel's
+    BTF lacks stays 0 (unknown), the loginuid/sessionid 4294967295 (unset)."""
+    w = lay.where
+    base = rec.HEADER_SIZE
+    for off in range(0, rec.WHERE_SIZE, 8):
+        a.st(DW, R9, base + off, 0)
+    # login session: task->loginuid (kuid_t), task->sessionid (CONFIG_AUDIT)
+    if w["task_loginuid"] >= 0 and w["task_sessionid"] >= 0:
+        a.ldx(W, R1, R7, w["task_loginuid"])
+        a.stx(W, R9, base + rec.W_LOGINUID, R1)
+        a.ldx(W, R1, R7, w["task_sessionid"])
+        a.stx(W, R9, base + rec.W_SESSIONID, R1)
+    else:
+        a.st(W, R9, base + rec.W_LOGINUID, AUDIT_UNSET)
+        a.st(W, R9, base + rec.W_SESSIONID, AUDIT_UNSET)
+    # controlling terminal: task->signal->tty; its device is (driver->major, driver->minor_start + index)
+    # (drivers/tty/tty_io.c tty_devnum)
+    if min(w[k] for k in ("signal_tty", "tty_index", "tty_driver", "driver_major", "driver_minor_start")) >= 0:
+        a.ldx(DW, R1, R7, lay.task_signal)
+        a.jeq(R1, 0, "w_no_tty")
+        a.ldx(DW, R1, R1, w["signal_tty"])
+        a.jeq(R1, 0, "w_no_tty")
+        a.ldx(DW, R2, R1, w["tty_driver"])
+        a.jeq(R2, 0, "w_no_tty")
+        a.ldx(W, R3, R1, w["tty_index"])
+        a.ldx(W, R4, R2, w["driver_minor_start"])
+        a.add(R4, R3)
+        a.stx(W, R9, base + rec.W_TTY_MINOR, R4)
+        a.ldx(W, R4, R2, w["driver_major"])
+        a.stx(W, R9, base + rec.W_TTY_MAJOR, R4)
+        a.label("w_no_tty")
+    # namespaces of task->nsproxy (NULL once the task is exiting)
+    if w["task_nsproxy"] >= 0:
+        a.ldx(DW, R1, R7, w["task_nsproxy"])
+        a.jeq(R1, 0, "w_no_nsproxy")
+        for member, inum, index in _NSPROXY:
+            if w[member] < 0 or w[inum] < 0:
+                continue
+            a.ldx(DW, R2, R1, w[member])
+            a.jeq(R2, 0, f"w_no_{member}")
+            a.ldx(W, R2, R2, w[inum])
+            a.stx(W, R9, base + rec.W_NS + 4 * index, R2)
+            a.label(f"w_no_{member}")
+        a.label("w_no_nsproxy")
+    # the user namespace of its credentials (what /proc/PID/ns/user shows: task->real_cred->user_ns)
+    if min(w["task_real_cred"], w["cred_user_ns"], w["user_inum"]) >= 0:
+        a.ldx(DW, R1, R7, w["task_real_cred"])
+        a.jeq(R1, 0, "w_no_cred")
+        a.ldx(DW, R1, R1, w["cred_user_ns"])
+        a.jeq(R1, 0, "w_no_cred")
+        a.ldx(W, R1, R1, w["user_inum"])
+        a.stx(W, R9, base + rec.W_NS + 4 * 5, R1)
+        a.label("w_no_cred")
+    # its pid namespace and the pid in it: task->thread_pid->numbers[level] (kernel/pid.c task_active_pid_ns);
+    # the array is indexed by a value read at run time, so the upid is copied with bpf_probe_read_kernel
+    if min(w["task_thread_pid"], w["pid_level"], w["pid_numbers"], w["upid_nr"], w["upid_ns"],
+           w["pidns_inum"]) >= 0 and w["upid_size"] == 16:  # fmt: skip
+        a.ldx(DW, R6, R7, w["task_thread_pid"])
+        a.jeq(R6, 0, "w_no_pid")
+        a.ldx(W, R2, R6, w["pid_level"])
+        a.stx(W, R9, base + rec.W_NS_LEVEL, R2)
+        a.jgt(R2, MAX_PID_NS_LEVEL, "w_no_pid")
+        a.lsh(R2, 4)  # * sizeof(struct upid)
+        a.add(R2, w["pid_numbers"])
+        a.mov(R3, R6)
+        a.add(R3, R2)
+        _read_kernel(a, FP, SLOT_UPID, 16, R3, 0)
+        a.jne(R0, 0, "w_no_pid")
+        a.ldx(W, R1, R9, base + rec.W_NS_LEVEL)
+        a.jeq(R1, 0, "w_initial_pid_ns")  # the pid everyone sees: not repeated
+        a.ldx(W, R1, FP, SLOT_UPID + w["upid_nr"])
+        a.stx(W, R9, base + rec.W_NS_PID, R1)
+        a.label("w_initial_pid_ns")
+        a.ldx(DW, R3, FP, SLOT_UPID + w["upid_ns"])
+        a.jeq(R3, 0, "w_no_pid")
+        _read_kernel(a, R9, base + rec.W_NS, 4, R3, w["pidns_inum"])
+        a.label("w_no_pid")
+
+
+def _cwd_walk(a: Asm, lay: Layout, size_max: int) -> None:
+    """Append the working directory of the task in r7 to the record at r9 whose size is in r8 (at most
+    ``size_max``); r8 = the new size.  Clobbers r0-r6.
+
+    From task->fs->pwd up to the root of the task's mount namespace (fs/d_path.c prepend_path): at a mount's root
+    dentry, continue from its mountpoint in the parent mount (struct mount, reached from the vfsmount inside it);
+    the namespace's root mount is its own parent.  Every pointer is read with bpf_probe_read_kernel (struct mount
+    is reached by subtracting an offset, which BTF pointers do not allow).  Each name is appended NUL-terminated,
+    leaf first; cwd bytes and flags go into the context block."""
+    w = lay.where
+    base = rec.HEADER_SIZE
+    a.stx(DW, FP, SLOT_SIZE, R8)
+    a.ldx(DW, R6, R7, w["task_fs"])
+    a.jeq(R6, 0, "cwd_none")
+    _read_kernel(a, FP, SLOT_DENTRY, 8, R6, w["fs_pwd"] + w["path_dentry"])
+    a.jne(R0, 0, "cwd_unreadable")
+    _read_kernel(a, FP, SLOT_TMP, 8, R6, w["fs_pwd"] + w["path_mnt"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ldx(DW, R6, FP, SLOT_TMP)  # the vfsmount
+    _read_kernel(a, FP, SLOT_MNT_ROOT, 8, R6, w["vfsmount_root"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ldx(DW, R6, FP, SLOT_TMP)
+    a.sub(R6, w["mount_mnt"])
+    a.stx(DW, FP, SLOT_MOUNT, R6)
+    a.mov(R6, 0)  # steps taken: the loop's bound, a precise counter
+    a.label("cwd_step")
+    a.jge(R6, CWD_STEPS, "cwd_truncated")
+    a.add(R6, 1)
+    a.ldx(DW, R1, FP, SLOT_DENTRY)
+    a.ldx(DW, R2, FP, SLOT_MNT_ROOT)
+    a.jeq(R1, R2, "cwd_mount")
+    _read_kernel(a, FP, SLOT_TMP, 8, R1, w["dentry_parent"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ldx(DW, R1, FP, SLOT_TMP)
+    a.ldx(DW, R2, FP, SLOT_DENTRY)
+    a.jeq(R1, R2, "cwd_end")  # a root that is no mount's root here: where the kernel stops too (unreachable)
+    _read_kernel(a, FP, SLOT_NAME, 8, R2, w["dentry_name"])
+    a.jne(R0, 0, "cwd_unreadable")
+    # append the name at r9 + size + cwd bytes, with room for NAME_ROOM (both bounded again for the verifier:
+    # values read back from memory are not)
+    a.ldx(W, R8, R9, base + rec.W_CWD_LEN)
+    a.jgt(R8, CWD_MAX - NAME_ROOM, "cwd_truncated")
+    a.ldx(DW, R2, FP, SLOT_SIZE)
+    a.jgt(R2, size_max, "cwd_unreadable")
+    a.mov(R1, R9)
+    a.add(R1, R2)
+    a.add(R1, R8)
+    a.mov(R2, NAME_ROOM)
+    a.ldx(DW, R3, FP, SLOT_NAME)
+    a.call(Helper.probe_read_kernel_str)
+    a.jslt(R0, 2, "cwd_unreadable")  # a name and its NUL: 2 bytes at least
+    a.ldx(W, R8, R9, base + rec.W_CWD_LEN)
+    a.jgt(R8, CWD_MAX - NAME_ROOM, "cwd_truncated")
+    a.add(R8, R0)
+    a.stx(W, R9, base + rec.W_CWD_LEN, R8)
+    a.ldx(DW, R1, FP, SLOT_TMP)
+    a.stx(DW, FP, SLOT_DENTRY, R1)
+    a.ja("cwd_step")
+    a.label("cwd_mount")  # the root of its mount: go on from where that mount is mounted
+    a.ldx(DW, R1, FP, SLOT_MOUNT)
+    _read_kernel(a, FP, SLOT_TMP, 8, R1, w["mount_parent"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ldx(DW, R1, FP, SLOT_TMP)
+    a.ldx(DW, R2, FP, SLOT_MOUNT)
+    a.jeq(R1, R2, "cwd_end")  # the namespace's root mount: done
+    _read_kernel(a, FP, SLOT_DENTRY, 8, R2, w["mount_mountpoint"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ldx(DW, R1, FP, SLOT_TMP)
+    a.stx(DW, FP, SLOT_MOUNT, R1)
+    _read_kernel(a, FP, SLOT_MNT_ROOT, 8, R1, w["mount_mnt"] + w["vfsmount_root"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ja("cwd_step")
+    for label, flag in (("cwd_none", rec.CWD_NONE), ("cwd_truncated", rec.CWD_TRUNCATED),
+                        ("cwd_unreadable", rec.CWD_UNREADABLE)):  # fmt: skip
+        a.label(label)
+        a.st(W, R9, base + rec.W_CWD_FLAGS, flag)
+        a.st(W, R9, base + rec.W_CWD_LEN, 0)
+        a.ja("cwd_end")
+    a.label("cwd_end")
+    # r8 = the size before the walk + the cwd bytes, bounded again
+    a.ldx(DW, R8, FP, SLOT_SIZE)
+    a.jle(R8, size_max, "cwd_size")
+    a.mov(R8, size_max)
+    a.label("cwd_size")
+    a.ldx(W, R1, R9, base + rec.W_CWD_LEN)
+    a.jle(R1, CWD_MAX, "cwd_len")
+    a.mov(R1, CWD_MAX)
+    a.label("cwd_len")
+    a.add(R8, R1)
 
 
 def _task_fields(a: Asm, lay: Layout) -> None:
@@ -305,8 +573,9 @@ def _begin(a: Asm, rtype: int) -> None:
     a.stx(DW, R9, rec.OFF_TS, R0)
 
 
-def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | None) -> None:
-    """Send the record at r9 (size HEADER_SIZE, or in ``size_reg``, a callee-saved register); count a failure.
+def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | int | None) -> None:
+    """Send the record at r9 (size HEADER_SIZE, or in ``size_reg``, a callee-saved register, or that many bytes
+    when an int); count a failure.
 
     Batched wakeups: wake the reader only for the first record after a drain (the ring was empty) or when much is
     pending.  A reader that drained the ring between our look at it and our commit may have gone to sleep without
@@ -329,6 +598,8 @@ def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | None) -> Non
     a.mov(R2, R9)
     if size_reg is None:
         a.mov(R3, rec.HEADER_SIZE)
+    elif isinstance(size_reg, Reg):
+        a.mov(R3, size_reg)
     else:
         a.mov(R3, size_reg)
     a.call(Helper.ringbuf_output)
@@ -367,7 +638,8 @@ def _output(a: Asm, maps: MapFds, filters: Filters, size_reg: Reg | None) -> Non
 # -- the programs ------------------------------------------------------------------------------------------------
 
 
-def fork_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
+def fork_program(lay: Layout, maps: MapFds, filters: Filters, *, context: bool = False) -> bytes:
+    """``context``: add the new task's context block (its namespaces, pid in its namespace, login, tty)."""
     a = Asm()
     a.ldx(DW, R7, R1, 0)  # the new task
     a.ldx(DW, R6, R1, 8)  # clone_flags
@@ -393,12 +665,21 @@ def fork_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
     a.stx(DW, R9, rec.OFF_AUX64, R6)
     a.call(Helper.get_current_pid_tgid)
     a.stx(W, R9, rec.OFF_AUX32, R0)  # the creating thread
-    _creds_cgroup_comm(a, filters)
-    _output(a, maps, filters, None)
+    _creds_cgroup_comm(a, filters, maps)
+    if context:
+        a.st(W, R9, rec.OFF_FLAGS, rec.FLAG_WHERE)
+        _where_fields(a, lay)
+        a.st(W, R9, rec.HEADER_SIZE + rec.W_CWD_FLAGS, rec.CWD_NONE)
+    _output(a, maps, filters, rec.HEADER_SIZE + rec.WHERE_SIZE if context else None)
     return a.assemble()
 
 
-def exec_program(lay: Layout, maps: MapFds, filters: Filters, argv_limit: int) -> bytes:
+def exec_program(
+    lay: Layout, maps: MapFds, filters: Filters, argv_limit: int, *, context: bool = False, cwd: bool = False
+) -> bytes:
+    """``context``: add the task's context block after the header (the filename and argv follow it); ``cwd``
+    (with ``context``): and its working directory at the end of the record."""
+    payload = rec.HEADER_SIZE + (rec.WHERE_SIZE if context else 0)
     a = Asm()
     a.mov(R6, R1)
     a.ldx(DW, R7, R6, 0)  # the task (current)
@@ -415,7 +696,7 @@ def exec_program(lay: Layout, maps: MapFds, filters: Filters, argv_limit: int) -
     a.stx(DW, R9, rec.OFF_AUX64, R1)
     # filename: r8 = bytes read including the NUL, within [0, FNAME_MAX]
     a.mov(R1, R9)
-    a.add(R1, rec.HEADER_SIZE)
+    a.add(R1, payload)
     a.mov(R2, FNAME_MAX)
     a.ldx(DW, R3, R8, lay.bprm_filename)
     a.call(Helper.probe_read_kernel_str)
@@ -427,7 +708,9 @@ def exec_program(lay: Layout, maps: MapFds, filters: Filters, argv_limit: int) -
     a.mov(R8, FNAME_MAX)
     a.label("fname_ok")
     a.stx(W, R9, rec.OFF_LEN_A, R8)
-    _creds_cgroup_comm(a, filters)
+    _creds_cgroup_comm(a, filters, maps)
+    if context:
+        _where_fields(a, lay)
     # argv: the true length, then as much as the limit allows
     a.ldx(DW, R1, R7, lay.task_mm)
     a.ldx(DW, R3, R1, lay.mm_arg_start)
@@ -442,9 +725,9 @@ def exec_program(lay: Layout, maps: MapFds, filters: Filters, argv_limit: int) -
     a.label("argv_ok")
     a.mov(R1, R9)
     a.add(R1, R8)
-    a.add(R1, rec.HEADER_SIZE)
+    a.add(R1, payload)
     a.add(R8, R2)
-    a.add(R8, rec.HEADER_SIZE)  # r8 = record size
+    a.add(R8, payload)  # r8 = record size
     a.call(Helper.probe_read_user)
     a.jeq(R0, 0, "send")
     a.st(W, R9, rec.OFF_FLAGS, rec.FLAG_ARGV_UNREADABLE)
@@ -452,8 +735,14 @@ def exec_program(lay: Layout, maps: MapFds, filters: Filters, argv_limit: int) -
     a.jle(R8, FNAME_MAX, "fname_again")
     a.mov(R8, FNAME_MAX)
     a.label("fname_again")
-    a.add(R8, rec.HEADER_SIZE)
+    a.add(R8, payload)
     a.label("send")
+    if context:
+        _set_flags(a, rec.FLAG_WHERE)
+        if cwd:
+            _cwd_walk(a, lay, payload + FNAME_MAX + argv_limit)
+        else:
+            a.st(W, R9, rec.HEADER_SIZE + rec.W_CWD_FLAGS, rec.CWD_NONE)
     _output(a, maps, filters, R8)
     return a.assemble()
 
@@ -500,7 +789,7 @@ def exit_program(lay: Layout, maps: MapFds, filters: Filters) -> bytes:
     a.label("have_status")
     a.stx(W, R9, rec.OFF_LEN_A, R1)
     a.st(W, R9, rec.OFF_LEN_B, 0)
-    _creds_cgroup_comm(a, filters)
+    _creds_cgroup_comm(a, filters, maps)
     # the process's name for its Exit: the leader's comm (threads may have named themselves differently)
     a.mov(R1, R9)
     a.add(R1, rec.HEADER_SIZE)
@@ -612,7 +901,7 @@ def _fork_failed_record(a: Asm, maps: MapFds, filters: Filters, syscall_index: i
     else:
         a.st(W, R9, rec.OFF_AUX32, syscall_index)
     a.stx(DW, R9, rec.OFF_AUX64, R7)
-    _creds_cgroup_comm(a, filters)
+    _creds_cgroup_comm(a, filters, maps)
 
 
 def _stash_exec_args(a: Asm, lay: Layout, regs: Reg, fname_arg: int, argv_arg: int) -> None:
@@ -662,7 +951,7 @@ def _exec_failed_record(a: Asm, lay: Layout, maps: MapFds, filters: Filters, sys
     a.call(Helper.get_current_task_btf)
     a.mov(R7, R0)
     _task_fields(a, lay)
-    _creds_cgroup_comm(a, filters)
+    _creds_cgroup_comm(a, filters, maps)
     # filename: r8 = bytes read including the NUL, within [0, FNAME_MAX] (0: unreadable)
     a.mov(R1, R9)
     a.add(R1, rec.HEADER_SIZE)

@@ -19,6 +19,18 @@ the backend's list, aux64 = return value (-errno); EXEC_FAILED aux32 = index of 
 argc << 16, aux64 = return value (-errno), len_a = bytes of filename read (with its NUL; 0: unreadable), len_b =
 argv bytes captured (every argument NUL-terminated, the last one possibly cut), payload = filename then argv; flags
 ARGV_UNREADABLE, ARGV_TRUNCATED (arguments cut or left out), ARGC_UNKNOWN (more than the program counts).
+
+With context wanted, FORK and EXEC records have flag WHERE and a 64-byte block right after the header (the payload
+of an EXEC record follows it)::
+
+     0 u32 loginuid      4 u32 sessionid      (4294967295: unset)
+     8 u32 tty major    12 u32 tty minor      (0:0 without a controlling terminal)
+    16 u32 pid in its own pid namespace (0 in the initial one)   20 u32 that namespace's level
+    24 u32 inode numbers of the pid, mnt, net, uts, ipc, user and cgroup namespaces (7 x u32, 0: unknown)
+    52 u32 cwd bytes     56 u32 cwd flags (CWD_*)   60 u32 reserved
+
+An EXEC record's cwd (``cwd bytes`` of them) ends the record: the names of its path's components from the leaf up to
+the root of the process's mount namespace, each NUL-terminated (none: the root itself).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ __all__ = [
     "HEADER_SIZE",
     "decode_argv",
     "decode_comm",
+    "decode_cwd",
     "decode_exec_failed_payload",
     "decode_exec_payload",
 ]
@@ -46,6 +59,13 @@ TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED, TYPE_EXEC_FAILED = 1, 2, 3, 4
 FLAG_ARGV_UNREADABLE = 1  # bpf_probe_read_user of the argv area failed
 FLAG_ARGV_TRUNCATED = 2  # EXEC_FAILED: the argv limit left arguments (or the end of one) out
 FLAG_ARGC_UNKNOWN = 4  # EXEC_FAILED: more arguments than the program follows
+FLAG_WHERE = 8  # FORK, EXEC: the context block follows the header
+
+WHERE = struct.Struct("=16I")
+WHERE_SIZE = WHERE.size  # 64
+W_LOGINUID, W_SESSIONID, W_TTY_MAJOR, W_TTY_MINOR, W_NS_PID, W_NS_LEVEL, W_NS = 0, 4, 8, 12, 16, 20, 24
+W_CWD_LEN, W_CWD_FLAGS = 52, 56
+CWD_NONE, CWD_TRUNCATED, CWD_UNREADABLE = 1, 2, 4  # not captured (a fork; no fs), too deep or long, a read failed
 
 # header field offsets, used by the programs that write them
 OFF_TYPE, OFF_FLAGS, OFF_TS, OFF_TGID, OFF_TID, OFF_START, OFF_TASK_START = 0, 4, 8, 16, 20, 24, 32
@@ -102,3 +122,15 @@ def decode_exec_failed_payload(
         raise DecodeError("exec-failed record: argv does not end with NUL")
     argv = tuple(part.decode("utf-8", "surrogateescape") for part in captured[:-1].split(b"\0")) if captured else ()
     return filename, argv, bool(flags & FLAG_ARGV_TRUNCATED)
+
+
+def decode_cwd(raw: bytes) -> str:
+    """A cwd as the exec program wrote it (the components' names from the leaf up, each NUL-terminated) as a path;
+    non-UTF-8 bytes as surrogate escapes."""
+    if not raw:
+        return "/"
+    if raw[-1:] != b"\0":
+        raise DecodeError("cwd does not end with NUL")
+    parts = raw[:-1].split(b"\0")
+    parts.reverse()
+    return "/" + "/".join(part.decode("utf-8", "surrogateescape") for part in parts)

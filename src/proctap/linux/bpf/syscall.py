@@ -51,6 +51,7 @@ class MapType(IntEnum):
     HASH = 1
     ARRAY = 2
     PERCPU_ARRAY = 6
+    CGROUP_ARRAY = 8
     RINGBUF = 27
 
 
