@@ -2,12 +2,13 @@
 """What the process cache costs in memory with many live processes, and what context costs per event.
 
 A holder process (a few lines of C, built here with gcc) forks ``--processes`` children that sleep in pause(), so
-that many processes are alive at once.  Then ``proctap watch --json --snapshot --ancestry`` starts on the whole
-machine (its snapshot learns every one of them into the cache), a churn of short processes runs beside, and the
-watcher's peak RSS (VmHWM) is printed next to a plain ``proctap watch --json`` of the same machine.  The holder's
+that many processes are alive at once.  Then ``proctap watch --json`` starts on the whole machine, plain, with
+``--context`` (the cache learns every process from /proc at the start) and with ``--snapshot --ancestry`` (each is
+also printed, with its ancestry), a churn of short processes runs beside, and each watcher's peak RSS (VmHWM) and
+CPU are printed.  The holder's
 children are killed at the end.  Numbers only: this asserts nothing.
 
-The kernel's pid_max must leave room: if it is below ``--processes`` + 2000 it is raised for the run and put back.
+The kernel's pid_max must leave room: if it is below ``--processes`` + 32768 it is raised for the run and put back.
 
 Run as root: ``python3 bench/cache_memory.py [--processes 30000] [--backend auto]``.
 """
@@ -89,7 +90,7 @@ def main() -> int:
     parser.add_argument("--churn", type=float, default=5.0, help="seconds of /bin/true churn per run (default 5)")
     args = parser.parse_args()
     old_pid_max = int(PID_MAX.read_text())
-    wanted = args.processes + 2000
+    wanted = args.processes + 32768  # room for everything else on the machine
     with tempfile.TemporaryDirectory(prefix="proctap-cache-memory-") as tmp:
         holder_exe = build_holder(Path(tmp))
         if old_pid_max < wanted:
@@ -100,7 +101,12 @@ def main() -> int:
             holder.stdout.readline()
             live = len([p for p in os.listdir("/proc") if p.isdigit()])
             print(f"live processes on the machine: {live}")
-            for label, extra in (("plain watch --json", []), ("--snapshot --ancestry", ["--snapshot", "--ancestry"])):
+            variants = (
+                ("plain watch --json", []),
+                ("--context", ["--context"]),
+                ("--snapshot --ancestry", ["--snapshot", "--ancestry"]),
+            )
+            for label, extra in variants:
                 rss, cpu = measure(extra, args.backend, args.churn)
                 print(f"{label:<24} peak RSS {rss / 1024:6.1f} MB   CPU {cpu:6.2f} s")
         finally:

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .enrich import read_existing
 from .events import (
@@ -220,6 +220,7 @@ class ProcessCache:
         self._expiry: collections.deque[tuple[int, TaskKey | int]] = collections.deque()
         self._clock = Clock()
         self._stats = CacheStats(capacity=capacity)
+        self._interned: dict[object, object] = {}
         self._context_memo: dict[tuple[tuple[int, ...], bool], tuple[list[Process], str]] = {}
         self._where_memo: dict[tuple[int, Origin | None, str | None, Origin | None], tuple[Where | None, str]] = {}
         self._inherited_memo: dict[int, tuple[Where, Where]] = {}
@@ -415,7 +416,7 @@ class ProcessCache:
             pid=event.pid,
             start_ns=event.start_ns,
             parent_pid=event.parent_pid,
-            parent_key=None if parent is None else parent.key,
+            parent_key=None if parent is None else self._shared(parent.key),
             comm=event.comm if event.comm is not None else (parent.comm if parent else None),
             exe=parent.exe if parent else None,
             argv=parent.argv if parent else None,
@@ -464,9 +465,9 @@ class ProcessCache:
             parent_key=proc.parent_key if parent_pid == proc.parent_pid else None,
             comm=comm,
             comm_from=comm_from,
-            exe=event.filename,
+            exe=self._shared(event.filename),
             exe_from=event.filename_from,
-            argv=event.argv,
+            argv=self._shared(event.argv),
             argv_from=event.argv_from,
             uid=proc.uid if event.uid is None else event.uid,
             gid=proc.gid if event.gid is None else event.gid,
@@ -498,10 +499,10 @@ class ProcessCache:
             pid=event.pid,
             start_ns=event.start_ns,
             parent_pid=event.parent_pid,
-            parent_key=None if parent is None else parent.key,
-            comm=event.comm,
-            exe=event.filename,
-            argv=event.argv,
+            parent_key=None if parent is None else self._shared(parent.key),
+            comm=self._shared(event.comm),
+            exe=self._shared(event.filename),
+            argv=self._shared(event.argv),
             uid=event.uid,
             gid=event.gid,
             comm_from=origin if event.comm is not None else None,
@@ -514,6 +515,19 @@ class ProcessCache:
             cwd_from=None if cwd is None else origin,
         )
         return self._put(proc)
+
+    def _shared(self, value: _T) -> _T:
+        """One object for equal names and command lines learnt from /proc or an exec: 30,000 workers of one
+        program share their argv (the cache's size is mostly these)."""
+        if value is None:
+            return value
+        shared = self._interned
+        found = shared.get(value)
+        if found is None:
+            if len(shared) >= _INTERN_MAX:
+                shared.clear()
+            found = shared[value] = value
+        return found  # type: ignore[return-value]
 
     def _learn(self, pid: int) -> Process | None:
         found = read_existing(pid, "proc", self._clock, "proc", self.cgroups)
@@ -571,6 +585,8 @@ class ProcessCache:
 
 
 _MEMO_MAX = 2048
+_INTERN_MAX = 65_536
+_T = TypeVar("_T")
 _NO_CONTEXT = '"exec_id":null,"parent":null'
 _NO_CONTEXT_ANCESTRY = '"exec_id":null,"parent":null,"ancestors":null'
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode

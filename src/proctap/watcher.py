@@ -58,6 +58,7 @@ KindSpec = EventKind | str | type[Event]
 WakeFd = int | tuple[int, int]  # a descriptor (POLLIN) or (descriptor, poll event mask)
 DEFAULT_LATENCY_S = 0.01  # how long events may wait in the kernel between drains while they keep coming
 ACCOUNTING_DRAIN_S = 1.0  # with accounting, the longest idle wait: the taskstats socket hears every exit
+PENDING_SLICE = 1024  # events handed over per read() from what is already queued (a snapshot)
 REPAIR_INTERVAL_S = 0.5  # at most one /proc reconciliation this often in a storm of losses (the last one is kept)
 CACHE_KINDS = frozenset({EventKind.FORK, EventKind.EXEC, EventKind.EXIT})  # what keeps the process cache complete
 _set = object.__setattr__  # Event.process is set once, by the drain step, on an event nobody else holds yet
@@ -455,10 +456,9 @@ class Watcher:
         return [(ev, ev.process) for ev in self._read(timeout, wake)]
 
     def _read(self, timeout: float | None, wake: Sequence[WakeFd]) -> list[Event]:
-        if self._pending:
-            out = list(self._pending)
-            self._pending.clear()
-            return out
+        pending = self._pending
+        if pending:  # e.g. a snapshot of 30,000 processes: handed over in slices, so a renderer's batch stays small
+            return [pending.popleft() for _ in range(min(len(pending), PENDING_SLICE))]
         if self._closed:
             return []
         deadline = None if timeout is None else time.monotonic() + timeout
