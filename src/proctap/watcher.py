@@ -498,6 +498,8 @@ class Watcher:
         self._stats.drains += 1
         self._busy = bool(events)
         out = self._process(events) if events else []
+        if self._cache_fed:
+            self.processes.expire()  # also when idle: exited processes leave after their grace period
         if self._accounting is not None:
             if events:
                 out = self._accounting.attach(out)
@@ -546,8 +548,6 @@ class Watcher:
             elif accounting is not None and cls is Exit and not ev.is_thread:  # type: ignore[attr-defined]
                 accounting.forget(ev.pid)
             flt.forget(ev)
-        if cache is not None:
-            cache.expire()
         return out
 
     def _count_lost(self, ev: Lost) -> None:
