@@ -242,11 +242,12 @@ class Watcher:
     ``context``: who and where each process is (:class:`proctap.Where` on ``event.process.where``: cgroup,
     container, login uid and session, terminal, cwd, namespaces), captured in the kernel at Fork and Exec where the
     backend can (``Feature.CONTEXT_KERNEL``), else read from /proc for each Exec and for processes learnt from
-    /proc; a forked child has its parent's until it exec's.  The filters ``uid`` (real uid), ``loginuid`` (audit
-    login uid, 4294967295: never logged in), ``cgroup`` (a v2 cgroup path as /proc/PID/cgroup shows it, or its
-    directory: that cgroup and below) and ``container`` (an id prefix or a name; ``"any"``: every containerised
-    process) imply it; they are exact (applied to every event's process) and also run in the kernel where the
-    backend can (``Feature.CONTEXT_FILTER_KERNEL``).
+    /proc; a forked child has its parent's until it exec's.  It feeds the process cache (the backend delivers
+    forks, execs and exits whatever ``events`` says) so that every event carries its process.  The filters ``uid``
+    (real uid), ``loginuid`` (audit login uid, 4294967295: never logged in), ``cgroup`` (a v2 cgroup path as
+    /proc/PID/cgroup shows it, or its directory: that cgroup and below) and ``container`` (an id prefix or a name;
+    ``"any"``: every containerised process) imply it; they are exact (applied to every event's process) and also
+    run in the kernel where the backend can (``Feature.CONTEXT_FILTER_KERNEL``).
 
     The process cache (:attr:`processes`, :class:`proctap.ProcessCache`) follows every process while the backend
     delivers forks, execs and exits (the default kinds; ``track=True`` asks for them whatever ``events`` says), and
@@ -329,9 +330,9 @@ class Watcher:
         backend_kinds = kinds | {EventKind.FORK, EventKind.EXIT} if pid is not None else kinds
         if track:
             backend_kinds |= {EventKind.FORK, EventKind.EXEC, EventKind.EXIT, EventKind.COMM}
-        if by_context:  # the filters read each event's process: the cache must follow them all
+        if context:  # the context and its filters are the processes': the cache must follow them all
             backend_kinds |= CACHE_KINDS | ({EventKind.UID} if uid is not None else set())
-        self._cache_fed = (cache or track or by_context) and backend_kinds >= CACHE_KINDS
+        self._cache_fed = (cache or track or context) and backend_kinds >= CACHE_KINDS
         self._enrich_all = track  # enrich execs out of scope too: the cache's ancestors need their argv
         self._repair = repair and self._cache_fed
         if EventKind.FORK in kinds or snapshot:  # a process found by a repair stands in for its lost Fork

@@ -204,6 +204,13 @@ class Cgroups:
             found = self._by_id[cgroup_id] = (cgroup_id, path, self._container(path))
         return found
 
+    def learn(self, cgroup_id: int, path: str) -> None:
+        """The path of a cgroup, told by the kernel (the bpf backend's CGROUP record): kept even when the cgroup
+        is gone by the time its events are decoded."""
+        if cgroup_id not in self._by_id or self._by_id[cgroup_id][1] is None:
+            self.paths.paths[cgroup_id] = path
+            self._by_id[cgroup_id] = (cgroup_id, path, self._container(path))
+
     def by_path(self, path: str | None) -> CgroupInfo:
         if path is None:
             return (None, None, None)

@@ -11,7 +11,9 @@ serves ForkFailed and ExecFailed alike; either is only attached when its kind is
 
 With context wanted (``BackendConfig.context``), the fork and exec programs capture each task's context in the
 kernel (``Feature.CONTEXT_KERNEL``, ``Feature.CWD_KERNEL``): the decoder makes one :class:`proctap.events.Where` per
-distinct context (a storm's tasks share it), resolving the cgroup id to its path once per cgroup.  The watcher's
+distinct context (a storm's tasks share it).  The path of each cgroup comes from the kernel too, once (a CGROUP record
+before the first event in it), so a container gone by the time proctap reads its events still has its path; the
+id is resolved in user space only when that record is missing.  The watcher's
 ``uid``, ``loginuid`` and ``cgroup`` filters run in the programs too (``Feature.CONTEXT_FILTER_KERNEL``; the cgroup
 one with ``bpf_current_task_under_cgroup``: that cgroup and below).
 """
@@ -226,6 +228,8 @@ class BpfBackend(Backend):
                 tracked=self._own(create_map(MapType.HASH, 4, 8, TRACKED_MAX, "proctap_tracked"))
                 if filters.tracked else -1,
                 cgroup=self._cgroup_map(cfg.cgroup) if cfg.cgroup is not None else -1,
+                cgroups_seen=self._own(create_map(MapType.LRU_HASH, 8, 8, progs.CGROUPS_SEEN_MAX, "proctap_cgseen"))
+                if self._context and progs.cgroup_path_capturable(layout) else -1,
             )  # fmt: skip
             self._lost_fd = maps.lost
             if cfg.root_pid is not None:
@@ -529,6 +533,9 @@ class EventDecoder:
                 parent_pid=ppid, uid=uid, gid=gid, cgroup_id=cgroup, filename_from=Origin.KERNEL,
                 argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL, where=where,
             ))  # fmt: skip
+        elif rtype == rec.TYPE_CGROUP:  # a cgroup's path, before the first event in it: no event of its own
+            if self._cgroups is not None and len_a <= length - HEADER_SIZE:
+                self._cgroups.learn(aux64, rec.decode_cwd(data[offset + HEADER_SIZE : offset + HEADER_SIZE + len_a]))
         elif rtype == rec.TYPE_FORK_FAILED:
             if length != HEADER_SIZE:
                 raise DecodeError(f"BPF fork-failed record has {length} bytes, expected {HEADER_SIZE}")

@@ -39,9 +39,9 @@ from .btf import STRUCT, TYPEDEF, Btf
 from .insn import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Asm, B, Helper, Reg, W
 
 __all__ = ["CWD_MAX", "EXEC_ARGS_MAX", "EXEC_SYSCALLS", "FNAME_MAX", "SYSCALL_ABI", "WHERE_MEMBERS", "Filters",
-           "Layout", "MapFds", "SyscallAbi", "context_capturable", "cwd_capturable", "exec_failed_program",
-           "exec_program", "exit_program", "failed_syscalls_raw_program", "fork_failed_program", "fork_program",
-           "scratch_size"]  # fmt: skip
+           "Layout", "MapFds", "SyscallAbi", "cgroup_path_capturable", "context_capturable", "cwd_capturable",
+           "exec_failed_program", "exec_program", "exit_program", "failed_syscalls_raw_program", "fork_failed_program",
+           "fork_program", "scratch_size"]  # fmt: skip
 
 FNAME_MAX = 4096  # PATH_MAX
 CLONE_THREAD = 0x00010000
@@ -65,12 +65,17 @@ SLOT_MOUNT = -96  # the cwd walk: its struct mount
 SLOT_MNT_ROOT = -104  # the cwd walk: that mount's root dentry
 SLOT_SIZE = -112  # the cwd walk: the record's size before the cwd
 SLOT_NAME = -120  # the cwd walk: the current dentry's name (a kernel pointer)
+SLOT_CG_ID = -128  # the cgroup path: the cgroup's id (the key of the map of cgroups already sent)
+SLOT_KN = -136  # the cgroup path: the current kernfs node
 
 # The cwd walk: at most CWD_MAX bytes of names and CWD_STEPS steps (a component or a mount crossed), each name read
 # with room for NAME_ROOM bytes (NAME_MAX + 1); a path beyond is reported truncated (no cwd).
 CWD_MAX = 4096
 CWD_STEPS = 64
 NAME_ROOM = 256
+CGROUP_PATH_MAX = 2048  # the cgroup path record: at most this many bytes of names
+CGROUP_STEPS = 32  # and this many levels (deeper: not sent; user space resolves the id)
+CGROUPS_SEEN_MAX = 16384  # LRU map of cgroup ids whose path was sent
 MAX_PID_NS_LEVEL = 32  # include/linux/pid_namespace.h
 AUDIT_UNSET = 0xFFFF_FFFF
 
@@ -94,10 +99,13 @@ WHERE_MEMBERS = {
     "dentry_name": ("dentry", "d_name.name"),
     "mount_mnt": ("mount", "mnt"), "mount_parent": ("mount", "mnt_parent"),
     "mount_mountpoint": ("mount", "mnt_mountpoint"), "vfsmount_root": ("vfsmount", "mnt_root"),
+    "task_cgroups": ("task_struct", "cgroups"), "css_dfl_cgrp": ("css_set", "dfl_cgrp"), "cgroup_kn": ("cgroup", "kn"),
+    "kn_name": ("kernfs_node", "name"), "kn_parent": ("kernfs_node", "__parent"),  # "parent" before Linux 6.15
 }  # fmt: skip
 # (nsproxy member, inode member, index among the record's namespaces: pid, mnt, net, uts, ipc, user, cgroup)
 _NSPROXY = (("nsproxy_mnt", "mnt_inum", 1), ("nsproxy_net", "net_inum", 2), ("nsproxy_uts", "uts_inum", 3),
             ("nsproxy_ipc", "ipc_inum", 4), ("nsproxy_cgroup", "cgroup_inum", 6))  # fmt: skip
+_CGROUP_MEMBERS = ("task_cgroups", "css_dfl_cgrp", "cgroup_kn", "kn_name", "kn_parent")
 _CWD_MEMBERS = ("task_fs", "fs_pwd", "path_mnt", "path_dentry", "dentry_parent", "dentry_name", "mount_mnt",
                 "mount_parent", "mount_mountpoint", "vfsmount_root")  # fmt: skip
 
@@ -196,6 +204,8 @@ class Layout:
         regs_nr = None if abi is None else btf.member("pt_regs", abi.regs_nr)
         exit_params = btf.func_params("btf_trace_sched_process_exit")  # (void *__data, task[, group_dead])
         where = {name: off_or_missing(struct_name, member) for name, (struct_name, member) in WHERE_MEMBERS.items()}
+        if where["kn_parent"] < 0:
+            where["kn_parent"] = off_or_missing("kernfs_node", "parent")
         try:
             where["upid_size"] = btf.size(btf.find("upid", STRUCT))
         except (KeyError, ValueError):
@@ -251,6 +261,8 @@ class Layout:
                 ok = type(value) is int
             else:
                 ok = isinstance(value, dict) and all(isinstance(k, str) and type(v) is int for k, v in value.items())
+            if f.name == "where" and ok:  # a cache written before members were added: parse BTF again
+                ok = isinstance(value, dict) and {*WHERE_MEMBERS, "upid_size"} <= value.keys()
             if not ok:
                 raise ValueError(f"bad or missing {f.name}")
             values[f.name] = value
@@ -278,14 +290,20 @@ class MapFds:
     lost: int  # PERCPU_ARRAY[1] of u64
     tracked: int  # HASH u32 tgid -> u64 (or -1 when not filtering)
     cgroup: int = -1  # CGROUP_ARRAY[1] holding the cgroup of Filters.cgroup_under (-1: none)
+    cgroups_seen: int = -1  # LRU_HASH u64 cgroup id -> u64: the cgroups whose path a CGROUP record gave (-1: none)
 
 
 def scratch_size(argv_limit: int, *, exec_failed: bool = False, context: bool = False) -> int:
     """Bytes of one per-CPU record slot.  A failed exec's argv is read one string at a time, each at most what is
     left of ``argv_limit``: the verifier cannot relate the offset to that size, so the slot leaves room for both.
     With ``context``, room for the context block and the cwd."""
-    extra = rec.WHERE_SIZE + CWD_MAX if context else 0
+    extra = rec.WHERE_SIZE + max(CWD_MAX, CGROUP_PATH_MAX) if context else 0
     return rec.HEADER_SIZE + FNAME_MAX + argv_limit * (2 if exec_failed else 1) + extra
+
+
+def cgroup_path_capturable(lay: Layout) -> bool:
+    """Whether this kernel's BTF has everything the cgroup path walk reads."""
+    return all(lay.where.get(name, -1) >= 0 for name in _CGROUP_MEMBERS)
 
 
 def cwd_capturable(lay: Layout) -> bool:
@@ -457,6 +475,84 @@ def _where_fields(a: Asm, lay: Layout) -> None:
         a.jeq(R3, 0, "w_no_pid")
         _read_kernel(a, R9, base + rec.W_NS, 4, R3, w["pidns_inum"])
         a.label("w_no_pid")
+
+
+def _cgroup_path(a: Asm, lay: Layout, maps: MapFds) -> None:
+    """Before the event's record, once per cgroup: a CGROUP record with the current task's cgroup id and path, so
+    that the path is known even when the cgroup is gone by the time user space reads the event (a container that
+    lived a millisecond).  ``maps.cgroups_seen`` (an LRU map) remembers the ids already sent; the path's names are
+    read from the cgroup's kernfs node up to the root (leaf first, each NUL-terminated), with the scratch slot at r9
+    (the event's record is written over it afterwards).  Nothing is sent for a path too deep or unreadable: user
+    space then resolves the id itself.  Clobbers r0-r5 and r8."""
+    w = lay.where
+    a.call(Helper.get_current_cgroup_id)
+    a.stx(DW, FP, SLOT_CG_ID, R0)
+    a.ld_map_fd(R1, maps.cgroups_seen)
+    a.mov(R2, FP)
+    a.add(R2, SLOT_CG_ID)
+    a.call(Helper.map_lookup_elem)
+    a.jne(R0, 0, "cg_done")
+    a.st(DW, FP, SLOT_VAL, 1)
+    a.ld_map_fd(R1, maps.cgroups_seen)
+    a.mov(R2, FP)
+    a.add(R2, SLOT_CG_ID)
+    a.mov(R3, FP)
+    a.add(R3, SLOT_VAL)
+    a.mov(R4, BPF_ANY)
+    a.call(Helper.map_update_elem)  # first: another CPU may send the same path meanwhile, which does no harm
+    _begin(a, rec.TYPE_CGROUP)
+    a.ldx(DW, R1, FP, SLOT_CG_ID)
+    a.stx(DW, R9, rec.OFF_AUX64, R1)
+    a.st(W, R9, rec.OFF_LEN_A, 0)
+    a.call(Helper.get_current_task_btf)
+    _read_kernel(a, FP, SLOT_KN, 8, R0, w["task_cgroups"])  # (an __rcu pointer: read, not loaded through BTF)
+    a.jne(R0, 0, "cg_done")
+    a.ldx(DW, R1, FP, SLOT_KN)
+    _read_kernel(a, FP, SLOT_KN, 8, R1, w["css_dfl_cgrp"])
+    a.jne(R0, 0, "cg_done")
+    a.ldx(DW, R1, FP, SLOT_KN)
+    _read_kernel(a, FP, SLOT_KN, 8, R1, w["cgroup_kn"])
+    a.jne(R0, 0, "cg_done")
+    a.mov(R8, 0)
+    a.label("cg_step")
+    a.jge(R8, CGROUP_STEPS, "cg_done")
+    a.add(R8, 1)
+    a.ldx(DW, R1, FP, SLOT_KN)
+    a.jeq(R1, 0, "cg_done")
+    _read_kernel(a, FP, SLOT_TMP, 8, R1, w["kn_parent"])
+    a.jne(R0, 0, "cg_done")
+    a.ldx(DW, R1, FP, SLOT_TMP)
+    a.jeq(R1, 0, "cg_send")  # the hierarchy's root: its name is not part of the path
+    a.ldx(DW, R1, FP, SLOT_KN)
+    _read_kernel(a, FP, SLOT_NAME, 8, R1, w["kn_name"])
+    a.jne(R0, 0, "cg_done")
+    a.ldx(W, R2, R9, rec.OFF_LEN_A)
+    a.jgt(R2, CGROUP_PATH_MAX - NAME_ROOM, "cg_done")
+    a.mov(R1, R9)
+    a.add(R1, rec.HEADER_SIZE)
+    a.add(R1, R2)
+    a.mov(R2, NAME_ROOM)
+    a.ldx(DW, R3, FP, SLOT_NAME)
+    a.call(Helper.probe_read_kernel_str)
+    a.jslt(R0, 2, "cg_done")
+    a.ldx(W, R2, R9, rec.OFF_LEN_A)
+    a.jgt(R2, CGROUP_PATH_MAX - NAME_ROOM, "cg_done")
+    a.add(R2, R0)
+    a.stx(W, R9, rec.OFF_LEN_A, R2)
+    a.ldx(DW, R1, FP, SLOT_TMP)
+    a.stx(DW, FP, SLOT_KN, R1)
+    a.ja("cg_step")
+    a.label("cg_send")
+    a.ldx(W, R3, R9, rec.OFF_LEN_A)
+    a.jle(R3, CGROUP_PATH_MAX, "cg_size")
+    a.mov(R3, CGROUP_PATH_MAX)
+    a.label("cg_size")
+    a.add(R3, rec.HEADER_SIZE)
+    a.ld_map_fd(R1, maps.ringbuf)
+    a.mov(R2, R9)
+    a.mov(R4, BPF_RB_NO_WAKEUP)  # the event's record, right after, wakes the reader as usual
+    a.call(Helper.ringbuf_output)
+    a.label("cg_done")
 
 
 def _cwd_walk(a: Asm, lay: Layout, size_max: int) -> None:
@@ -660,6 +756,8 @@ def fork_program(lay: Layout, maps: MapFds, filters: Filters, *, context: bool =
         _tracked_map_call(a, maps, Helper.map_update_elem, value=True)
         a.label("tracked")
     _scratch_slot(a, maps)
+    if context and maps.cgroups_seen >= 0:
+        _cgroup_path(a, lay, maps)
     _begin(a, rec.TYPE_FORK)
     _task_fields(a, lay)
     a.stx(DW, R9, rec.OFF_AUX64, R6)
@@ -687,6 +785,8 @@ def exec_program(
         a.ldx(W, R8, R7, lay.task_tgid)
         _check_tracked(a, maps, R8)
     _scratch_slot(a, maps)
+    if context and maps.cgroups_seen >= 0:
+        _cgroup_path(a, lay, maps)
     _begin(a, rec.TYPE_EXEC)
     _task_fields(a, lay)
     a.ldx(DW, R1, R6, 8)

@@ -31,6 +31,10 @@ of an EXEC record follows it)::
 
 An EXEC record's cwd (``cwd bytes`` of them) ends the record: the names of its path's components from the leaf up to
 the root of the process's mount namespace, each NUL-terminated (none: the root itself).
+
+A CGROUP record (with context, once per cgroup, before the first FORK or EXEC record in it) tells a cgroup's path:
+aux64 = the cgroup id, len_a = bytes of payload, payload = the names of the path's components from the leaf up, each
+NUL-terminated (none: the root), as for the cwd; it makes no event.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ HEADER = struct.Struct("=IIQIIQQIIIIQ16sQII")
 HEADER_SIZE = HEADER.size  # 96
 EXIT_RECORD_SIZE = HEADER_SIZE + 16  # + the leader's comm
 
-TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED, TYPE_EXEC_FAILED = 1, 2, 3, 4, 5
+TYPE_FORK, TYPE_EXEC, TYPE_EXIT, TYPE_FORK_FAILED, TYPE_EXEC_FAILED, TYPE_CGROUP = 1, 2, 3, 4, 5, 6
 FLAG_ARGV_UNREADABLE = 1  # bpf_probe_read_user of the argv area failed
 FLAG_ARGV_TRUNCATED = 2  # EXEC_FAILED: the argv limit left arguments (or the end of one) out
 FLAG_ARGC_UNKNOWN = 4  # EXEC_FAILED: more arguments than the program follows

@@ -52,6 +52,7 @@ class MapType(IntEnum):
     ARRAY = 2
     PERCPU_ARRAY = 6
     CGROUP_ARRAY = 8
+    LRU_HASH = 9
     RINGBUF = 27
 
 
