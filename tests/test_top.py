@@ -25,8 +25,8 @@ import pytest
 
 import proctap
 from proctap.backends import Feature, backend_class, probe_all
-from proctap.top.aggregate import Aggregator, ParentRow, Series, Sort, View
 from proctap.linux.cgroups import CgroupPaths, cgroup2_mount, parse_mountinfo_cgroup2
+from proctap.top.aggregate import Aggregator, ParentRow, Series, Sort, View
 from proctap.top.screen import State, compose
 from proctap.top.table import header_lines, table_lines
 
