@@ -202,6 +202,18 @@ def test_the_decoder_reads_the_context_block_and_the_cwd() -> None:
     assert plain.where is not None and (plain.where.loginuid, plain.where.tty, plain.where.ns_pid) == (None, None, 7)
     with pytest.raises(proctap.DecodeError):
         decoder.decode(fork, 0, len(fork) - 8, out)
+    # a CGROUP record (once per cgroup, before its first event) names a cgroup that may be gone when decoded
+    gone = (1 << 60) + 12345
+    names = f"libpod-{ID}\0libpod_parent\0".encode()
+    told = rec.HEADER.pack(rec.TYPE_CGROUP, 0, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, b"", gone, len(names), 0) + names
+    out.clear()
+    decoder.decode(told, 0, len(told), out)
+    assert out == []  # no event of its own
+    late = record(rec.TYPE_FORK, b"", cgroup=gone)
+    decoder.decode(late, 0, len(late), out)
+    (forked,) = out
+    assert forked.where is not None and forked.where.cgroup == f"/libpod_parent/libpod-{ID}"
+    assert forked.where.container == Container(ID, "podman") and forked.where.cgroup_id == gone
 
 
 # -- real components --------------------------------------------------------------------------------------------------

@@ -278,3 +278,39 @@ def exec_fails(path: str | int, argv: list[str]) -> tuple[int, int]:
 def own_comm() -> str:
     with open("/proc/self/comm") as f:
         return f.read().rstrip("\n")
+
+
+# -- who and where: a hand-made v2 cgroup -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def v2_cgroup(name: str) -> Iterator[tuple[str, str] | None]:
+    """A new cgroup under the cgroup2 mount: (its directory, its path as /proc/PID/cgroup shows it), or None when
+    there is no cgroup2 mount here.  Removed afterwards (a task left in it moved to the root first)."""
+    from proctap.linux.cgroups import cgroup2_mount
+
+    root = cgroup2_mount()
+    if root is None:
+        yield None
+        return
+    directory = os.path.join(root, name)
+    os.mkdir(directory)
+    try:
+        yield directory, "/" + name
+    finally:
+        with contextlib.suppress(OSError), open(os.path.join(directory, "cgroup.procs")) as f:
+            for pid in f.read().split():
+                with contextlib.suppress(OSError), open(os.path.join(root, "cgroup.procs"), "w") as to:
+                    to.write(pid)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except OSError as exc:  # EBUSY until the kernel lets go of the tasks that died in it
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+def in_cgroup(directory: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    """``argv`` run by a shell that first moves itself into the cgroup ``directory``."""
+    return subprocess.Popen(["sh", "-c", f'echo $$ > "{directory}/cgroup.procs" && exec "$@"', "sh", *argv])

@@ -7,6 +7,7 @@ with their probe's reason); a test for a feature runs only for the backends that
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -29,17 +30,37 @@ from conformance_helpers import (
     fork_exit,
     fork_fails_by_rlimit_nproc,
     fork_fails_in_pids_cgroup,
+    in_cgroup,
     kill_and_reap,
     own_comm,
     pids_cgroup_root,
     reap,
     run_python,
     segfault_script,
+    v2_cgroup,
 )
 
 import proctap
-from proctap.backends import Feature
-from proctap.events import Comm, Coredump, Exec, ExecFailed, Exit, Fork, ForkFailed, Gid, Lost, Ptrace, Sid, Uid
+from proctap.backends import BackendConfig, Feature, backend_class
+from proctap.events import (
+    Comm,
+    Coredump,
+    EventKind,
+    Exec,
+    ExecFailed,
+    Exit,
+    Fork,
+    ForkFailed,
+    Gid,
+    Lost,
+    Namespaces,
+    Ptrace,
+    Sid,
+    Uid,
+)
+from proctap.linux import procfs
+from proctap.linux.cgroups import read_cgroup, under
+from proctap.where import AUDIT_UNSET, container_of, decode_tty_nr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root (scripts/test checks it)")
 
@@ -709,3 +730,128 @@ def test_snapshot_then_live_stream(backend: str) -> None:
     finally:
         before.kill()
         reap(before)
+
+
+# -- who and where (issue 12) ---------------------------------------------------------------------------------------
+def _origin(backend: str, feature: Feature) -> str:
+    return "kernel" if feature in features_of(backend) else "proc"
+
+
+def _namespaces(pid: int | str) -> Namespaces:
+    return Namespaces(*(procfs.read_namespace(pid, kind) for kind in Namespaces._fields))  # type: ignore[arg-type]
+
+
+def _audit(pid: int | str, name: str) -> int | None:
+    value = procfs.read_id_file(pid, name)  # type: ignore[arg-type]
+    return None if value == AUDIT_UNSET else value
+
+
+@requires(Feature.EXEC)
+def test_exec_carries_its_context(backend: str, tmp_path) -> None:
+    """Watcher(context=True): an Exec's context (its Where, and the process's) is what /proc says of the process:
+    cgroup, container, login uid and session, terminal, namespaces, the directory it was started in; captured by the
+    kernel where the backend declares CONTEXT_KERNEL / CWD_KERNEL, else read from /proc."""
+    work = tmp_path / "work dir"
+    work.mkdir()
+    with collect(backend, context=True) as log:
+        r, w = os.pipe()
+        p = __import__("subprocess").Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=r, cwd=work)
+        os.close(r)
+        try:
+            ex = log.wait_exec(p.pid)
+            stat = procfs.read_stat(p.pid)
+            want = (read_cgroup(p.pid), _namespaces(p.pid), _audit(p.pid, "loginuid"), _audit(p.pid, "sessionid"))
+        finally:
+            os.close(w)
+            reap(p)
+    assert isinstance(ex, Exec) and stat is not None
+    where, proc = ex.where, ex.process
+    assert where is not None and proc is not None and proc.where is where
+    assert where.origin == _origin(backend, Feature.CONTEXT_KERNEL) and proc.where_from == where.origin
+    assert proc.cwd == where.cwd == os.path.realpath(work)
+    assert proc.cwd_from == _origin(backend, Feature.CWD_KERNEL)
+    assert (where.cgroup, where.namespaces, where.loginuid, where.sessionid) == want
+    assert where.tty == decode_tty_nr(stat.tty_nr) and where.ns_pid is None
+    assert where.container == container_of(where.cgroup)
+
+
+@requires(Feature.FORK)
+def test_a_forked_child_has_its_context(backend: str) -> None:
+    """A Fork carries the child's context from the kernel (CONTEXT_KERNEL; its cwd is its parent's), else the
+    child has its parent's (``inherited``); either way the child's process knows its namespaces and cwd."""
+    with collect(backend, context=True) as log:
+        pid = fork_exit(0, log)
+    fork = log.forks_of(pid)[-1]
+    proc = fork.process
+    assert proc is not None and proc.where is not None
+    if Feature.CONTEXT_KERNEL in features_of(backend):
+        assert fork.where is not None and fork.where.origin == "kernel" and fork.where.cwd is None
+        assert proc.where_from == "kernel"
+    else:
+        assert fork.where is None and proc.where_from == "inherited"
+    assert proc.where.namespaces == _namespaces("self") and proc.cwd == os.getcwd() and proc.cwd_from == "inherited"
+    assert proc.where.cgroup == read_cgroup("self")
+
+
+@requires(Feature.EXEC, Feature.CWD_KERNEL, Feature.CONTEXT_KERNEL)
+def test_context_captured_for_a_process_already_gone(backend: str, tmp_path) -> None:
+    """Captured in the kernel: a process that exec'd and exited before anyone could read /proc still has its cwd,
+    namespaces and cgroup."""
+    with collect(backend, context=True) as log:
+        p = __import__("subprocess").Popen(["/bin/true"], cwd=tmp_path)
+        reap(p)
+        ex = log.wait_exec(p.pid)
+    assert isinstance(ex, Exec) and ex.where is not None and ex.where.origin == "kernel"
+    assert ex.where.cwd == os.path.realpath(tmp_path)
+    assert ex.where.namespaces == _namespaces("self") and ex.where.cgroup == read_cgroup("self")
+
+
+@requires(Feature.EXEC, Feature.CONTEXT_FILTER_KERNEL)
+def test_context_filters_run_in_the_kernel(backend: str) -> None:
+    """The backend alone (the watcher filters exactly anyway) delivers no exec of another uid when given ``uid``,
+    of another login uid when given ``loginuid``, and none from outside the cgroup when given ``cgroup`` (that
+    cgroup and below)."""
+    subprocess = __import__("subprocess")
+    cls = backend_class(backend)
+    config = BackendConfig(events=frozenset({EventKind.EXEC}), context=True, uid=65534)
+    with contextlib.closing(cls(config)) as b:
+        log = Collector(b)
+        root = subprocess.Popen(["/bin/true"])
+        nobody = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/true"])
+        for p in (root, nobody):
+            reap(p)
+        log.wait_until(lambda: any(isinstance(e, Exec) and e.pid == nobody.pid for e in log.events),
+                       "the exec as nobody", [nobody.pid])  # fmt: skip
+        log.during(0.2)
+    execs = [e for e in log.events if isinstance(e, Exec)]
+    assert all(e.uid == 65534 for e in execs) and root.pid not in {e.pid for e in execs}
+    config = BackendConfig(events=frozenset({EventKind.EXEC}), context=True, loginuid=4321)
+    with contextlib.closing(cls(config)) as b:
+        log = Collector(b)
+        unset = subprocess.Popen(["/bin/true"])  # (the suite's loginuid is unset, or another: never 4321)
+        login = subprocess.Popen(["sh", "-c", "echo 4321 > /proc/self/loginuid && exec /bin/true"])
+        for p in (unset, login):
+            reap(p)
+        log.wait_until(lambda: any(isinstance(e, Exec) and e.pid == login.pid and e.argv == ("/bin/true",)
+                                   for e in log.events), "the exec of the login", [login.pid])  # fmt: skip
+        log.during(0.2)
+    execs = [e for e in log.events if isinstance(e, Exec)]
+    assert all(e.where is not None and e.where.loginuid == 4321 for e in execs)
+    assert unset.pid not in {e.pid for e in execs}
+    with v2_cgroup(f"proctap-conformance-{os.getpid()}") as made:
+        if made is None:
+            return  # no cgroup2 mount here (a VM's minimal init): the uid filter was checked
+        directory, path = made
+        config = BackendConfig(events=frozenset({EventKind.EXEC}), context=True, cgroup=path)
+        with contextlib.closing(cls(config)) as b:
+            log = Collector(b)
+            inside = in_cgroup(directory, ["/bin/true"])
+            outside = subprocess.Popen(["/bin/true"])
+            for p in (inside, outside):
+                reap(p)
+            log.wait_until(lambda: any(isinstance(e, Exec) and e.pid == inside.pid and e.argv == ("/bin/true",)
+                                       for e in log.events), "the exec in the cgroup", [inside.pid])  # fmt: skip
+            log.during(0.2)
+        execs = [e for e in log.events if isinstance(e, Exec)]
+        assert outside.pid not in {e.pid for e in execs}
+        assert all(e.where is not None and under(e.where.cgroup, path) for e in execs)
