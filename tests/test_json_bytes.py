@@ -17,13 +17,24 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proctap.events import EVENT_CLASSES, Event, Exec, Fork, event_dict, exact_bytes, json_texts
+from proctap.events import (
+    EVENT_CLASSES,
+    Accounting,
+    Event,
+    Exec,
+    Fork,
+    Origin,
+    event_dict,
+    event_json,
+    exact_bytes,
+    json_texts,
+)
 
 COMMON = {"source": "netlink", "timestamp_ns": 5, "wall_time": 1.5, "pid": 42, "tid": 42, "start_ns": 7}
 ODD = b"a\xff\xfeb"
@@ -108,8 +119,75 @@ def test_subclasses_get_their_own_plan() -> None:
     class Tagged(Fork):
         tag: str = ""
 
-    obj = event_dict(Tagged(**COMMON, parent_pid=1, tag=os.fsdecode(b"t\xff")))  # type: ignore[arg-type]
+    event = Tagged(**COMMON, parent_pid=1, tag=os.fsdecode(b"t\xff"))  # type: ignore[arg-type]
+    obj = event_dict(event)
     assert obj["event"] == "fork" and obj["tag"] == "t\ufffd" and exact_bytes(obj, "tag") == b"t\xff"
+    assert event_json(event) == _encoded(event)
+    assert event_json(dataclasses.replace(event, tag="t")) == _encoded(dataclasses.replace(event, tag="t"))
+
+
+# -- event_json: the same bytes as the dict, written directly ------------------------------------------------------
+
+
+def _encoded(event: Event) -> str:
+    """The NDJSON line as the JSON form defines it: event_dict, compact, ASCII-only."""
+    return json.dumps(event_dict(event), ensure_ascii=True, separators=(",", ":"))
+
+
+def test_event_json_is_the_encoded_dict() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_render import _full_events
+
+    events: list[Any] = _full_events()
+    events += [dataclasses.replace(ev, start_ns=None) for ev in events]  # no key
+    odd = exec_event(b"/bin/true", ODD, ESC, filename=b"/tmp/\xff", comm="é".encode())
+    events += [odd, exec_event(b"caf\xc3\xa9", b'\x00\x01"\\', b"")]  # non-UTF-8, non-ASCII, control characters
+    for ev in events:
+        assert event_json(ev) == _encoded(ev)
+
+
+_TEXT = st.one_of(st.text(max_size=6), st.binary(max_size=6).map(os.fsdecode), st.sampled_from(["", 'a\n"b\\']))
+_INT = st.one_of(st.integers(-(1 << 70), 1 << 70), st.booleans())  # a bool where an int is declared: another form
+_FLOAT = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 1 << 40))
+_ACCOUNTING = st.builds(Accounting, cpu_user_us=st.integers(0, 1 << 40), cpu_system_us=st.integers(0, 9),
+                        peak_rss_kb=st.none() | st.integers(0, 9), per_process=st.booleans())  # fmt: skip
+
+
+def _strategy(hint: Any) -> st.SearchStrategy[Any]:
+    """Values of a declared field type, and some that only pass type checkers (bools as ints, NaN, ints as floats)."""
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        return st.none() | st.one_of(*(_strategy(t) for t in get_args(hint) if t is not type(None)))
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return _INT
+    if hint is float:
+        return _FLOAT
+    if hint is str:
+        return _TEXT
+    if get_origin(hint) is tuple:
+        return st.lists(_TEXT, max_size=3).map(tuple)
+    if hint is Origin:
+        return st.sampled_from(Origin)
+    if hint is Accounting:
+        return _ACCOUNTING
+    raise AssertionError(f"no strategy for {hint}: add one")
+
+
+def _events() -> st.SearchStrategy[Event]:
+    def of(cls: type[Event]) -> st.SearchStrategy[Event]:
+        hints = get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("process", "where")]
+        values = {name: _strategy(hints[name]) for name in names}
+        return st.fixed_dictionaries(values).map(lambda kw: cls(**kw))
+
+    return st.one_of(*(of(cls) for cls in EVENT_CLASSES.values()))
+
+
+@settings(max_examples=400)
+@given(_events())
+def test_event_json_equals_the_dict_for_any_values(event: Event) -> None:
+    assert event_json(event) == _encoded(event)
 
 
 def test_events_stay_frozen_with_their_signature() -> None:

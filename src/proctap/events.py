@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import errno as _errno
+import json
 import re
 import signal as _signal
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +54,7 @@ __all__ = [
     "errno_name",
     "event_dict",
     "event_from_dict",
+    "event_json",
     "exact_bytes",
     "json_text",
     "json_texts",
@@ -678,6 +680,112 @@ def event_dict(event: Event) -> dict[str, Any]:
         if value is not None and not (value.isascii() if type(value) is str else all(map(str.isascii, value))):
             return json_texts(out, plan.texts)
     return out
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_JSON_WRITERS: dict[type[Event], Callable[[Any], str | None]] = {}
+_JSON_SOURCES: dict[type[Event], str] = {}  # the generated code, for reading and debugging
+
+
+def event_json(event: Event) -> str:
+    """The JSON form as one compact, ASCII-only line (no newline): what ``proctap watch --json`` prints.
+
+    Byte for byte ``json.dumps(event_dict(event), ensure_ascii=True, separators=(",", ":"))`` (the tests compare
+    them), but written straight from the fields by code generated once per class, without the dict: about 1.5 us
+    instead of 4.5 us for an Exit, the NDJSON hot path of a fork storm.  An event the writer does not vouch for
+    (text that is not ASCII, a field holding another type than declared, a NaN) goes through the dict.
+    """
+    cls = type(event)
+    writer = _JSON_WRITERS.get(cls) or _json_writer(cls)
+    line = writer(event)
+    return _ENCODE(event_dict(event)) if line is None else line
+
+
+def _json_writer(cls: type[Event]) -> Callable[[Any], str | None]:
+    """Generate ``cls``'s line writer: the values in one attrgetter call, one guard that each has exactly a declared
+    type (else None: the caller takes the dict path), then one f-string."""
+    plan = _PLANS.get(cls) or _plan(cls)
+    hints = get_type_hints(cls)
+    scope: dict[str, Any] = {
+        "_get": plan.get, "_esc": json.encoder.encode_basestring_ascii, "_float": float.__repr__,  # type: ignore[attr-defined]
+        "_encode": _ENCODE, "_accounting": accounting_dict, "_Accounting": Accounting, "_isascii": str.isascii,
+    }  # fmt: skip
+    local = [f"v{i}" for i in range(len(plan.names))]
+    guards: list[str] = []
+    derived: list[str] = []  # derived values, read before the guard
+    prepare: list[str] = []  # parts made after it
+    parts = [f'{{{{"event":{json.dumps(plan.kind)}']
+    for name, v in zip(plan.names, local, strict=True):
+        declared = [t for t in (get_args(hints[name]) or (hints[name],)) if t is not type(None)]
+        optional = type(None) in get_args(hints[name])
+        if len(declared) != 1:
+            return _no_writer(cls)
+        tp = declared[0]
+        if tp is bool:
+            guard, text = f"type({v}) is bool", f'{{"true" if {v} else "false"}}'
+        elif tp is int:
+            guard, text = f"type({v}) is int", f"{{{v}}}"
+        elif tp is float:
+            guard, text = f"type({v}) is float and {v} - {v} == 0.0", f"{{_float({v})}}"
+        elif tp is str:
+            guard, text = f"type({v}) is str and {v}.isascii()", f"{{_esc({v})}}"
+        elif get_origin(tp) is tuple and get_args(tp) == (str, ...):
+            guard, text = f"type({v}) is tuple and all(map(_isascii, {v}))", f"{{t_{v}}}"
+            prepare.append(
+                f't_{v} = "[" + ",".join(map(_esc, {v})) + "]"'
+                if not optional
+                else f't_{v} = "null" if {v} is None else "[" + ",".join(map(_esc, {v})) + "]"'
+            )
+        elif isinstance(tp, type) and issubclass(tp, Enum):
+            scope[f"_type_{v}"] = tp
+            guard, text = f"type({v}) is _type_{v}", f"{{_esc({v}._value_)}}"
+        elif tp is Accounting:
+            guard, text = f"type({v}) is _Accounting", f"{{_encode(_accounting({v}))}}"
+        else:
+            return _no_writer(cls)
+        if optional:
+            guard = f"({v} is None or {guard})"
+            if not text.startswith("{t_"):
+                text = f'{{"null" if {v} is None else {text[1:-1]}}}'
+        guards.append(guard)
+        parts.append(f'"{name}":{text}')
+    if "pid" not in plan.names or "start_ns" not in plan.names:
+        return _no_writer(cls)
+    pid, start = local[plan.names.index("pid")], local[plan.names.index("start_ns")]
+    prepare.append(f"key = \"null\" if {start} is None else '\"' + str({pid}) + '@' + str({start}) + '\"'")
+    parts.append('"key":{key}')
+    for i, name in enumerate(plan.derived):
+        derived.append(f"d{i} = event.{name}")
+        guards.append(f"(d{i} is None or type(d{i}) is str)")
+        parts.append(f'"{name}":{{"null" if d{i} is None else _esc(d{i})}}')
+    source = "\n".join([
+        "def write(event):",
+        "    try:",
+        f"        {', '.join(local)}, = _get(event)",
+        *(f"        {line}" for line in derived),
+        f"        if not ({' and '.join(guards)}):",
+        "            return None",
+        *(f"        {line}" for line in prepare),
+        "    except TypeError:",
+        "        return None",
+        f"    return f'{','.join(parts)}}}}}'",
+    ])  # fmt: skip
+    exec(source, scope)
+    _JSON_SOURCES[cls] = source
+    writer: Callable[[Any], str | None] = scope["write"]
+    writer.__qualname__ = f"{cls.__qualname__} JSON writer"
+    _JSON_WRITERS[cls] = writer
+    return writer
+
+
+def _no_writer(cls: type[Event]) -> Callable[[Any], str | None]:
+    """For a class with fields the generator does not know: always the dict path."""
+    _JSON_WRITERS[cls] = _none
+    return _none
+
+
+def _none(event: Any) -> None:
+    return None
 
 
 def event_from_dict(obj: Mapping[str, Any]) -> Event:

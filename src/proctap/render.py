@@ -5,7 +5,7 @@
 * :class:`JsonRenderer`: NDJSON, one :meth:`Event.to_dict` object per line.
 
 Every text format (durations, statuses, command lines, quoting) comes from :mod:`proctap.text`, the JSON form from
-:func:`proctap.events.event_dict`.
+:func:`proctap.events.event_dict` (written by :func:`proctap.events.event_json`, its bytes without the dict).
 
 Both take a text stream and offer ``format(event, info) -> str`` (one line, no newline), ``render(event, info)``
 (write one line) and ``render_batch(pairs)`` (write many lines with a single write call, then flush).
@@ -13,13 +13,12 @@ Both take a text stream and offer ``format(event, info) -> str`` (one line, no n
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Protocol, TextIO
 
 from .cache import Process, ProcessCache
-from .events import Event, Exec, ExecFailed, Existing, Exit, Fork, Lost, event_dict
+from .events import Event, Exec, ExecFailed, Existing, Exit, Fork, Lost, event_json
 from .text import (
     format_accounting,
     format_change,
@@ -278,13 +277,12 @@ class JsonRenderer:
         self.stream = stream
         self.context = context
         self.ancestry = ancestry
-        self._encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
     def header(self) -> None:
         """NDJSON has no header."""
 
     def format(self, event: Event, info: Process | None = None) -> str:
-        line = self._encode(event_dict(event))
+        line = event_json(event)
         if self.context is None or type(event) is Lost:
             return line
         return f"{line[:-1]},{self.context.context_json(info, ancestry=self.ancestry)}}}"
@@ -297,8 +295,7 @@ class JsonRenderer:
         if self.context is not None:
             lines = [self.format(ev, info) for ev, info in pairs]
         else:
-            encode = self._encode
-            lines = [encode(event_dict(ev)) for ev, _ in pairs]
+            lines = [event_json(ev) for ev, _ in pairs]
         if lines:
             lines.append("")
             self.stream.write("\n".join(lines))
