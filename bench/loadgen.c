@@ -1,7 +1,7 @@
 /*
  * loadgen: a task storm with a known ground truth, for the proctap benchmark (bench/run.py).
  *
- *   loadgen MODE N [-c CONCURRENCY] [-t TRUTH_FILE] [-w]
+ *   loadgen MODE N [-c CONCURRENCY] [-t TRUTH_FILE] [-w] [-r RATE]
  *   loadgen --child CODE [MARKER...]        (what exec mode runs: exit with CODE)
  *
  * MODE fork:   N times fork(); the child _exit(i % 256) at once.  Up to CONCURRENCY children are alive.
@@ -9,7 +9,8 @@
  * MODE thread: N times pthread_create() + join; threads return at once (exit status 0).
  *
  * -w waits for one byte (or EOF) on stdin before starting, so a monitor can subscribe first and the storm's
- * timing excludes the wait.  The parent checks every wait status it reaps against the expected code.
+ * timing excludes the wait.  -r RATE paces the storm: task i starts at START + i / RATE seconds (an absolute
+ * CLOCK_MONOTONIC schedule, so a late start is caught up, never drifts); without it tasks start as fast as they can.  The parent checks every wait status it reaps against the expected code.
  *
  * Ground truth (-t): a text file, first line "loadgen MODE N PID WALL_NS BAD_STATUSES", then one line per task:
  * "PID_OR_TID EXPECTED_WAIT_STATUS" in creation order (PIDs are reused when N exceeds pid_max).
@@ -40,6 +41,8 @@ struct task {
 static struct task *tasks;
 static char self_path[4096];
 static long bad_statuses;
+static double rate; /* tasks per second; 0: as fast as possible */
+static uint64_t start_ns;
 
 static void die(const char *what) {
     perror(what);
@@ -50,6 +53,16 @@ static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* With -r: sleep until task i's turn (START + i / RATE). */
+static void pace(long i) {
+    if (rate <= 0)
+        return;
+    uint64_t due = start_ns + (uint64_t)((double)i * 1e9 / rate);
+    struct timespec ts = {(time_t)(due / 1000000000u), (long)(due % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
 }
 
 static pid_t start_child(enum mode mode, long i) {
@@ -97,6 +110,7 @@ static void run_processes(enum mode mode, long n, long concurrency) {
             reap_one(i);
             alive--;
         }
+        pace(i);
         pid_t pid;
         while ((pid = start_child(mode, i)) < 0) {
             if (errno != EAGAIN || alive == 0)
@@ -136,6 +150,7 @@ static void run_threads(long n, long concurrency) {
             pthread_join(slot->handle, NULL);
         slot->index = i;
         tasks[i].status = 0;
+        pace(i);
         int err = pthread_create(&slot->handle, &attr, thread_body, slot);
         if (err) {
             errno = err;
@@ -159,7 +174,7 @@ static void write_truth(const char *path, const char *header, long n) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: loadgen fork|exec|thread N [-c CONCURRENCY] [-t TRUTH_FILE] [-w]\n"
+    fprintf(stderr, "usage: loadgen fork|exec|thread N [-c CONCURRENCY] [-t TRUTH_FILE] [-w] [-r RATE]\n"
                     "       loadgen --child CODE [MARKER...]\n");
     exit(2);
 }
@@ -190,10 +205,12 @@ int main(int argc, char **argv) {
             truth_path = argv[++i];
         else if (strcmp(argv[i], "-w") == 0)
             wait_stdin = 1;
+        else if (strcmp(argv[i], "-r") == 0 && i + 1 < argc)
+            rate = atof(argv[++i]);
         else
             usage();
     }
-    if (n <= 0 || concurrency <= 0)
+    if (n <= 0 || concurrency <= 0 || rate < 0)
         usage();
 
     ssize_t len = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
@@ -209,7 +226,7 @@ int main(int argc, char **argv) {
         while (read(0, &byte, 1) < 0 && errno == EINTR)
             ;
     }
-    uint64_t start = now_ns();
+    uint64_t start = start_ns = now_ns();
     if (mode == MODE_THREAD)
         run_threads(n, concurrency);
     else

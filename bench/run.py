@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -149,6 +150,12 @@ def lost_reasons(lost: list) -> dict[str, int | None]:
         known = out.get(reason, 0)
         out[reason] = None if count is None or known is None else known + count
     return out
+
+
+def runnable() -> int:
+    """Tasks runnable on the machine right now (/proc/loadavg's 4th field, minus ourselves): how busy it is at the
+    start of a run, which the load average (a decaying mean over minutes) tells late."""
+    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1
 
 
 def cpu_of(usage: Any) -> float:
@@ -298,8 +305,68 @@ class ForkstatMonitor(Monitor):
         }
 
 
+class Stamper(threading.Thread):
+    """The reader of a monitor's output pipe: copies it into a file and notes, for every read, the file offset it
+    reached and when (CLOCK_MONOTONIC ns, the clock of the events' ``timestamp_ns``).  A line arrived at the first
+    read that brought its newline: :meth:`arrivals` maps each line's end to that time, for the latency figures."""
+
+    PIPE_BYTES = 1 << 20
+
+    def __init__(self, fd: int, out: Any) -> None:
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.out = out
+        self.marks: list[tuple[int, int]] = []  # (file offset after the read, monotonic ns)
+        with suppress(OSError):
+            import fcntl
+
+            fcntl.fcntl(fd, 1031, self.PIPE_BYTES)  # F_SETPIPE_SZ: a writer rarely blocks on us
+
+    def run(self) -> None:
+        offset = 0
+        read, now, write, flush, mark = os.read, time.monotonic_ns, self.out.write, self.out.flush, self.marks.append
+        while True:
+            chunk = read(self.fd, self.PIPE_BYTES)
+            t = now()
+            if not chunk:
+                break
+            write(chunk)
+            flush()
+            offset += len(chunk)
+            mark((offset, t))
+        os.close(self.fd)
+
+
+def latencies(text: str, marks: list[tuple[int, int]], root: int) -> dict[str, float] | None:
+    """Notification latency of the storm's events (the loadgen's own, its children's and threads'): from the
+    kernel's ``timestamp_ns`` to the read that brought the line, in ms: p50, p99, max and how many."""
+    found: list[int] = []
+    offset = 0
+    index = 0
+    for line in text.splitlines(keepends=True):
+        offset += len(line.encode())
+        while index < len(marks) and marks[index][0] < offset:
+            index += 1
+        if index == len(marks):
+            break
+        if f'"pid":{root},' not in line and f'"parent_pid":{root},' not in line:
+            continue
+        ev = json.loads(line)
+        if ev["event"] != "lost" and (ev["pid"] == root or ev.get("parent_pid") == root):
+            found.append(marks[index][1] - ev["timestamp_ns"])
+    if not found:
+        return None
+    found.sort()
+
+    def pct(p: float) -> float:
+        return found[min(len(found) - 1, int(p / 100 * len(found)))] / 1e6
+
+    return {"p50_ms": pct(50), "p99_ms": pct(99), "max_ms": found[-1] / 1e6, "events": len(found)}
+
+
 class CliMonitor(Monitor):
-    """``proctap watch --json`` into a file, as a user would run it; its NDJSON parsed afterwards."""
+    """``proctap watch --json`` writing into a pipe, as a user would run it; a thread of the driver reads the pipe
+    (stamping when each line arrives: the latency figures) into a file, parsed afterwards."""
 
     def start(self, root_pid: int, args: argparse.Namespace) -> None:
         self.out = self.workdir / "watch.ndjson"
@@ -316,7 +383,13 @@ class CliMonitor(Monitor):
         cmd += shlex.split(variant)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         stdout, stderr = self.open_output(self.out.name), self.open_output(self.errors.name)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
+        read_end, write_end = os.pipe()
+        self.stamper = Stamper(read_end, stdout)
+        self.stamper.start()
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=write_end, stderr=stderr, env=env)
+        finally:
+            os.close(write_end)
         deadline = time.monotonic() + 60
         while "watching" not in self.errors.read_text(errors="replace"):  # its start line: subscribed
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -341,7 +414,9 @@ class CliMonitor(Monitor):
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         if self.proc.returncode not in (0, 143):
             raise RuntimeError(f"{self.tool}: exit {self.proc.returncode}: {self.errors.read_text()[-500:]}")
-        cols = parse_ndjson(self.out.read_text(errors="replace"))
+        self.stamper.join(30)
+        text = self.out.read_text(errors="replace")
+        cols = parse_ndjson(text)
         summary = self.errors.read_text(errors="replace").strip().splitlines()
         return {
             **cols,
@@ -349,6 +424,7 @@ class CliMonitor(Monitor):
             "cpu_total_s": cpu_of(usage),
             "rss_peak_kb": peak_kb,
             "netlink_socket": sockets,
+            "latency": latencies(text, self.stamper.marks, self.root_pid),
             "stats": {"summary": summary[-1] if summary else ""},
         }
 
@@ -394,6 +470,8 @@ def make_monitor(tool: str, workdir: Path) -> Monitor:
 @contextmanager
 def loadgen(exe: Path, mode: str, n: int, args: argparse.Namespace, truth: Path) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [str(exe), mode, str(n), "-c", str(args.concurrency), "-t", str(truth), "-w"]
+    if args.rate:
+        cmd += ["-r", str(args.rate)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         yield proc
@@ -410,7 +488,7 @@ def run_once(exe: Path, tool: str, mode: str, n: int, args: argparse.Namespace, 
     """One storm, watched by ``tool`` (or by nothing: tool "baseline")."""
     workdir.mkdir(parents=True)
     truth_path = workdir / "truth.txt"
-    result: dict[str, Any] = {"tool": tool, "mode": mode, "n": n, "loadavg": os.getloadavg()[0]}
+    result: dict[str, Any] = {"tool": tool, "mode": mode, "n": n, "loadavg": os.getloadavg()[0], "runnable": runnable()}
     monitor = None if tool == "baseline" else make_monitor(tool, workdir)
     with loadgen(exe, mode, n, args, truth_path) as lg:
         try:
@@ -483,9 +561,19 @@ def summarize(runs: list[dict[str, Any]], tools: list[str], mode: str, n: int) -
                 verdict=max((s["verdict"] for s in scores), key=VERDICT_ORDER.index),
                 monitor_cpu_per_1k=statistics.median(m["cpu_s"] for m in mon) / (n / 1000),
                 monitor_rss_mb=max(m["rss_peak_kb"] for m in mon) / 1024,
+                latency=median_latency([m.get("latency") for m in mon]),
+                loadavg=median([r["loadavg"] for r in mine]),
             )
         rows.append(row)
     return rows
+
+
+def median_latency(found: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """Each latency figure's median over the runs that measured it (the CLI's)."""
+    runs = [f for f in found if f]
+    if not runs:
+        return None
+    return {k: statistics.median(f[k] for f in runs) for k in ("p50_ms", "p99_ms", "max_ms")}
 
 
 def fmt(value: Any, spec: str, width: int) -> str:
@@ -513,6 +601,9 @@ COLUMNS = (
     ("cpu x", 6),
     ("mcpu/1k", 7),
     ("rss MB", 6),
+    ("p50 ms", 7),
+    ("p99 ms", 7),
+    ("load", 5),
 )
 
 
@@ -537,6 +628,9 @@ def table_line(row: dict[str, Any]) -> str:
         fmt(row.get("cpu_x"), ".2f", 6),
         fmt(row.get("monitor_cpu_per_1k"), ".3f", 7),
         fmt(row.get("monitor_rss_mb"), ".1f", 6),
+        fmt((row.get("latency") or {}).get("p50_ms"), ".2f", 7),
+        fmt((row.get("latency") or {}).get("p99_ms"), ".2f", 7),
+        fmt(row.get("loadavg"), ".1f", 5),
     ]
     line = " ".join(cells)
     if row.get("errors"):
@@ -567,7 +661,10 @@ verdict: worst run: complete | accounted (lost >= missing events) | accounted* (
          unshare -p -f --mount-proc python3 bench/run.py --backends proc --no-forkstat (proc only: the other
          backends report the machine's pids, not the namespace's)
 wall/cpu: the storm's wall time and CPU (loadgen + children), median; x = ratio to the unwatched baseline
-mcpu/1k: monitor CPU seconds per 1000 tasks; rss MB: monitor peak RSS (VmHWM)"""
+mcpu/1k: monitor CPU seconds per 1000 tasks; rss MB: monitor peak RSS (VmHWM)
+p50/p99 ms: notification latency (CLI rows): the storm's events, from the kernel's timestamp to the moment the
+         reader of `proctap watch --json`'s pipe got the line (median of the runs' percentiles)
+load:    the 1-minute load average at the start of the runs (median): the machine's other work"""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -584,6 +681,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help=f"runs of each tool for sizes below {LARGE} (default 3)")
     p.add_argument("--repeat-large", type=int, default=1, help=f"runs of each tool for sizes >= {LARGE} (default 1)")
     p.add_argument("--concurrency", type=int, default=4, help="children/threads alive at once in the storm (4)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="pace the storm at this many tasks per second (default: as fast as it can); e.g. --rate 1000 --sizes "
+        "10000 for the latency at a steady 1,000 forks/s",
+    )
     p.add_argument("--cli", action="store_true", help="also measure `proctap watch --json` (the CLI) per backend")
     p.add_argument(
         "--cli-args",
@@ -703,6 +807,10 @@ def progress_line(result: dict[str, Any], elapsed: float) -> str:
         s = result["score"]
         seen = " ".join(f"{k} {v:.2f}%" for k, v in s["seen_pct"].items())
         line += f"  {seen}  lost {s['lost']}+{s['lost_unknown']}?  {s['verdict']}"
+        lat = result["monitor"].get("latency")
+        if lat:
+            line += f"  latency p50 {lat['p50_ms']:.2f} p99 {lat['p99_ms']:.2f} max {lat['max_ms']:.1f} ms"
+    line += f"  (load {result['loadavg']:.1f}, {result['runnable']} runnable)"
     return line
 
 
