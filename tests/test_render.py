@@ -217,3 +217,16 @@ def test_fast_event_dict_equals_to_dict() -> None:
         slow = ev.to_dict()  # type: ignore[attr-defined]
         assert fast == slow and list(fast) == list(slow)
         assert json.dumps(fast) == json.dumps(slow)
+
+
+def test_render_events_is_render_batch_with_each_events_process() -> None:
+    """What the watch loop calls: each event with ``event.process`` (None here: no cache), one write."""
+    events: list[object] = _full_events()
+    for renderer_cls in (TableRenderer, JsonRenderer):
+        pairs, direct = io.StringIO(), io.StringIO()
+        renderer_cls(pairs).render_batch([(ev, ev.process) for ev in events])  # type: ignore[attr-defined]
+        renderer_cls(direct).render_events(events)  # type: ignore[arg-type]
+        assert direct.getvalue() == pairs.getvalue() and direct.getvalue().count("\n") == len(events)
+        empty = io.StringIO()
+        renderer_cls(empty).render_events([])
+        assert empty.getvalue() == ""

@@ -267,3 +267,71 @@ def _wait_state(pid: int, state: str) -> None:
     while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != state:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+THREADED = """
+import os, sys, threading
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+pid = os.fork()
+if pid == 0:
+    os.execv("/bin/true", ["true"])
+os.waitpid(pid, 0)
+"""
+
+
+def _workload_events(w: proctap.Watcher, root: int) -> list[tuple[object, ...]]:
+    """The events of ``root`` and its children, as (kind, pid, tid, is_thread), until its own exit."""
+    found: list[tuple[object, ...]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for ev in w.read(timeout=0.5):
+            parent = getattr(ev, "parent_pid", None)
+            if ev.pid == root or parent == root:
+                found.append((ev.kind.value, ev.pid, ev.tid, getattr(ev, "is_thread", None)))
+                if ev.kind.value == "exit" and ev.pid == root and not ev.is_thread:  # type: ignore[attr-defined]
+                    return found
+    raise AssertionError(f"no exit of {root} within 30 s: {found}")
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_watcher_that_only_forwards_filters_as_the_full_step(threads: bool) -> None:
+    """Without a process cache or filters that need one, the watcher takes a short path per event: the same kinds
+    and threads filters, execs enriched, every event counted, as with the cache fed (the full step)."""
+    backend = choose_backend("auto").name
+    with (
+        proctap.watch("fork,exit", backend=backend, threads=threads, cache=False) as short,
+        proctap.watch("fork,exit", backend=backend, threads=threads, track=True) as full,
+    ):
+        work = subprocess.Popen([sys.executable, "-c", THREADED])
+        work.wait()
+        seen_short = _workload_events(short, work.pid)
+        seen_full = _workload_events(full, work.pid)
+        assert short.processes.stats().live == 0 and full.processes.stats().live > 0  # the short path, the full one
+    assert seen_short == seen_full
+    assert {kind for kind, *_ in seen_short} == {"fork", "exit"}  # no exec (the full one received and dropped it)
+    assert any(is_thread for *_, is_thread in seen_short) == threads
+    received = short.stats().received
+    assert received.get("fork", 0) >= 2 + threads and received.get("exit", 0) >= 2 + threads  # dropped threads too
+    assert full.stats().received.get("exec", 0) >= 1
+
+
+def test_a_forwarding_watcher_enriches_execs_and_counts_losses() -> None:
+    """The short path still fills an exec's argv from /proc (netlink's exec carries none) and counts Lost events."""
+    with proctap.watch("exec", backend="netlink", cache=False) as w:
+        child = subprocess.Popen(["sleep", "2"])
+        execd = None
+        deadline = time.monotonic() + 20
+        while execd is None and time.monotonic() < deadline:
+            execd = next((ev for ev in w.read(timeout=0.5) if ev.pid == child.pid), None)
+        child.kill()
+        child.wait()
+    assert execd is not None and execd.argv == ("sleep", "2")  # type: ignore[attr-defined]
+    with proctap.watch("exec", backend="netlink", cache=False, buffer_bytes=4096) as w:
+        time.sleep(0.2)  # not read: a storm overruns the 4 KiB socket buffer
+        subprocess.run(["sh", "-c", STORM], check=True)
+        lost = []
+        deadline = time.monotonic() + 20
+        while not lost and time.monotonic() < deadline:
+            lost = [ev for ev in w.read(timeout=1) if ev.kind.value == "lost"]
+        stats = w.stats()
+    assert lost and stats.lost + stats.lost_unknown >= len(lost)

@@ -8,7 +8,8 @@ Every text format (durations, statuses, command lines, quoting) comes from :mod:
 :func:`proctap.events.event_dict` (written by :func:`proctap.events.event_json`, its bytes without the dict).
 
 Both take a text stream and offer ``format(event, info) -> str`` (one line, no newline), ``render(event, info)``
-(write one line) and ``render_batch(pairs)`` (write many lines with a single write call, then flush).
+(write one line), ``render_batch(pairs)`` (write many lines with a single write call, then flush) and
+``render_events(events)`` (the same, each event with its own process, ``event.process``: what a watcher delivers).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Renderer(Protocol):
     def render(self, event: Event, info: Process | None = None) -> None: ...
 
     def render_batch(self, pairs: Iterable[EventInfo]) -> None: ...
+
+    def render_events(self, events: list[Event]) -> None: ...
 
 
 # -- the table -------------------------------------------------------------------------------------------------
@@ -114,6 +117,10 @@ class TableRenderer:
             lines.append("")
             self.stream.write("\n".join(lines))
             self.stream.flush()
+
+    def render_events(self, events: list[Event]) -> None:
+        """Each event with its process (``event.process``, as the watcher set it), one write."""
+        self.render_batch([(ev, ev.process) for ev in events])
 
     # -- formatting --------------------------------------------------------------------------------------------
     def format(self, event: Event, info: Process | None = None) -> str:
@@ -299,4 +306,12 @@ class JsonRenderer:
         if lines:
             lines.append("")
             self.stream.write("\n".join(lines))
+            self.stream.flush()
+
+    def render_events(self, events: list[Event]) -> None:
+        """Each event with its process (``event.process``, as the watcher set it), one write."""
+        if self.context is not None:
+            self.render_batch([(ev, ev.process) for ev in events])
+        elif events:
+            self.stream.write("\n".join(map(event_json, events)) + "\n")
             self.stream.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pwd
@@ -288,15 +289,18 @@ def pump(
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return
-        pairs = watcher.read_with_info(remaining, wake=wake)
+        events = watcher.read(remaining, wake=wake)
         if sink is not None:
-            pairs += [(ev, None) for ev in sink([ev for ev, _ in pairs])]
-        if pairs:
-            renderer.render_batch(pairs)
+            extra = sink(events)
+            if extra:
+                events = events + extra
+        if events:
+            renderer.render_events(events)
             if counts is not None:
-                for ev, _ in pairs:
-                    kind = ev.kind.value
-                    counts[kind] = counts.get(kind, 0) + 1
+                by_class: collections.Counter[type[Event]] = collections.Counter(map(type, events))
+                for cls, n in by_class.items():
+                    kind = cls.kind.value
+                    counts[kind] = counts.get(kind, 0) + n
         elif out_fd is not None and _output_gone(out_fd):
             raise OutputClosed
 
