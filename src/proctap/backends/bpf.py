@@ -83,6 +83,10 @@ EXIT_SIZE = rec.EXIT_RECORD_SIZE
 FORK_WHERE_SIZE = HEADER_SIZE + rec.WHERE_SIZE  # a record with its context block
 _unpack_header = rec.HEADER.unpack_from
 _unpack_cwd = struct.Struct("=II").unpack_from
+_TYPE_FORK, _TYPE_EXIT, _TYPE_EXEC, _FLAG_WHERE, _CLONE_THREAD = (
+    rec.TYPE_FORK, rec.TYPE_EXIT, rec.TYPE_EXEC, rec.FLAG_WHERE, progs.CLONE_THREAD,
+)  # fmt: skip
+_WAIT: dict[int, tuple[int, int | None, int | None, bool]] = {}  # wait status -> (status, exit code, signal, core)
 
 
 def _ring_size(requested: int | None) -> int:
@@ -487,34 +491,48 @@ class EventDecoder:
             _unpack_header(data, offset)
         )
         wall = (ts + self._wall_offset_ns) / 1e9
-        # Fork, Exec and Exit spell the common fields out: Stamp's dict per event would slow a storm down.
-        if rtype == rec.TYPE_FORK:
+        # Fork, Exec and Exit spell the common fields out and look names and wait statuses up in tables: a storm
+        # decodes 200,000 of them, and every call or dict per event shows in its CPU.
+        if rtype == _TYPE_FORK:
             where = None
-            if flags & rec.FLAG_WHERE:
+            if flags & _FLAG_WHERE:
                 if length != FORK_WHERE_SIZE:
                     raise DecodeError(f"BPF fork record has {length} bytes, expected {FORK_WHERE_SIZE}")
                 where = self._where(data, offset, cgroup, None)
             elif length != HEADER_SIZE:
                 raise DecodeError(f"BPF fork record has {length} bytes, expected {HEADER_SIZE}")
-            is_thread = bool(aux64 & progs.CLONE_THREAD)
+            is_thread = aux64 & _CLONE_THREAD != 0
             out.append(Fork(
                 source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
                 parent_pid=tgid if is_thread else ppid, parent_tid=aux32, is_thread=is_thread, clone_flags=aux64,
-                comm=self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup, where=where,
+                comm=self._comms.get(comm) or self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup, where=where,
             ))  # fmt: skip
-        elif rtype == rec.TYPE_EXIT:
+        elif rtype == _TYPE_EXIT:
             if length != EXIT_SIZE:
                 raise DecodeError(f"BPF exit record has {length} bytes, expected {EXIT_SIZE}")
             # a non-leader thread's own Exit, then the process Exit (with the leader's tid, as the other backends)
             # when it was the last thread; a leader ending before its threads says nothing until the process ends
             since_boot = ts + self._boot_offset_ns
-            name = self._comm(comm)
+            name = self._comms.get(comm) or self._comm(comm)
             if tid != tgid and self._threads:
-                out.append(_exit(ts, wall, tgid, tid, start, aux32, True, since_boot - task_start, ppid, name))
+                status, code, signal, core = _WAIT.get(aux32 & 0xFFFF) or _wait(aux32)
+                lifetime = since_boot - task_start
+                out.append(Exit(
+                    source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start, is_thread=True,
+                    status=status, exit_code=code, signal=signal, core_dumped=core,
+                    lifetime_ns=lifetime if lifetime > 0 else 0, parent_pid=ppid, comm=name,
+                ))  # fmt: skip
             if aux64:  # group_dead
-                leader = self._comm(data[offset + HEADER_SIZE : offset + EXIT_SIZE])
-                out.append(_exit(ts, wall, tgid, tgid, start, len_a, False, since_boot - start, ppid, leader))
-        elif rtype == rec.TYPE_EXEC:
+                leader = data[offset + HEADER_SIZE : offset + EXIT_SIZE]
+                status, code, signal, core = _WAIT.get(len_a & 0xFFFF) or _wait(len_a)
+                lifetime = since_boot - start
+                out.append(Exit(
+                    source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tgid, start_ns=start,
+                    is_thread=False, status=status, exit_code=code, signal=signal, core_dumped=core,
+                    lifetime_ns=lifetime if lifetime > 0 else 0, parent_pid=ppid,
+                    comm=self._comms.get(leader) or self._comm(leader),
+                ))  # fmt: skip
+        elif rtype == _TYPE_EXEC:
             where = None
             start_payload, end = offset + HEADER_SIZE, offset + length
             if flags & rec.FLAG_WHERE:
@@ -600,13 +618,10 @@ class EventDecoder:
         return comm
 
 
-def _exit(
-    ts: int, wall: float, pid: int, tid: int, start: int, status: int, is_thread: bool, lifetime: int, ppid: int,
-    comm: str,
-) -> Exit:  # fmt: skip
+def _wait(status: int) -> tuple[int, int | None, int | None, bool]:
+    """(status, exit code, signal, core dumped) of a wait status (its low 16 bits), remembered: there are at most
+    65,536 and a storm repeats a few."""
+    status &= 0xFFFF
     exit_code, signal, core_dumped = decode_wait_status(status)
-    return Exit(
-        source="bpf", timestamp_ns=ts, wall_time=wall, pid=pid, tid=tid, start_ns=start, is_thread=is_thread,
-        status=status & 0xFFFF, exit_code=exit_code, signal=signal, core_dumped=core_dumped,
-        lifetime_ns=max(0, lifetime), parent_pid=ppid, comm=comm,
-    )  # fmt: skip
+    found = _WAIT[status] = (status, exit_code, signal, core_dumped)
+    return found
