@@ -418,13 +418,78 @@ def test_ringbuf_empty_and_closes() -> None:
     fd = create_map(MapType.RINGBUF, 0, 0, 4096 * 4, "proctap_test")
     try:
         ring = RingBuffer(fd, 4096 * 4)
-        assert ring.pending() == [] and ring.available() == 0
+        assert list(ring.records()) == [] and ring.available() == 0
         ring.release()
         ring.close()
     finally:
         os.close(fd)
     with pytest.raises(ValueError):
         RingBuffer(-1, 1000)
+
+
+EXEC_SIZES = "i=1; while [ $i -le 300 ]; do /bin/true $(printf '%0'$i'd' 0); i=$((i+1)); done"
+
+
+@needs_bpf
+@pytest.mark.parametrize("window", [None, 4096])
+def test_records_that_wrap_around_the_ring_arrive_whole(window: int | None) -> None:
+    """A 16 KiB ring, 300 exec records of 110 to 410 bytes: the ring wraps every 60 or so, records straddle its end
+    and (with a one-page window) the window's; each must decode to its exact argv, in order, none silently gone."""
+    shell = subprocess.Popen(["sh", "-c", "read go; " + EXEC_SIZES], stdin=subprocess.PIPE)
+    assert shell.stdin is not None
+    events = frozenset({EventKind.EXEC, EventKind.LOST})
+    with backend(events=events, root_pid=shell.pid, buffer_bytes=16384) as b:
+        if window is not None:  # a second reader of the same map, with a window smaller than the ring
+            assert b._ring is not None
+            b._ring.close()
+            b._ring = RingBuffer(b.fileno(), 16384, window=window)
+        shell.stdin.write(b"go\n")
+        shell.stdin.close()
+        got: list[Event] = []
+        deadline = time.monotonic() + 60
+        while shell.poll() is None and time.monotonic() < deadline:
+            got += b.read_events()
+            time.sleep(0.002)
+        time.sleep(0.05)
+        got += b.read_events()
+        stats = b.stats()
+        mapped = b._ring.mapped_bytes  # type: ignore[union-attr]
+    assert shell.returncode == 0
+    argvs = [ev.argv for ev in got if isinstance(ev, Exec) and ev.argv and ev.argv[0] == "/bin/true"]
+    lost = sum(ev.count or 0 for ev in got if isinstance(ev, Lost))
+    assert stats["decode_errors"] == 0
+    widths = [len(argv[1]) for argv in argvs]
+    assert all(argv == ("/bin/true", "0" * n) for argv, n in zip(argvs, widths, strict=True))
+    assert widths == sorted(widths) and len(argvs) + lost >= 300, (len(argvs), lost)
+    assert lost or widths == list(range(1, 301))
+    assert mapped <= 2 * 4096 + 16384 + 4096
+
+
+def _bpf_map_rss_kb() -> int:
+    """Resident KiB of this process's mappings of BPF maps (/proc/self/smaps, anon_inode:bpf-map)."""
+    total, in_map = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's first line: range perms offset dev inode [name]
+            in_map = line.rstrip().endswith("bpf-map")
+        elif in_map and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@needs_bpf
+def test_a_reader_maps_a_window_of_the_ring_not_all_of_it() -> None:
+    """The kernel fills the page tables of every mapped page of the ring: the reader maps a 1 MiB window (and the two
+    position pages), not the 8 MiB ring twice (which put 16 MiB in proctap's RSS)."""
+    before = _bpf_map_rss_kb()
+    with backend(events=frozenset({EventKind.EXEC})) as b:
+        subprocess.run(["/bin/true"], check=True)
+        time.sleep(0.05)
+        b.read_events()
+        assert b.stats()["ring_bytes"] >= 8 << 20
+        assert b._ring is not None and b._ring.mapped_bytes == (1 << 20) + 3 * 4096
+        rss_kb = _bpf_map_rss_kb() - before
+    assert 0 < rss_kb <= 1024 + 3 * 4, rss_kb
 
 
 @needs_bpf

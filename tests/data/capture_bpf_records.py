@@ -44,8 +44,8 @@ def main() -> None:
     proc.wait()
     time.sleep(0.2)
     out = bytearray()
-    for offset, length in ring.pending():
-        raw = bytes(ring.data[offset : offset + length])
+    for buffer, offset, length in ring.records():
+        raw = bytes(buffer[offset : offset + length])
         if rec.HEADER.unpack_from(raw)[3] == proc.pid:
             out += struct.pack("<I", length) + raw
     ring.release()
@@ -62,8 +62,8 @@ def exec_failed() -> None:
     proc.wait()
     time.sleep(0.2)
     out = bytearray()
-    for offset, length in ring.pending():
-        raw = bytes(ring.data[offset : offset + length])
+    for buffer, offset, length in ring.records():
+        raw = bytes(buffer[offset : offset + length])
         if rec.HEADER.unpack_from(raw)[3] == proc.pid:
             out += struct.pack("<I", length) + raw
     ring.release()

@@ -386,11 +386,10 @@ class BpfBackend(Backend):
         if ring is None or self._closed:
             return []
         out: list[Event] = []
-        data = ring.data
         decode = self._decoder.decode
-        for offset, length in ring.pending():
+        for buffer, offset, length in ring.records():
             try:
-                decode(data, offset, length, out)
+                decode(buffer, offset, length, out)
             except DecodeError:
                 self._decode_errors += 1
         ring.release()
