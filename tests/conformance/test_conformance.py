@@ -838,6 +838,20 @@ def test_context_filters_run_in_the_kernel(backend: str) -> None:
     execs = [e for e in log.events if isinstance(e, Exec)]
     assert all(e.where is not None and e.where.loginuid == 4321 for e in execs)
     assert unset.pid not in {e.pid for e in execs}
+    if _audit("self", "loginuid") is None:  # 4294967295 (never logged in) does not fit a BPF immediate
+        config = BackendConfig(events=frozenset({EventKind.EXEC}), context=True, loginuid=AUDIT_UNSET)
+        with contextlib.closing(cls(config)) as b:
+            log = Collector(b)
+            unset = subprocess.Popen(["/bin/true"])
+            login = subprocess.Popen(["sh", "-c", "echo 4321 > /proc/self/loginuid && exec /bin/true"])
+            for p in (unset, login):
+                reap(p)
+            log.wait_until(lambda: any(isinstance(e, Exec) and e.pid == unset.pid for e in log.events),
+                           "the exec outside any login", [unset.pid])  # fmt: skip
+            log.during(0.2)
+        execs = [e for e in log.events if isinstance(e, Exec)]
+        assert all(e.where is not None and e.where.loginuid is None for e in execs)
+        assert not [e for e in execs if e.pid == login.pid and e.argv == ("/bin/true",)]  # (its sh ran before)
     with v2_cgroup(f"proctap-conformance-{os.getpid()}") as made:
         if made is None:
             return  # no cgroup2 mount here (a VM's minimal init): the uid filter was checked

@@ -359,13 +359,13 @@ def _creds_cgroup_comm(a: Asm, filters: Filters, maps: MapFds) -> None:
     a.stx(W, R9, rec.OFF_UID, R0)
     if filters.uid is not None:
         a.mov32(R1, R0)
-        a.jne(R1, filters.uid, "out")
+        _jne_u32(a, R1, filters.uid, "out")
     a.rsh(R0, 32)
     a.stx(W, R9, rec.OFF_GID, R0)
     if filters.loginuid is not None and filters.loginuid_offset >= 0:
         a.call(Helper.get_current_task_btf)
         a.ldx(W, R1, R0, filters.loginuid_offset)
-        a.jne(R1, filters.loginuid, "out")
+        _jne_u32(a, R1, filters.loginuid, "out")
     if filters.cgroup_under and maps.cgroup >= 0:
         a.ld_map_fd(R1, maps.cgroup)
         a.mov(R2, 0)
@@ -380,6 +380,16 @@ def _creds_cgroup_comm(a: Asm, filters: Filters, maps: MapFds) -> None:
     a.add(R1, rec.OFF_COMM)
     a.mov(R2, 16)
     a.call(Helper.get_current_comm)
+
+
+def _jne_u32(a: Asm, reg: Reg, value: int, label: str) -> None:
+    """Jump unless the zero-extended u32 in ``reg`` equals ``value``: an immediate is a sign-extended s32, so a value
+    of 2**31 or more (4294967295, an unset loginuid) is compared through a register.  Clobbers r2 then."""
+    if value < 1 << 31:
+        a.jne(reg, value, label)
+    else:
+        a.ld_imm64(R2, value)
+        a.jne(reg, R2, label)
 
 
 def _read_kernel(a: Asm, dst: Reg, dst_off: int, size: int, src: Reg, src_off: int) -> None:
