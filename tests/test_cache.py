@@ -303,3 +303,21 @@ def test_the_spliced_context_equals_the_context_object() -> None:
             for _ in range(2):  # the second time from the memo
                 text = cache.context_json(proc, ancestry=ancestry)
                 assert json.loads("{" + text + "}") == cache.context(proc, ancestry=ancestry)
+
+
+def test_the_oldest_exited_records_are_evicted_first() -> None:
+    """Past MAX_EXITED exited records, each exit evicts the oldest one (by the order retired), whatever pids are
+    reused; the newest stay findable by key."""
+    from proctap.cache import MAX_EXITED
+
+    cache = ProcessCache(read_proc=False)
+    common = {"source": "bpf", "wall_time": 1.0}
+    total = MAX_EXITED + 3000
+    for i in range(total):
+        pid = 1000 + i % 30_000  # pids are reused, as in a storm
+        cache.apply(Fork(**common, timestamp_ns=2 * i, pid=pid, tid=pid, start_ns=10 * i + 1, parent_pid=1))  # type: ignore[arg-type]
+        cache.apply(Exit(**common, timestamp_ns=2 * i + 1, pid=pid, tid=pid, start_ns=10 * i + 1, status=0))  # type: ignore[arg-type]
+    stats = cache.stats()
+    assert stats.exited == MAX_EXITED and stats.evictions == total - MAX_EXITED
+    kept = [i for i in range(total) if cache.lookup(f"{1000 + i % 30_000}@{10 * i + 1}", learn=False) is not None]
+    assert kept == list(range(total - MAX_EXITED, total))

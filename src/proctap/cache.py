@@ -567,12 +567,19 @@ class ProcessCache:
     def _evict(self) -> None:
         """Make room for one record: the oldest exited one, else the live one learnt longest ago."""
         self._stats.evictions += 1
-        if self._exited:
-            ref = next(iter(self._exited))
-            proc = self._exited.pop(ref)
-            if self._last_exited.get(proc.pid) is proc:
-                del self._last_exited[proc.pid]
-            return
+        exited = self._exited
+        if exited:
+            # The oldest by the expiry queue, which holds them in the order retired (the dict's own order; a ref
+            # retired again keeps its first place in both, its later entry finds nothing).  Not next(iter(dict)):
+            # records popped from a dict's front stay there as holes that iteration walks over until the next
+            # resize, 5 us an eviction in a fork storm that evicts one record per exit.
+            expiry = self._expiry
+            while expiry:
+                proc = exited.pop(expiry.popleft()[1], None)
+                if proc is not None:
+                    if self._last_exited.get(proc.pid) is proc:
+                        del self._last_exited[proc.pid]
+                    return
         if self._live:
             del self._live[next(iter(self._live))]
 
