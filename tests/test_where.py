@@ -144,6 +144,19 @@ def test_the_cache_carries_the_context_and_a_child_inherits_it() -> None:
                                                    cwd="/")))) == "cg=/system.slice/cron.service cwd=/"  # type: ignore[arg-type]  # fmt: skip
 
 
+def test_context_keys_never_repeat_an_event_field() -> None:
+    """``--context`` splices its keys into the event's object: none may be a field of any event (a JSON object with
+    a key twice reads as the last one)."""
+    from dataclasses import fields
+
+    from proctap.events import EVENT_CLASSES
+
+    context = set(ProcessCache(read_proc=False).context(None, ancestry=True))
+    for cls in EVENT_CLASSES.values():
+        names = {f.name for f in fields(cls)} | {"event", "key", "raw_b64", *cls.json_derived}
+        assert not context & names, (cls.__name__, context & names)
+
+
 def test_the_otlp_record_names_the_context_by_the_semantic_conventions() -> None:
     from proctap.export.otlp import log_record
 

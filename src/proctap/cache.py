@@ -600,15 +600,15 @@ _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
 def where_dict(proc: Process | None) -> dict[str, object]:
-    """Who and where a process is, for JSON (``--context``; docs/cli.md "Context"): ``cgroup``, ``cgroup_id``,
-    ``container`` ({id, runtime, name, pod_uid} or null), ``loginuid``, ``sessionid``, ``tty``, ``cwd``,
-    ``ns_pid``, ``namespaces`` ({pid, mnt, net, uts, ipc, user, cgroup} inode numbers), ``where_from`` and
-    ``cwd_from`` (kernel, proc, snapshot, inherited).  Every key is there; unknown values are null.  Text is made
-    valid UTF-8."""
+    """Who and where a process is, for JSON (``--context``; docs/cli.md "Context"): ``cgroup``, ``container``
+    ({id, runtime, name, pod_uid} or null), ``loginuid``, ``sessionid``, ``tty``, ``cwd``, ``ns_pid``,
+    ``namespaces`` ({pid, mnt, net, uts, ipc, user, cgroup} inode numbers), ``where_from`` and ``cwd_from``
+    (kernel, proc, snapshot, inherited).  Every key is there; unknown values are null.  Text is made valid UTF-8.
+    (No cgroup id: a fork's and an exec's own ``cgroup_id`` field has that name.)"""
     where = None if proc is None else proc.where
     cwd = None if proc is None else proc.cwd
     out: dict[str, object] = {
-        "cgroup": None, "cgroup_id": None, "container": None, "loginuid": None, "sessionid": None, "tty": None,
+        "cgroup": None, "container": None, "loginuid": None, "sessionid": None, "tty": None,
         "cwd": None if cwd is None else json_text(cwd), "ns_pid": None, "namespaces": None,
         "where_from": None if proc is None or proc.where_from is None else proc.where_from.value,
         "cwd_from": None if proc is None or proc.cwd_from is None else proc.cwd_from.value,
@@ -617,7 +617,6 @@ def where_dict(proc: Process | None) -> dict[str, object]:
         container = where.container
         out.update(
             cgroup=None if where.cgroup is None else json_text(where.cgroup),
-            cgroup_id=where.cgroup_id,
             container=None if container is None else {
                 "id": json_text(container.id), "runtime": container.runtime,
                 "name": None if container.name is None else json_text(container.name), "pod_uid": container.pod_uid,

@@ -309,17 +309,14 @@ def context_pairs(proc: Process) -> list[tuple[str, Any]]:
     """(attribute, value) of who and where a process is (docs/export.md): ``process.working_directory``,
     ``process.linux.cgroup`` (``0::PATH``, as /proc/PID/cgroup's v2 line), ``container.id``,
     ``container.runtime.name``, ``container.name``, ``k8s.pod.uid``, ``process.vpid`` (the pid in its own pid
-    namespace), and ``proctap.loginuid``, ``proctap.sessionid``, ``proctap.tty``, ``proctap.cgroup_id``,
+    namespace), and ``proctap.loginuid``, ``proctap.sessionid``, ``proctap.tty``,
     ``proctap.namespaces.<kind>`` (inode numbers), which have no semantic-convention name."""
     where = proc.where
     pairs: list[tuple[str, Any]] = [("process.working_directory", proc.cwd)]
     if where is None:
         return pairs
     container = where.container
-    pairs += [
-        ("process.linux.cgroup", None if where.cgroup is None else f"0::{where.cgroup}"),
-        ("proctap.cgroup_id", where.cgroup_id),
-    ]
+    pairs.append(("process.linux.cgroup", None if where.cgroup is None else f"0::{where.cgroup}"))
     if container is not None:
         pairs += [
             ("container.id", container.id),
