@@ -335,3 +335,14 @@ def test_a_forwarding_watcher_enriches_execs_and_counts_losses() -> None:
             lost = [ev for ev in w.read(timeout=1) if ev.kind.value == "lost"]
         stats = w.stats()
     assert lost and stats.lost + stats.lost_unknown >= len(lost)
+
+
+def test_poll_timeouts_round_up_to_the_millisecond_not_beyond() -> None:
+    """A 10 ms latency naps 10 ms (it was 11: a tenth more wait for every event of a paced stream), never 0 for a
+    positive wait (no busy loop), and float noise (0.07 s is 70.00000000000001 ms) does not add a millisecond."""
+    from proctap.watcher import _milliseconds
+
+    assert [_milliseconds(s) for s in (0.0, -1.0, 1e-9, 0.0004, 0.001, 0.01, 0.0101, 0.07, 0.5)] == [
+        0, 0, 1, 1, 1, 10, 11, 70, 500
+    ]  # fmt: skip
+    assert _milliseconds(1e12) == (1 << 31) - 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import select
 import time
@@ -703,8 +704,9 @@ def _check_id(name: str, value: int | None) -> None:
 
 
 def _milliseconds(seconds: float) -> int:
-    """A poll() timeout: rounded up so we never wake just before a deadline, within a C int."""
-    return min(int(max(seconds, 0.0) * 1000) + 1, (1 << 31) - 1)
+    """A poll() timeout: rounded up to the next millisecond (so we never wake just before a deadline, but a 10 ms
+    latency naps 10 ms, not 11: that millisecond is a tenth of every event's wait in a paced stream), within a C int."""
+    return min(math.ceil(round(max(seconds, 0.0) * 1000, 6)), (1 << 31) - 1)  # round: 0.07 s is 70.00000000000001 ms
 
 
 def watch(events: Iterable[KindSpec] | str | None = None, backend: str = "auto", **kwargs: object) -> Watcher:
