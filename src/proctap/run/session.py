@@ -371,6 +371,7 @@ def _follow(session: _Session) -> None:
     # exit_notify, kernel/exit.c), so give it a moment before falling back to the status waitpid gave.
     assert session.status is not None and session.reaped_ns is not None
     deadline = time.monotonic() + ROOT_EXIT_GRACE_S
+    session.step(0)  # usually queued already: drained at once, not after the watcher's nap of `latency`
     while not tree.root.ended and time.monotonic() < deadline:
         session.step(0.05)
     tree.end_root(session.status, session.reaped_ns)
@@ -382,9 +383,11 @@ def _follow(session: _Session) -> None:
                 session.sweep_gone()
                 last_check = time.monotonic()
     else:
-        # Collect what is still queued; bounded, since processes that outlive the command may keep forking.
+        # Collect what is still queued (at once: step(0) drains without the watcher's nap); bounded, since
+        # processes that outlive the command may keep forking.  A process found gone whose Exit is not in yet gets
+        # its grace in sweep_gone.
         deadline = time.monotonic() + FINAL_DRAIN_S
-        while session.step(0.02) and time.monotonic() < deadline:
+        while session.step(0) and time.monotonic() < deadline:
             pass
         session.sweep_gone()
     tree.finish()
