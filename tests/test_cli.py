@@ -663,6 +663,21 @@ def test_version() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == f"proctap {proctap.__version__}"
 
 
+def test_a_subcommand_imports_only_its_own_module() -> None:
+    """``proctap run`` does not import top's screen and aggregator (start-up time); ``--help`` lists every one."""
+    code = (
+        "import sys\nfrom proctap.cli.main import main\nstatus = main(['run', '-q', '--', 'true'])\n"
+        "print(status, sorted(m for m in sys.modules if m.startswith('proctap.cli.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(" ", 1)[0] == "0"
+    loaded = done.stdout.split(" ", 1)[1]
+    assert "proctap.cli.run" in loaded and "proctap.cli.top" not in loaded and "proctap.cli.ps" not in loaded
+    listed = run_proctap("--help").stdout
+    assert all(f"    {name} " in listed for name in ("watch", "top", "run", "ps", "backends")), listed
+
+
 # -- backends --------------------------------------------------------------------------------------------------
 
 

@@ -2,9 +2,9 @@
 
 Adding a subcommand: write ``cli/NAME.py`` defining ``SUBCOMMAND = Subcommand(name, help, add_arguments, run)``
 (``add_arguments(parser)`` declares its options, ``run(args) -> int`` does the work and returns the exit status),
-taking shared options and validators from :mod:`.common`, then list it in :data:`SUBCOMMANDS` below.  :func:`main`
-turns ProctapError, OSError, Ctrl-C, SIGTERM and a closed output pipe into one-line messages and exit statuses; a
-subcommand just raises.
+taking shared options and validators from :mod:`.common`, then list it in :data:`SUBCOMMAND_MODULES` below.
+:func:`main` turns ProctapError, OSError, Ctrl-C, SIGTERM and a closed output pipe into one-line messages and exit
+statuses; a subcommand just raises.
 
 Exit statuses: 0 success; 2 error ("proctap: error: ..." on stderr, bad flags included); 1 internal error (a bug:
 one line too, PROCTAP_DEBUG=1 shows the traceback); 128+N when ended by signal N
@@ -15,6 +15,7 @@ killed by SIGPIPE, quietly).
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import signal
@@ -25,7 +26,6 @@ from typing import TextIO
 
 from .. import __version__
 from ..errors import BackendUnavailable, ProctapError
-from . import backends, ps, run, top, watch
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -40,22 +40,32 @@ from .common import (
     stderr,
 )
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["SUBCOMMAND_MODULES", "build_parser", "main", "subcommands"]
 
-SUBCOMMANDS: tuple[Subcommand, ...] = (  # --help order
-    watch.SUBCOMMAND,
-    top.SUBCOMMAND,
-    run.SUBCOMMAND,
-    ps.SUBCOMMAND,
-    backends.SUBCOMMAND,
-)
+# The subcommands in --help order: the module of each, imported when needed (``proctap run`` need not import
+# top's curses screen and aggregator: 15 ms of its start-up).
+SUBCOMMAND_MODULES = {"watch": "watch", "top": "top", "run": "run", "ps": "ps", "backends": "backends"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _subcommand(name: str) -> Subcommand:
+    module = importlib.import_module(f"{__package__}.{SUBCOMMAND_MODULES[name]}")
+    command: Subcommand = module.SUBCOMMAND
+    return command
+
+
+def subcommands() -> tuple[Subcommand, ...]:
+    """Every subcommand, in --help order (imports them all)."""
+    return tuple(_subcommand(name) for name in SUBCOMMAND_MODULES)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only`` (a subcommand's name), with that subcommand alone (what running it
+    needs; the others' modules are not imported)."""
     parser = Parser(prog=PROG, description="Know the moment a Linux task is created, exec'd or destroyed.")
     parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for command in SUBCOMMANDS:
+    for name in SUBCOMMAND_MODULES if only is None else (only,):
+        command = _subcommand(name)
         child = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
         command.add_arguments(child)
         child.set_defaults(_run=command.run, _parser=child)
@@ -66,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``proctap`` console script; returns the exit status."""
     warnings.showwarning = _show_warning
     _buffered_stdout()
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(words[0] if words and words[0] in SUBCOMMAND_MODULES else None)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand's parser, so the hint is 'proctap watch --help'
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
