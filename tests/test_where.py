@@ -245,7 +245,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("bin", "proc", "sys", "dev", "etc", "tmp"):
         (root / name).mkdir()
     shutil.copy(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "cat", "sleep", "true", "ls", "echo"):
+    for applet in ("sh", "cat", "sleep", "true", "ls", "echo", "chroot"):
         (root / "bin" / applet).symlink_to("busybox")
     return root
 
@@ -495,6 +495,21 @@ def test_watch_context_shows_a_login_session(tmp_path: Path) -> None:
     terminal = (tmp_path / "tty").read_text().strip().removeprefix("/dev/")
     line = next(line for line in table.read_text().splitlines() if " sleep 0.5" in line)
     assert f"[auid=4321 ses={sessionid} tty={terminal} cwd='{work}']" in line
+
+
+@ROOT
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_cwd_of_a_chrooted_process(backend: str, rootfs: Path) -> None:
+    """bpf walks the cwd up to the process's own root directory (its view, as auditd's cwd); /proc/PID/cwd gives it
+    from proctap's root."""
+    with proctap.watch("exec,exit", backend=backend, context=True) as w:
+        log = EventLog(w)
+        p = subprocess.Popen(["chroot", str(rootfs), "/bin/sh", "-c", "cd /tmp && exec /bin/sleep 0.3"])
+        while_reading([p], log)
+        log.wait_exit(p.pid, forked=False)
+    ex = [e for e in log.about([p.pid], Exec) if e.argv == ("/bin/sleep", "0.3")][-1]
+    assert ex.process is not None
+    assert ex.process.cwd == ("/tmp" if backend == "bpf" else str(rootfs / "tmp"))
 
 
 @ROOT

@@ -67,6 +67,8 @@ SLOT_SIZE = -112  # the cwd walk: the record's size before the cwd
 SLOT_NAME = -120  # the cwd walk: the current dentry's name (a kernel pointer)
 SLOT_CG_ID = -128  # the cgroup path: the cgroup's id (the key of the map of cgroups already sent)
 SLOT_KN = -136  # the cgroup path: the current kernfs node
+SLOT_ROOT_DENTRY = -144  # the cwd walk: the task's root directory (chroot), where the walk stops
+SLOT_ROOT_MOUNT = -152  # and its struct mount
 
 # The cwd walk: at most CWD_MAX bytes of names and CWD_STEPS steps (a component or a mount crossed), each name read
 # with room for NAME_ROOM bytes (NAME_MAX + 1); a path beyond is reported truncated (no cwd).
@@ -94,7 +96,8 @@ WHERE_MEMBERS = {
     "task_real_cred": ("task_struct", "real_cred"), "cred_user_ns": ("cred", "user_ns"),
     "task_thread_pid": ("task_struct", "thread_pid"), "pid_level": ("pid", "level"),
     "pid_numbers": ("pid", "numbers"), "upid_nr": ("upid", "nr"), "upid_ns": ("upid", "ns"),
-    "task_fs": ("task_struct", "fs"), "fs_pwd": ("fs_struct", "pwd"), "path_mnt": ("path", "mnt"),
+    "task_fs": ("task_struct", "fs"), "fs_pwd": ("fs_struct", "pwd"), "fs_root": ("fs_struct", "root"),
+    "path_mnt": ("path", "mnt"),
     "path_dentry": ("path", "dentry"), "dentry_parent": ("dentry", "d_parent"),
     "dentry_name": ("dentry", "d_name.name"),
     "mount_mnt": ("mount", "mnt"), "mount_parent": ("mount", "mnt_parent"),
@@ -106,7 +109,7 @@ WHERE_MEMBERS = {
 _NSPROXY = (("nsproxy_mnt", "mnt_inum", 1), ("nsproxy_net", "net_inum", 2), ("nsproxy_uts", "uts_inum", 3),
             ("nsproxy_ipc", "ipc_inum", 4), ("nsproxy_cgroup", "cgroup_inum", 6))  # fmt: skip
 _CGROUP_MEMBERS = ("task_cgroups", "css_dfl_cgrp", "cgroup_kn", "kn_name", "kn_parent")
-_CWD_MEMBERS = ("task_fs", "fs_pwd", "path_mnt", "path_dentry", "dentry_parent", "dentry_name", "mount_mnt",
+_CWD_MEMBERS = ("task_fs", "fs_pwd", "fs_root", "path_mnt", "path_dentry", "dentry_parent", "dentry_name", "mount_mnt",
                 "mount_parent", "mount_mountpoint", "vfsmount_root")  # fmt: skip
 
 # Failed execs: the syscalls by the index the programs write, which of the syscall's arguments are the filename and
@@ -569,11 +572,12 @@ def _cwd_walk(a: Asm, lay: Layout, size_max: int) -> None:
     """Append the working directory of the task in r7 to the record at r9 whose size is in r8 (at most
     ``size_max``); r8 = the new size.  Clobbers r0-r6.
 
-    From task->fs->pwd up to the root of the task's mount namespace (fs/d_path.c prepend_path): at a mount's root
-    dentry, continue from its mountpoint in the parent mount (struct mount, reached from the vfsmount inside it);
-    the namespace's root mount is its own parent.  Every pointer is read with bpf_probe_read_kernel (struct mount
-    is reached by subtracting an offset, which BTF pointers do not allow).  Each name is appended NUL-terminated,
-    leaf first; cwd bytes and flags go into the context block."""
+    From task->fs->pwd up to the task's root directory, task->fs->root (its chroot), or else the root of its mount
+    namespace (fs/d_path.c prepend_path): at a mount's root dentry, continue from its mountpoint in the parent
+    mount (struct mount, reached from the vfsmount inside it); the namespace's root mount is its own parent.
+    Every pointer is read with bpf_probe_read_kernel (struct mount is reached by subtracting an offset, which BTF
+    pointers do not allow).  Each name is appended NUL-terminated, leaf first; cwd bytes and flags go into the
+    context block."""
     w = lay.where
     base = rec.HEADER_SIZE
     a.stx(DW, FP, SLOT_SIZE, R8)
@@ -589,11 +593,25 @@ def _cwd_walk(a: Asm, lay: Layout, size_max: int) -> None:
     a.ldx(DW, R6, FP, SLOT_TMP)
     a.sub(R6, w["mount_mnt"])
     a.stx(DW, FP, SLOT_MOUNT, R6)
+    a.ldx(DW, R6, R7, w["task_fs"])
+    _read_kernel(a, FP, SLOT_ROOT_DENTRY, 8, R6, w["fs_root"] + w["path_dentry"])
+    a.jne(R0, 0, "cwd_unreadable")
+    _read_kernel(a, FP, SLOT_ROOT_MOUNT, 8, R6, w["fs_root"] + w["path_mnt"])
+    a.jne(R0, 0, "cwd_unreadable")
+    a.ldx(DW, R1, FP, SLOT_ROOT_MOUNT)
+    a.sub(R1, w["mount_mnt"])
+    a.stx(DW, FP, SLOT_ROOT_MOUNT, R1)
     a.mov(R6, 0)  # steps taken: the loop's bound, a precise counter
     a.label("cwd_step")
     a.jge(R6, CWD_STEPS, "cwd_truncated")
     a.add(R6, 1)
     a.ldx(DW, R1, FP, SLOT_DENTRY)
+    a.ldx(DW, R2, FP, SLOT_ROOT_DENTRY)
+    a.jne(R1, R2, "cwd_not_root")
+    a.ldx(DW, R3, FP, SLOT_MOUNT)
+    a.ldx(DW, R4, FP, SLOT_ROOT_MOUNT)
+    a.jeq(R3, R4, "cwd_end")  # the task's root directory: its paths start here
+    a.label("cwd_not_root")
     a.ldx(DW, R2, FP, SLOT_MNT_ROOT)
     a.jeq(R1, R2, "cwd_mount")
     _read_kernel(a, FP, SLOT_TMP, 8, R1, w["dentry_parent"])
