@@ -371,6 +371,16 @@ def test_fuzz_decoder_structured(rtype: int, payload: bytes, len_a: int, len_b: 
             assert len_a + len_b == len(payload) and (r.filename is None) == (len_a == 0)
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=8).map(lambda b: b.replace(b"\0", b"")), max_size=5), st.booleans())
+def test_argv_decoded_whole_is_argv_decoded_one_by_one(args: list[bytes], truncated: bool) -> None:
+    """decode_argv decodes the area once and splits the text; each argument must be what decoding it alone gives,
+    whatever its bytes (broken UTF-8 sequences cut by the NUL included)."""
+    raw = b"\0".join(args) + (b"" if truncated or not args else b"\0")
+    expected = tuple(part.decode("utf-8", "surrogateescape") for part in b"\0".join(args).split(b"\0"))
+    assert rec.decode_argv(raw, truncated) == (expected if args or truncated else ())
+
+
 @needs_bpf
 def test_decode_captured_records() -> None:
     """Records captured from the real kernel by scripts in this test's capture mode (tests/data/bpf_records.bin)."""

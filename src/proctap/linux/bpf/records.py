@@ -90,7 +90,9 @@ def decode_argv(raw: bytes, truncated: bool) -> tuple[str, ...]:
         if raw[-1:] != b"\0":
             raise DecodeError("argv area does not end with NUL")
         raw = raw[:-1]
-    return tuple(part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0"))
+    # Decoded whole, then split: the same strings as splitting the bytes first (a NUL is never part of a UTF-8
+    # sequence, so it ends any broken one before it: tested on any bytes), in one call instead of one per argument.
+    return tuple(raw.decode("utf-8", "surrogateescape").split("\0"))
 
 
 def decode_exec_payload(payload: bytes, len_a: int, len_b: int, flags: int) -> tuple[str, tuple[str, ...] | None, bool]:
@@ -124,7 +126,7 @@ def decode_exec_failed_payload(
     captured = payload[len_a:]
     if captured and captured[-1] != 0:
         raise DecodeError("exec-failed record: argv does not end with NUL")
-    argv = tuple(part.decode("utf-8", "surrogateescape") for part in captured[:-1].split(b"\0")) if captured else ()
+    argv = tuple(captured[:-1].decode("utf-8", "surrogateescape").split("\0")) if captured else ()
     return filename, argv, bool(flags & FLAG_ARGV_TRUNCATED)
 
 
