@@ -293,3 +293,23 @@ def test_watch_json_is_strict_utf8_with_the_exact_bytes() -> None:
     assert exact_bytes(execd, "argv") == argv
     assert execd["argv"][3:] == ["a\ufffd\ufffdb", ESC.decode(), "\ufffd\ufffd"]  # one U+FFFD per byte
     assert set(execd["raw_b64"]) == {"argv"}
+
+
+def test_positional_constructors_make_the_same_events() -> None:
+    """events.constructor(cls, "names..."): the named fields in that order, the others at their defaults; names checked
+    when it is made (unknown, missing required, repeated)."""
+    from proctap.events import constructor
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_render import _full_events
+
+    for event in _full_events():
+        cls = type(event)
+        names = [f.name for f in dataclasses.fields(cls) if getattr(event, f.name) != f.default]
+        names.reverse()  # any order
+        made = constructor(cls, " ".join(names))(*(getattr(event, n) for n in names))  # type: ignore[type-var]
+        assert made == event and type(made) is cls
+        assert all(getattr(made, f.name) is getattr(event, f.name) for f in dataclasses.fields(cls))
+    for bad in ("source pid", "source timestamp_ns wall_time pid tid parent_pid bogus", "pid pid"):
+        with pytest.raises(TypeError, match="constructor"):
+            constructor(Fork, bad)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from operator import attrgetter
-from typing import Any, ClassVar, NamedTuple, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
 
 __all__ = [
     "EVENT_CLASSES",
@@ -50,6 +50,7 @@ __all__ = [
     "WaitStatus",
     "Where",
     "accounting_dict",
+    "constructor",
     "decode_wait_status",
     "errno_name",
     "event_dict",
@@ -505,6 +506,39 @@ def _fast_init(cls: type[Event]) -> None:
 
 for _cls in EVENT_CLASSES.values():
     _fast_init(_cls)
+
+_E = TypeVar("_E", bound=Event)
+
+
+def constructor(cls: type[_E], names: str) -> Callable[..., _E]:
+    """A positional constructor of ``cls``: the fields ``names`` (space-separated) in that order, every other field
+    at its default.  For decoders that build hundreds of thousands of events: matching 15-20 keyword arguments
+    costs about half of making the event (Exec: 1.3 us by keywords, 0.8 us this way).  The names are checked here,
+    once: each a field of ``cls``, every field without a default among them."""
+    wanted = names.split()
+    by_name = {f.name: f for f in fields(cls)}
+    unknown = [n for n in wanted if n not in by_name]
+    missing = [n for n, f in by_name.items() if n not in wanted and f.default is MISSING]
+    if (
+        unknown
+        or missing
+        or len(set(wanted)) != len(wanted)
+        or any(f.default_factory is not MISSING or not f.init for f in by_name.values())
+    ):
+        raise TypeError(f"constructor({cls.__name__}): unknown {unknown}, missing {missing}, or repeated fields")
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    body = ["    event = _new(_cls)"]
+    for name, f in by_name.items():
+        scope[f"_set_{name}"] = getattr(cls, name).__set__
+        if name in wanted:
+            body.append(f"    _set_{name}(event, {name})")
+        else:
+            scope[f"_default_{name}"] = f.default
+            body.append(f"    _set_{name}(event, _default_{name})")
+    exec(f"def make({', '.join(wanted)}):\n" + "\n".join([*body, "    return event"]), scope)
+    make: Callable[..., _E] = scope["make"]
+    make.__qualname__ = f"constructor({cls.__name__})"
+    return make
 
 
 # -- the JSON form --------------------------------------------------------------------------------------------------

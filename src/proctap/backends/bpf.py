@@ -40,6 +40,7 @@ from ..events import (
     Namespaces,
     Origin,
     Where,
+    constructor,
     decode_wait_status,
 )
 from ..linux import procfs
@@ -86,7 +87,15 @@ _unpack_cwd = struct.Struct("=II").unpack_from
 _TYPE_FORK, _TYPE_EXIT, _TYPE_EXEC, _FLAG_WHERE, _CLONE_THREAD = (
     rec.TYPE_FORK, rec.TYPE_EXIT, rec.TYPE_EXEC, rec.FLAG_WHERE, progs.CLONE_THREAD,
 )  # fmt: skip
+_KERNEL = Origin.KERNEL
 _WAIT: dict[int, tuple[int, int | None, int | None, bool]] = {}  # wait status -> (status, exit code, signal, core)
+# Positional constructors (events.constructor): keyword arguments cost half of making a storm's events.
+_fork = constructor(Fork, "source timestamp_ns wall_time pid tid start_ns parent_pid parent_tid is_thread clone_flags "
+                          "comm uid gid cgroup_id where")  # fmt: skip
+_exit = constructor(Exit, "source timestamp_ns wall_time pid tid start_ns is_thread status exit_code signal "
+                          "core_dumped lifetime_ns parent_pid comm")  # fmt: skip
+_exec = constructor(Exec, "source timestamp_ns wall_time pid tid start_ns filename argv argc argv_truncated comm "
+                          "parent_pid uid gid cgroup_id filename_from argv_from comm_from where")  # fmt: skip
 
 
 def _ring_size(requested: int | None) -> int:
@@ -501,10 +510,9 @@ class EventDecoder:
             elif length != HEADER_SIZE:
                 raise DecodeError(f"BPF fork record has {length} bytes, expected {HEADER_SIZE}")
             is_thread = aux64 & _CLONE_THREAD != 0
-            out.append(Fork(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
-                parent_pid=tgid if is_thread else ppid, parent_tid=aux32, is_thread=is_thread, clone_flags=aux64,
-                comm=self._comms.get(comm) or self._comm(comm), uid=uid, gid=gid, cgroup_id=cgroup, where=where,
+            out.append(_fork(
+                "bpf", ts, wall, tgid, tid, start, tgid if is_thread else ppid, aux32, is_thread, aux64,
+                self._comms.get(comm) or self._comm(comm), uid, gid, cgroup, where,
             ))  # fmt: skip
         elif rtype == _TYPE_EXIT:
             if length != EXIT_SIZE:
@@ -516,20 +524,17 @@ class EventDecoder:
             if tid != tgid and self._threads:
                 status, code, signal, core = _WAIT.get(aux32 & 0xFFFF) or _wait(aux32)
                 lifetime = since_boot - task_start
-                out.append(Exit(
-                    source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start, is_thread=True,
-                    status=status, exit_code=code, signal=signal, core_dumped=core,
-                    lifetime_ns=lifetime if lifetime > 0 else 0, parent_pid=ppid, comm=name,
+                out.append(_exit(
+                    "bpf", ts, wall, tgid, tid, start, True, status, code, signal, core,
+                    lifetime if lifetime > 0 else 0, ppid, name,
                 ))  # fmt: skip
             if aux64:  # group_dead
                 leader = data[offset + HEADER_SIZE : offset + EXIT_SIZE]
                 status, code, signal, core = _WAIT.get(len_a & 0xFFFF) or _wait(len_a)
                 lifetime = since_boot - start
-                out.append(Exit(
-                    source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tgid, start_ns=start,
-                    is_thread=False, status=status, exit_code=code, signal=signal, core_dumped=core,
-                    lifetime_ns=lifetime if lifetime > 0 else 0, parent_pid=ppid,
-                    comm=self._comms.get(leader) or self._comm(leader),
+                out.append(_exit(
+                    "bpf", ts, wall, tgid, tgid, start, False, status, code, signal, core,
+                    lifetime if lifetime > 0 else 0, ppid, self._comms.get(leader) or self._comm(leader),
                 ))  # fmt: skip
         elif rtype == _TYPE_EXEC:
             where = None
@@ -544,11 +549,10 @@ class EventDecoder:
                 where = self._where(data, offset, cgroup, None if cwd_flags else data[end : end + cwd_len])
             payload = data[start_payload:end]
             filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)
-            out.append(Exec(
-                source="bpf", timestamp_ns=ts, wall_time=wall, pid=tgid, tid=tid, start_ns=start,
-                filename=filename, argv=argv, argc=aux64, argv_truncated=truncated, comm=self._comm(comm),
-                parent_pid=ppid, uid=uid, gid=gid, cgroup_id=cgroup, filename_from=Origin.KERNEL,
-                argv_from=None if argv is None else Origin.KERNEL, comm_from=Origin.KERNEL, where=where,
+            out.append(_exec(
+                "bpf", ts, wall, tgid, tid, start, filename, argv, aux64, truncated,
+                self._comms.get(comm) or self._comm(comm), ppid, uid, gid, cgroup, _KERNEL,
+                None if argv is None else _KERNEL, _KERNEL, where,
             ))  # fmt: skip
         elif rtype == rec.TYPE_CGROUP:  # a cgroup's path, before the first event in it: no event of its own
             if self._cgroups is not None and len_a <= length - HEADER_SIZE:
