@@ -21,6 +21,8 @@ from proctap.cache import ProcessCache
 from proctap.events import Exec, Existing, Exit, Fork, Lost, event_from_dict
 from proctap.linux import procfs
 
+PROCTAP = [sys.executable, "-m", "proctap"]  # this checkout's proctap, not whatever is on PATH
+
 BACKENDS = [b for b in ("bpf", "netlink", "tracefs") if proctap.probe_all()[b]]
 CHAIN = "bash -c 'bash -c \"bash -c \\\"sleep 0.3; true\\\"; true\"; true'"
 
@@ -56,7 +58,7 @@ def ndjson_of(args: list[str], workload: list[str], path: Path) -> list[dict[str
     """``proctap watch --json ARGS`` into a file (a pipe nobody reads would fill and stall it) while ``workload``
     runs; its lines, decoded."""
     with open(path, "wb") as out:
-        watch = subprocess.Popen(["proctap", "watch", "-b", "netlink", "--json", "-q", *args], stdout=out)
+        watch = subprocess.Popen([*PROCTAP, "watch", "-b", "netlink", "--json", "-q", *args], stdout=out)
         time.sleep(1.5)  # subscribed (a start-up bound, not a measurement)
         subprocess.run(workload, check=True)
         time.sleep(0.5)
@@ -271,21 +273,21 @@ def test_ps_shows_the_tree_and_the_snapshot_events() -> None:
         while not [p for p in procfs.descendants(leaf.pid) if procfs.read_comm(p) == "sleep"]:
             assert time.monotonic() < deadline, "the chain did not start"
             time.sleep(0.05)
-        tree = subprocess.run(["proctap", "ps", "-p", str(leaf.pid)], capture_output=True, text=True, check=True)
+        tree = subprocess.run([*PROCTAP, "ps", "-p", str(leaf.pid)], capture_output=True, text=True, check=True)
         lines = tree.stdout.splitlines()
         assert lines[0].split() == ["PID", "PPID", "USER", "STARTED", "COMMAND"]
         column = lines[0].index("COMMAND")
         commands = [line[column:] for line in lines[1:]]
         assert commands == ["sh -c 'sh -c '\"'\"'sleep 30; true'\"'\"'; true'", "\\_ sh -c 'sleep 30; true'",
                             "  \\_ sleep 30"]  # fmt: skip
-        out = subprocess.run(["proctap", "ps", "--json", "--ancestry", "-c", "sleep"], capture_output=True, text=True,
+        out = subprocess.run([*PROCTAP, "ps", "--json", "--ancestry", "-c", "sleep"], capture_output=True, text=True,
                              check=True).stdout  # fmt: skip
         objs = [json.loads(line) for line in out.splitlines()]
         assert objs and all(o["event"] == "existing" and o["reason"] == "snapshot" for o in objs)
         (mine,) = [o for o in objs if len(o["ancestors"]) > 1 and o["ancestors"][1]["pid"] == leaf.pid]
         assert mine["argv"] == ["sleep", "30"] and mine["ancestors"][-1]["pid"] == 1
         assert event_from_dict(mine).pid == mine["pid"]
-        bad = subprocess.run(["proctap", "ps", "-p", "999999999"], capture_output=True, text=True)
+        bad = subprocess.run([*PROCTAP, "ps", "-p", "999999999"], capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.startswith("proctap: error: no process with pid")
     finally:
         for pid in [leaf.pid, *procfs.descendants(leaf.pid)]:

@@ -23,6 +23,7 @@ from proctap.backends import backend_class, choose_backend
 from proctap.cli.watch import open_watcher
 from proctap.errors import ProctapError
 
+PROCTAP = [sys.executable, "-m", "proctap"]  # this checkout's proctap, not whatever is on PATH
 STORM = "i=0; while [ $i -lt 1500 ]; do /bin/true; i=$((i+1)); done"
 
 
@@ -141,7 +142,7 @@ def test_accounting_is_a_watcher_option() -> None:
 
 def _cli_stats(*args: str, during: list[str] | None = None) -> dict[str, object]:
     """``proctap watch ... --stats`` as a user runs it (while ``during`` runs, when given): its counters."""
-    cmd = ["proctap", "watch", "-q", "--stats", *args]
+    cmd = [*PROCTAP, "watch", "-q", "--stats", *args]
     watch = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # subscribed (a start-up bound, not a timing assertion)
     if during is not None:

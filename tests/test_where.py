@@ -17,6 +17,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ from proctap.linux.cgroups import cgroup2_mount, parse_proc_cgroup, read_cgroup,
 from proctap.linux.clock import Clock
 from proctap.render import where_text
 from proctap.where import AUDIT_UNSET, Cgroups, container_of, decode_tty_nr, tty_name
+
+PROCTAP = [sys.executable, "-m", "proctap"]  # this checkout's proctap, not whatever is on PATH
 
 ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (containers, cgroups, loginuid, bpf)")
 BACKENDS = ["bpf", "netlink"]  # captured in the kernel / read from /proc by the watcher
@@ -351,9 +354,9 @@ def test_watch_context_shows_the_container(rootfs: Path, tmp_path: Path) -> None
     out = tmp_path / "out.json"
     table = tmp_path / "out.txt"
     with container(rootfs, CONTAINER_SCRIPT) as (cid, name), open(out, "wb") as f, open(table, "wb") as t:
-        procs = [subprocess.Popen(["proctap", "watch", "-q", "--json", "--context", "-e", "exec", "--container",
+        procs = [subprocess.Popen([*PROCTAP, "watch", "-q", "--json", "--context", "-e", "exec", "--container",
                                    cid[:12], "-d", "6"], stdout=f),
-                 subprocess.Popen(["proctap", "watch", "-q", "--context", "-e", "exec", "--container", name,
+                 subprocess.Popen([*PROCTAP, "watch", "-q", "--context", "-e", "exec", "--container", name,
                                    "-d", "6"], stdout=t)]  # fmt: skip
         time.sleep(2)  # subscribed (a start-up bound, not a measurement)
         start(name)
@@ -485,7 +488,7 @@ def test_watch_context_shows_a_login_session(tmp_path: Path) -> None:
     work.mkdir()
     script = SESSION_SCRIPT.format(dir=tmp_path).replace("exec setpriv", f"cd '{work}' && exec setpriv")
     with open(table, "wb") as t:
-        watch = subprocess.Popen(["proctap", "watch", "-q", "--context", "-e", "exec", "--loginuid", "4321", "-d",
+        watch = subprocess.Popen([*PROCTAP, "watch", "-q", "--context", "-e", "exec", "--loginuid", "4321", "-d",
                                   "5"], stdout=t)  # fmt: skip
         time.sleep(2)  # subscribed (a start-up bound, not a measurement)
         subprocess.run(["script", "-qc", f"sh -c \"{script}\"", "/dev/null"], stdout=subprocess.DEVNULL,
@@ -520,11 +523,11 @@ def test_ps_filters_by_context() -> None:
         deadline = time.monotonic() + TIMEOUT
         while procfs.read_comm(sleeper.pid) != "sleep" and time.monotonic() < deadline:
             time.sleep(0.01)
-        shown = subprocess.run(["proctap", "ps", "--flat", "--uid", "65534"], capture_output=True, text=True,
+        shown = subprocess.run([*PROCTAP, "ps", "--flat", "--uid", "65534"], capture_output=True, text=True,
                                check=True).stdout  # fmt: skip
         pids = {int(line.split()[0]) for line in shown.splitlines()[1:]}
         assert sleeper.pid in pids and os.getpid() not in pids
-        doc = subprocess.run(["proctap", "ps", "--json", "--context", "--uid", "65534"], capture_output=True,
+        doc = subprocess.run([*PROCTAP, "ps", "--json", "--context", "--uid", "65534"], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
         mine = [json.loads(line) for line in doc.splitlines() if json.loads(line)["pid"] == sleeper.pid]
         assert mine and mine[0]["cgroup"] == read_cgroup(sleeper.pid) and mine[0]["where_from"] == "snapshot"
