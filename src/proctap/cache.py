@@ -160,6 +160,11 @@ class Process(NamedTuple):
         )
 
 
+_new_process = Process._make  # from a tuple of every field, in order (the fork storm's path: no keyword matching)
+_EXIT = Process._fields.index("exit")
+assert Process._fields[-6:] == ("exit", "synthetic", "where", "where_from", "cwd", "cwd_from")  # _fork's order
+
+
 class ProcRef(NamedTuple):
     """A short reference to a process for context output: pid, comm, exe."""
 
@@ -412,25 +417,29 @@ class ProcessCache:
         if where is None and parent is not None and parent.where is not None:
             where, where_from = self._inherited(parent.where), Origin.INHERITED
         cwd = None if parent is None else parent.cwd
-        proc = Process(
-            pid=event.pid,
-            start_ns=event.start_ns,
-            parent_pid=event.parent_pid,
-            parent_key=None if parent is None else self._shared(parent.key),
-            comm=event.comm if event.comm is not None else (parent.comm if parent else None),
-            exe=parent.exe if parent else None,
-            argv=parent.argv if parent else None,
-            uid=event.uid if event.uid is not None else (parent.uid if parent else None),
-            gid=event.gid if event.gid is not None else (parent.gid if parent else None),
-            forked_ns=event.timestamp_ns,
-            comm_from=Origin.KERNEL if event.comm is not None else inherited,
-            exe_from=inherited if parent is not None and parent.exe is not None else None,
-            argv_from=inherited if parent is not None and parent.argv is not None else None,
-            where=where,
-            where_from=where_from,
-            cwd=cwd,
-            cwd_from=None if cwd is None else Origin.INHERITED,
-        )
+        # Positional, in field order (a fork storm makes one per task; keywords cost twice as much): see Process.
+        proc = _new_process((
+            event.pid,  # pid
+            event.start_ns,  # start_ns
+            event.parent_pid,  # parent_pid
+            None if parent is None else self._shared(parent.key),  # parent_key
+            event.comm if event.comm is not None else (parent.comm if parent else None),  # comm
+            parent.exe if parent else None,  # exe
+            parent.argv if parent else None,  # argv
+            event.uid if event.uid is not None else (parent.uid if parent else None),  # uid
+            event.gid if event.gid is not None else (parent.gid if parent else None),  # gid
+            event.timestamp_ns,  # forked_ns
+            None,  # exec_ns
+            Origin.KERNEL if event.comm is not None else inherited,  # comm_from
+            inherited if parent is not None and parent.exe is not None else None,  # exe_from
+            inherited if parent is not None and parent.argv is not None else None,  # argv_from
+            None,  # exit
+            False,  # synthetic
+            where,
+            where_from,
+            cwd,
+            None if cwd is None else Origin.INHERITED,  # cwd_from
+        ))  # fmt: skip
         return self._put(proc)
 
     def _inherited(self, where: Where) -> Where:
@@ -486,7 +495,7 @@ class ProcessCache:
         if proc is None:
             # Not seen alive: /proc no longer has it; keep what the event says.
             proc = Process(pid=event.pid, start_ns=event.start_ns, parent_pid=event.parent_pid, comm=event.comm)
-        ended = proc._replace(exit=event)
+        ended = _new_process((*proc[:_EXIT], event, *proc[_EXIT + 1 :]))  # proc._replace(exit=event), at a third
         self._retire(ended)
         return ended
 
