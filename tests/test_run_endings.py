@@ -187,13 +187,13 @@ def test_a_command_that_leaves_its_child_at_once(tmp_path: Path, backend: str) -
         assert code == 0
         assert " -> exit 0 (exit status 0) " in lines[0], lines[0]
         assert_consistent(doc, lines)
-        found = by_program(doc, "sleep")
+        # by pid: the child may not have exec'd sleep yet when proctap made its report (then it still runs sh)
+        found = [p for p in doc["processes"] if p["pid"] == int(pidfile.read_text())]
         if backend in KERNEL_BACKENDS or found:
             # (proc: when the shell was gone before a scan saw its child, the child was already init's: not
             # followed, and the document does not claim anything about it)
             (child,) = found
             assert child["outcome"] == "running" and child["outlived_root"]
-            assert child["pid"] == int(pidfile.read_text())
     finally:
         _kill_written_pid(pidfile, "sleep")
 
