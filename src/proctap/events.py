@@ -786,7 +786,7 @@ def _json_writer(cls: type[Event]) -> Callable[[Any], str | None]:
     if "pid" not in plan.names or "start_ns" not in plan.names:
         return _no_writer(cls)
     pid, start = local[plan.names.index("pid")], local[plan.names.index("start_ns")]
-    prepare.append(f"key = \"null\" if {start} is None else '\"' + str({pid}) + '@' + str({start}) + '\"'")
+    prepare.append(f"key = \"null\" if {start} is None else f'\"{{{pid}}}@{{{start}}}\"'")
     parts.append('"key":{key}')
     for i, name in enumerate(plan.derived):
         derived.append(f"d{i} = event.{name}")
