@@ -208,7 +208,7 @@ def test_loss_is_counted_exactly() -> None:
         reference = EventLog(ref).until(
             lambda events: any(e.timestamp_ns >= t1 for e in events[-50:]), "the reference up to the window's end"
         )
-    assert not any(isinstance(e, Lost) for e in reference), "the reference watcher must see the whole window"
+    assert not any(isinstance(e, Lost) for e in reference), [e for e in reference if isinstance(e, Lost)][:3]
     # On a busy machine PIDs wrap around fast: only the loader's lifetime counts (the reference saw its exit).
     loader_end = next(
         e.timestamp_ns for e in reference if isinstance(e, Exit) and e.pid == loader and e.timestamp_ns > t0
