@@ -435,6 +435,49 @@ def test_a_hand_made_cgroup_and_the_cgroup_filter(backend: str) -> None:
         proctap.watch(backend=backend, cgroup="/proctap-where-no-such-cgroup")
 
 
+@ROOT
+def test_the_first_event_in_a_new_cgroup_wakes_the_reader() -> None:
+    """bpf sends a cgroup's path (a CGROUP record) before the first event in it: that record, not the event, is then
+    the first after a drain, and must wake a reader that sleeps in poll (the event's record, finding the ring not
+    empty, does not).  The cgroup filter keeps every other task's events from waking it instead."""
+    import select
+    import threading
+
+    from proctap.backends import BackendConfig
+    from proctap.backends.bpf import BpfBackend
+    from proctap.events import EventKind
+
+    with v2_cgroup(f"proctap-wake-{os.getpid()}") as (directory, path):
+        backend = BpfBackend(BackendConfig(events=frozenset({EventKind.EXEC}), context=True, cgroup=path))
+        try:
+            assert backend.read_events() == []
+            child = subprocess.Popen(["sh", "-c", f'echo $$ > "{directory}/cgroup.procs" && read go && exec /bin/true'],
+                                     stdin=subprocess.PIPE)  # fmt: skip
+            poller = select.poll()
+            poller.register(backend.fileno(), select.POLLIN)
+            woken: list[bool] = []
+
+            def sleep_in_poll() -> None:  # (poll reports what is ready when it times out too: woken = before that)
+                deadline = time.monotonic() + TIMEOUT
+                ready = poller.poll(TIMEOUT * 1000)
+                woken.append(bool(ready) and time.monotonic() < deadline)
+
+            asleep = threading.Thread(target=sleep_in_poll)
+            asleep.start()
+            time.sleep(0.5)  # the reader is asleep in poll by then (a start-up bound, not a measurement)
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.close()
+            asleep.join()
+            assert woken == [True], "the reader was not woken: the cgroup's first event waits in the ring"
+            assert child.wait(timeout=TIMEOUT) == 0
+            seen = backend.read_events()
+            (ex,) = [e for e in seen if isinstance(e, Exec) and e.pid == child.pid]
+            assert ex.where is not None and ex.where.cgroup == path
+        finally:
+            backend.close()
+
+
 SESSION_SCRIPT = (
     "echo 4321 > /proc/self/loginuid && cat /proc/self/sessionid > {dir}/session && tty > {dir}/tty && "
     "exec setpriv --reuid=65534 --regid=65534 --clear-groups sleep 0.5"

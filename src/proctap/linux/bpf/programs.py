@@ -490,7 +490,29 @@ def _where_fields(a: Asm, lay: Layout) -> None:
         a.label("w_no_pid")
 
 
-def _cgroup_path(a: Asm, lay: Layout, maps: MapFds) -> None:
+def _context_filters(a: Asm, filters: Filters, maps: MapFds) -> None:
+    """Exit unless the current task passes the uid, loginuid, cgroup-subtree and cgroup-id filters (clobbers r0-r5);
+    what :func:`_creds_cgroup_comm` checks while it writes the record."""
+    if filters.uid is not None:
+        a.call(Helper.get_current_uid_gid)
+        a.mov32(R1, R0)
+        _jne_u32(a, R1, filters.uid, "out")
+    if filters.loginuid is not None and filters.loginuid_offset >= 0:
+        a.call(Helper.get_current_task_btf)
+        a.ldx(W, R1, R0, filters.loginuid_offset)
+        _jne_u32(a, R1, filters.loginuid, "out")
+    if filters.cgroup_under and maps.cgroup >= 0:
+        a.ld_map_fd(R1, maps.cgroup)
+        a.mov(R2, 0)
+        a.call(Helper.current_task_under_cgroup)
+        a.jne(R0, 1, "out")
+    if filters.cgroup_id is not None:
+        a.call(Helper.get_current_cgroup_id)
+        a.ld_imm64(R1, filters.cgroup_id)
+        a.jne(R0, R1, "out")
+
+
+def _cgroup_path(a: Asm, lay: Layout, maps: MapFds, filters: Filters) -> None:
     """Before the event's record, once per cgroup: a CGROUP record with the current task's cgroup id and path, so
     that the path is known even when the cgroup is gone by the time user space reads the event (a container that
     lived a millisecond).  ``maps.cgroups_seen`` (an LRU map) remembers the ids already sent; the path's names are
@@ -498,6 +520,7 @@ def _cgroup_path(a: Asm, lay: Layout, maps: MapFds) -> None:
     (the event's record is written over it afterwards).  Nothing is sent for a path too deep or unreadable: user
     space then resolves the id itself.  Clobbers r0-r5 and r8."""
     w = lay.where
+    _context_filters(a, filters, maps)  # (checked again with the event's record: nothing sent for a task filtered out)
     a.call(Helper.get_current_cgroup_id)
     a.stx(DW, FP, SLOT_CG_ID, R0)
     a.ld_map_fd(R1, maps.cgroups_seen)
@@ -563,7 +586,9 @@ def _cgroup_path(a: Asm, lay: Layout, maps: MapFds) -> None:
     a.add(R3, rec.HEADER_SIZE)
     a.ld_map_fd(R1, maps.ringbuf)
     a.mov(R2, R9)
-    a.mov(R4, BPF_RB_NO_WAKEUP)  # the event's record, right after, wakes the reader as usual
+    # flags 0: the kernel's adaptive wake-up, i.e. wake the reader when the ring was empty.  Not NO_WAKEUP: the event's
+    # record right after would find the ring not empty and not wake it either (a reader asleep for half a ring)
+    a.mov(R4, 0)
     a.call(Helper.ringbuf_output)
     a.label("cg_done")
 
@@ -785,7 +810,7 @@ def fork_program(lay: Layout, maps: MapFds, filters: Filters, *, context: bool =
         a.label("tracked")
     _scratch_slot(a, maps)
     if context and maps.cgroups_seen >= 0:
-        _cgroup_path(a, lay, maps)
+        _cgroup_path(a, lay, maps, filters)
     _begin(a, rec.TYPE_FORK)
     _task_fields(a, lay)
     a.stx(DW, R9, rec.OFF_AUX64, R6)
@@ -814,7 +839,7 @@ def exec_program(
         _check_tracked(a, maps, R8)
     _scratch_slot(a, maps)
     if context and maps.cgroups_seen >= 0:
-        _cgroup_path(a, lay, maps)
+        _cgroup_path(a, lay, maps, filters)
     _begin(a, rec.TYPE_EXEC)
     _task_fields(a, lay)
     a.ldx(DW, R1, R6, 8)
