@@ -2,11 +2,12 @@
 
 Run by bench/run.py as a separate process::
 
-    python3 bench/monitor.py BACKEND OUT.json [--pid PID] [--latency S] [--buffer BYTES]
+    python3 bench/monitor.py BACKEND OUT.json [--pid PID] [--root PID] [--latency S] [--buffer BYTES]
 
 Protocol: prints ``ready`` on stdout once the watcher is subscribed (the storm starts only then); on SIGTERM or
-SIGINT it stops reading new batches, drains what the kernel still holds (until a read returns nothing for
-``--drain`` seconds) and writes OUT.json: the events about tasks, the watcher's stats and its own CPU/RSS.
+SIGINT it stops reading new batches, drains what the kernel still holds (until it has read the Exit of ``--root``,
+the storm's last event, and one more batch; else until a read returns nothing for ``--drain`` seconds) and writes
+OUT.json: the events about tasks, the watcher's stats and its own CPU/RSS.
 
 The collector does the least possible per event: one ``type()`` test and a few appends to ``array('i')``
 columns, so the CPU and memory measured are proctap's.  The CPU window starts when the watcher is ready and ends
@@ -65,7 +66,7 @@ def socket_counters(fd: int) -> dict[str, int] | None:
     return None
 
 
-def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
+def collect(watcher: proctap.Watcher, drain_s: float, root: int | None = None) -> dict[str, Any]:
     """Read until asked to stop and drained.  Columns of 32-bit ints (-1 for None) keep the collector's own
     memory at 4 bytes a field, so the monitor's peak RSS is mostly proctap's."""
     cols = {name: array("i") for name in COLUMNS}
@@ -78,8 +79,12 @@ def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
     read = watcher.read
     drain_deadline = None
     last_activity = 0.0
+    root_ended = False  # the root's Exit was read: everything of the storm was (the stream is in order)
     while True:
         draining = _stop  # only a read started after the stop request may end the drain
+        if draining and root_ended:
+            read(0)  # one more batch, then done
+            break
         batch = read(drain_s if draining else 0.1)
         if not draining or not all(type(ev) is Lost for ev in batch):
             last_activity = time.monotonic()
@@ -98,6 +103,8 @@ def collect(watcher: proctap.Watcher, drain_s: float) -> dict[str, Any]:
                 status = ev.status
                 x_status(-1 if status is None else status)
                 x_thread(ev.is_thread)
+                if ev.pid == root and not ev.is_thread:
+                    root_ended = True
             elif t is Exec:
                 e_tid(ev.tid)
                 e_pid(ev.pid)
@@ -123,6 +130,7 @@ def main() -> int:
     parser.add_argument("backend")
     parser.add_argument("out")
     parser.add_argument("--pid", type=int, default=None, help="watch only this process's subtree (proctap --pid)")
+    parser.add_argument("--root", type=int, default=None, help="the storm's process: its Exit ends the drain")
     parser.add_argument("--latency", type=float, default=None, help="Watcher latency (default: proctap's)")
     parser.add_argument("--buffer", type=int, default=None, help="kernel buffer bytes (default: the backend's)")
     parser.add_argument("--drain", type=float, default=0.5, help="stop after a quiet read this long once asked")
@@ -145,7 +153,7 @@ def main() -> int:
     wall_ready = time.monotonic()
     print("ready", flush=True)
 
-    events = collect(watcher, args.drain)
+    events = collect(watcher, args.drain, args.root)
 
     cpu = _cpu_seconds() - cpu_ready
     rss_peak_kb = vm_kb("VmHWM")

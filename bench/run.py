@@ -222,6 +222,7 @@ class ProctapMonitor(Monitor):
     def start(self, root_pid: int, args: argparse.Namespace) -> None:
         self.out = self.workdir / "events.json"
         cmd = [sys.executable, str(BENCH / "monitor.py"), self.tool.split("/", 1)[1], str(self.out)]
+        cmd += ["--root", str(root_pid)]
         if not args.no_pid_filter:
             cmd += ["--pid", str(root_pid)]
         if args.latency is not None:
