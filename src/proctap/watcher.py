@@ -530,8 +530,11 @@ class Watcher:
         by_comm = flt.comm is not None
         by_context = flt.by_context
         accounting = self._accounting
-        if cache is None and not by_comm and not by_context and accounting is None and flt.tracked is None:
+        subtree = flt.tracked is not None
+        if cache is None and not by_comm and not by_context and accounting is None and not subtree:
             return self._forward(events)
+        wanted = self._wanted
+        threads = flt.threads
         out: list[Event] = []
         for ev in events:
             cls = type(ev)
@@ -539,7 +542,13 @@ class Watcher:
                 self._count_lost(ev)  # type: ignore[arg-type]
             elif cls is Fork and self._snapshot_pids and self._duplicate_of_snapshot(ev):  # type: ignore[arg-type]
                 continue
-            in_scope = flt.in_scope(ev)
+            if subtree:
+                in_scope = flt.in_scope(ev)
+            else:  # flt.in_scope without the call and the kinds' Enum hashing: a class -> bool table
+                known = wanted.get(cls)
+                if known is None:
+                    known = wanted[cls] = cls.kind in flt.kinds
+                in_scope = known and (threads or not (isinstance(ev, (Fork, Exit)) and ev.is_thread))
             if enrich and cls is Exec and (in_scope or enrich_all):
                 ev = enrich_exec(ev, cgroups)  # type: ignore[arg-type]
             proc = None
@@ -554,7 +563,8 @@ class Watcher:
                 out.append(ev)
             elif accounting is not None and cls is Exit and not ev.is_thread:  # type: ignore[attr-defined]
                 accounting.forget(ev.pid)
-            flt.forget(ev)
+            if subtree:
+                flt.forget(ev)
         return out
 
     def _forward(self, events: Sequence[Event]) -> list[Event]:
