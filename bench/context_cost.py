@@ -12,13 +12,16 @@ exactly that subtree with a :class:`proctap.Watcher` and writes each event's NDJ
 - ``cache``: the process cache and the parent/exec_id context of issue 11, without the context of issue 12
   (``track=True``; the lines carry the context keys, null);
 - ``context``: ``watch --json --context`` (``track=True, context=True``): with ``bpf`` each fork and exec record
-  carries its context block and each exec its cwd, captured in the kernel.
+  carries its context block and each exec its cwd, captured in the kernel;
+- ``ancestry``: ``watch --json --context --ancestry``: each line also carries the chain of ancestors (issue 11's
+  figure: its cost over ``plain``).
 
 Printed per run: the events seen of those that happened (fork and exit of every task, exec in exec mode: 100%
 expected with bpf), the consumer's CPU per 1,000 tasks after its start-up (``mcpu/1k``), the storm's own CPU
 (loadgen and its children, from wait4: what watching costs the watched), the consumer's peak RSS (including its
 start-up snapshot of /proc); then the medians
-and the ratios context/cache (issue 12's part) and context/plain.  A benchmark prints numbers; it asserts nothing.
+and the ratios context/cache (issue 12's part), context/plain and ancestry/plain (issue 11's).  A benchmark prints
+numbers; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from run import build_loadgen  # noqa: E402  (bench/run.py: builds bench/build/loadgen)
 
-VARIANTS = ("plain", "cache", "context")
+VARIANTS = ("plain", "cache", "context", "ancestry")
 
 CONSUMER = r"""
 import json, os, resource, sys, time
@@ -49,8 +52,9 @@ from proctap.render import JsonRenderer
 backend, variant, root = sys.argv[1], sys.argv[2], int(sys.argv[3])
 track = variant != "plain"
 w = proctap.watch("fork,exec,exit", backend=backend, pid=root, track=track, cache=track,
-                  context=variant == "context")
-renderer = JsonRenderer(open(os.devnull, "w"), context=w.processes if track else None)
+                  context=variant in ("context", "ancestry"))
+renderer = JsonRenderer(open(os.devnull, "w"), context=w.processes if track else None,
+                        ancestry=variant == "ancestry")
 seen = {"fork": 0, "exec": 0, "exit": 0, "lost": 0}
 print("ready", flush=True)
 ready = time.process_time()
@@ -72,8 +76,12 @@ print(json.dumps({**seen, "cpu": cpu, "rss_kb": resource.getrusage(resource.RUSA
 
 def one_run(loadgen: Path, backend: str, mode: str, tasks: int, variant: str) -> dict[str, Any]:
     gen = subprocess.Popen([str(loadgen), mode, str(tasks), "-w"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    consumer = subprocess.Popen([sys.executable, "-c", CONSUMER, backend, variant, str(gen.pid)],
-                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", CONSUMER, backend, variant, str(gen.pid)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert consumer.stdout is not None
     if consumer.stdout.readline().strip() != "ready":
         gen.kill()
@@ -126,8 +134,9 @@ def main() -> int:
             print(f"{mode:<5} {variant:<8} {min(r['seen_pct'] for r in runs):8.3f} {med[variant]:8.4f} "
                   f"{statistics.median(r['storm_cpu_s'] for r in runs):11.2f} "
                   f"{statistics.median(r['rss_mb'] for r in runs):7.0f}")  # fmt: skip
-        print(f"{mode:<5} context/cache {med['context'] / med['cache']:.2f}x   context/plain "
-              f"{med['context'] / med['plain']:.2f}x")  # fmt: skip
+        print(f"{mode:<5} context/cache {med['context'] / med['cache']:.2f}x   "
+              f"context/plain {med['context'] / med['plain']:.2f}x   "
+              f"ancestry/plain {med['ancestry'] / med['plain']:.2f}x")  # fmt: skip
     return 0
 
 

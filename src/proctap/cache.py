@@ -139,7 +139,7 @@ class Process(NamedTuple):
     @property
     def key(self) -> TaskKey | None:
         """``pid@start_ns``: an identity that survives pid reuse (None when the start is unknown)."""
-        return None if self.start_ns is None else TaskKey(self.pid, self.start_ns)
+        return None if self.start_ns is None else _new_key((self.pid, self.start_ns))
 
     @property
     def exec_id(self) -> str | None:
@@ -155,11 +155,14 @@ class Process(NamedTuple):
 
     def same_as(self, key: TaskKey) -> bool:
         """Whether ``key`` names this process (start times learnt from /proc are only tick-precise)."""
-        return key.pid == self.pid and self.start_ns is not None and abs(key.start_ns - self.start_ns) <= (
-            START_TOLERANCE_NS
+        return (
+            key.pid == self.pid
+            and self.start_ns is not None
+            and abs(key.start_ns - self.start_ns) <= (START_TOLERANCE_NS)
         )
 
 
+_new_key = TaskKey._make  # from a (pid, start_ns) tuple: a third of TaskKey(pid, start_ns)'s cost
 _new_process = Process._make  # from a tuple of every field, in order (the fork storm's path: no keyword matching)
 _EXIT = Process._fields.index("exit")
 assert Process._fields[-6:] == ("exit", "synthetic", "where", "where_from", "cwd", "cwd_from")  # _fork's order
@@ -220,13 +223,21 @@ class ProcessCache:
         self.read_proc = read_proc
         self.cgroups = (cgroups or Cgroups()) if context else None
         self._live: dict[int, Process] = {}
-        self._exited: dict[TaskKey | int, Process] = {}  # by key (by pid when the start is unknown)
+        # by key, as a (pid, start_ns) tuple (by pid when the start is unknown)
+        self._exited: dict[tuple[int, int] | int, Process] = {}
         self._last_exited: dict[int, Process] = {}  # pid -> the latest exited record of that pid
-        self._expiry: collections.deque[tuple[int, TaskKey | int]] = collections.deque()
+        self._expiry: collections.deque[tuple[int, tuple[int, int] | int]] = collections.deque()
         self._clock = Clock()
         self._stats = CacheStats(capacity=capacity)
         self._interned: dict[object, object] = {}
-        self._context_memo: dict[tuple[tuple[int, ...], bool], tuple[list[Process], str]] = {}
+        self._last_parent: Process | None = None  # _fork's parent of last time, and what its children inherit
+        self._from_parent: tuple[object, ...] = _ORPHAN
+        # id(parent record) -> (that record, its ancestors, the JSON members): see context_json
+        self._context_memo: _ChainMemo = {}
+        self._ancestry_memo: _ChainMemo = {}
+        # pids of the ancestors context_json walked, and how many times a record of one of them changed or left
+        self._named_parents: set[int] = set()
+        self._changes = 0
         self._where_memo: dict[tuple[int, Origin | None, str | None, Origin | None], tuple[Where | None, str]] = {}
         self._inherited_memo: dict[int, tuple[Where, Where]] = {}
 
@@ -320,25 +331,55 @@ class ProcessCache:
 
     def context_json(self, proc: Process | None, *, ancestry: bool = False) -> str:
         """:meth:`context` as JSON object members (``"exec_id":...,"parent":{...}``, no braces), for splicing into
-        an event's JSON line.  The encoded chain is memoised by the identity of its records (immutable: a parent
-        that exec'd is a new record), so a storm's lines cost a walk up the chain, not an encoding of it."""
+        an event's JSON line.  The encoded chain is memoised by the identity of the parent's record (immutable: a
+        parent that exec'd is a new record).  With ``ancestry`` the memo also holds while no record of an ancestor
+        it walked changed (``_changes``), or else when each is still the live record of its pid: a storm's lines
+        cost a few dict lookups, not a walk up the chain."""
         if proc is None:
             return (_NO_CONTEXT_ANCESTRY if ancestry else _NO_CONTEXT) + _NO_WHERE
-        chain = self.ancestors(proc) if ancestry else [p for p in (self.parent(proc),) if p is not None]
-        key = (tuple(map(id, chain)), ancestry)
-        memo = self._context_memo
-        found = memo.get(key)
-        if found is None:
-            parent = _encode(_ref(chain[0])) if chain else "null"
-            tail = f',"parent":{parent}'
-            if ancestry:
-                tail += ',"ancestors":' + _encode([_ref(p) for p in chain])
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            found = memo[key] = (chain, tail)  # the chain keeps its records alive while their ids are the key
-        exec_id = proc.exec_id
-        head = '"exec_id":null' if exec_id is None else f'"exec_id":"{exec_id}"'
-        return head + found[1] + self._where_json(proc)
+        parent = self._parent_of(proc)
+        memo = self._ancestry_memo if ancestry else self._context_memo
+        found = memo.get(id(parent))
+        if found is None or found[0] is not parent:
+            found = self._remember_chain(memo, parent, ancestry)
+        elif ancestry and found[3] != self._changes:
+            if self._all_live(found[1]):
+                found = memo[id(parent)] = (*found[:3], self._changes)
+            else:
+                found = self._remember_chain(memo, parent, ancestry)
+        exec_ns = proc.exec_ns
+        if exec_ns is None or proc.start_ns is None:
+            head = '"exec_id":null'
+        else:
+            head = f'"exec_id":"{proc.pid}@{proc.start_ns}:{exec_ns}"'
+        return head + found[2] + self._where_json(proc)
+
+    def _remember_chain(self, memo: _ChainMemo, parent: Process | None, ancestry: bool) -> _ChainEntry:
+        above = self.ancestors(parent) if ancestry and parent is not None else []
+        tail = ',"parent":' + ("null" if parent is None else _encode(_ref(parent)))
+        if ancestry:
+            chain = [] if parent is None else [parent, *above]
+            tail += ',"ancestors":' + _encode([_ref(p) for p in chain])
+            self._named_parents.update(p.pid for p in chain)  # a change to any of them will count in _changes
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        # The entry holds the parent alive while its id is the key.
+        found = memo[id(parent)] = (parent, above, tail, self._changes)
+        return found
+
+    def _parent_of(self, proc: Process) -> Process | None:
+        """:meth:`parent`, with the common case first: the parent alive, named by its exact key."""
+        parent_key = proc.parent_key
+        if parent_key is not None:
+            found = self._live.get(parent_key[0])
+            if found is not None and found.start_ns == parent_key[1]:
+                return found
+        return self.parent(proc)
+
+    def _all_live(self, chain: list[Process]) -> bool:
+        """Whether each record is still the live one of its pid (then the ancestors found from them are too)."""
+        live = self._live
+        return all(live.get(proc.pid) is proc for proc in chain)
 
     def _where_json(self, proc: Process) -> str:
         """``,"cgroup":...`` (:func:`where_dict` as JSON members), memoised by the identity of the (immutable,
@@ -396,8 +437,7 @@ class ProcessCache:
             proc = self._exited.pop(ref, None)
             if proc is not None:
                 self._stats.expired += 1
-                if self._last_exited.get(proc.pid) is proc:
-                    del self._last_exited[proc.pid]
+                self._forget_exited(proc)
 
     def live_keys(self) -> dict[int, int | None]:
         """pid -> start_ns of every live process (what a repair compares with /proc)."""
@@ -406,41 +446,71 @@ class ProcessCache:
     def _fork(self, event: Fork) -> Process | None:
         if event.is_thread:
             return self._live.get(event.pid) or self.lookup(event.pid)
-        parent = self._live.get(event.parent_pid) or self.lookup(event.parent_pid)
-        stale = self._live.get(event.pid)
+        live = self._live
+        pid, parent_pid = event.pid, event.parent_pid
+        parent = live.get(parent_pid) or self.lookup(parent_pid)
+        stale = live.get(pid)
         if stale is not None:  # its exit was never seen (lost): the pid was reused
             self._retire(stale._replace(exit=synthetic_exit(stale, event)))
             self._stats.reused += 1
-        inherited = Origin.INHERITED if parent is not None else None
-        where = event.where
-        where_from = None if where is None else where.origin
-        if where is None and parent is not None and parent.where is not None:
-            where, where_from = self._inherited(parent.where), Origin.INHERITED
-        cwd = None if parent is None else parent.cwd
+        if parent is not self._last_parent:
+            self._child_of(parent)
+        inherited = self._from_parent
+        comm, uid, gid, where = event.comm, event.uid, event.gid, event.where
         # Positional, in field order (a fork storm makes one per task; keywords cost twice as much): see Process.
         proc = _new_process((
-            event.pid,  # pid
+            pid,  # pid
             event.start_ns,  # start_ns
-            event.parent_pid,  # parent_pid
-            None if parent is None else self._shared(parent.key),  # parent_key
-            event.comm if event.comm is not None else (parent.comm if parent else None),  # comm
-            parent.exe if parent else None,  # exe
-            parent.argv if parent else None,  # argv
-            event.uid if event.uid is not None else (parent.uid if parent else None),  # uid
-            event.gid if event.gid is not None else (parent.gid if parent else None),  # gid
+            parent_pid,  # parent_pid
+            inherited[0],  # parent_key
+            inherited[1] if comm is None else comm,  # comm
+            inherited[2],  # exe
+            inherited[3],  # argv
+            inherited[4] if uid is None else uid,  # uid
+            inherited[5] if gid is None else gid,  # gid
             event.timestamp_ns,  # forked_ns
             None,  # exec_ns
-            Origin.KERNEL if event.comm is not None else inherited,  # comm_from
-            inherited if parent is not None and parent.exe is not None else None,  # exe_from
-            inherited if parent is not None and parent.argv is not None else None,  # argv_from
+            inherited[6] if comm is None else Origin.KERNEL,  # comm_from
+            inherited[7],  # exe_from
+            inherited[8],  # argv_from
             None,  # exit
             False,  # synthetic
-            where,
-            where_from,
-            cwd,
-            None if cwd is None else Origin.INHERITED,  # cwd_from
+            inherited[9] if where is None else where,  # where
+            inherited[10] if where is None else where.origin,  # where_from
+            inherited[11],  # cwd
+            inherited[12],  # cwd_from
         ))  # fmt: skip
-        return self._put(proc)
+        if pid in self._named_parents:
+            self._changes += 1
+        if stale is None and len(live) + len(self._exited) >= self.capacity:
+            self._evict()
+        live[pid] = proc
+        return proc
+
+    def _child_of(self, parent: Process | None) -> None:
+        """What a forked child of ``parent`` has from it until its own exec (by field, for _fork), worked out once
+        per parent record: a fork storm's children all have the same parent."""
+        self._last_parent = parent
+        if parent is None:
+            self._from_parent = _ORPHAN
+            return
+        inherited = Origin.INHERITED
+        where = None if parent.where is None else self._inherited(parent.where)
+        self._from_parent = (
+            self._shared(parent.key),  # parent_key
+            parent.comm,
+            parent.exe,
+            parent.argv,
+            parent.uid,
+            parent.gid,
+            inherited,  # comm_from, when the fork did not say
+            None if parent.exe is None else inherited,  # exe_from
+            None if parent.argv is None else inherited,  # argv_from
+            where,
+            None if where is None else inherited,  # where_from, when the fork did not say
+            parent.cwd,
+            None if parent.cwd is None else inherited,  # cwd_from
+        )
 
     def _inherited(self, where: Where) -> Where:
         """The parent's context for a child whose Fork did not carry its own: all but the pid in its namespace,
@@ -491,12 +561,16 @@ class ProcessCache:
     def _exit(self, event: Exit) -> Process | None:
         if event.is_thread:
             return self._live.get(event.pid) or self.lookup(event.pid, learn=False)
-        proc = self._live.pop(event.pid, None)
+        pid = event.pid
+        proc = self._live.pop(pid, None)
+        if pid in self._named_parents:
+            self._changes += 1
         if proc is None:
             # Not seen alive: /proc no longer has it; keep what the event says.
-            proc = Process(pid=event.pid, start_ns=event.start_ns, parent_pid=event.parent_pid, comm=event.comm)
+            proc = Process(pid=pid, start_ns=event.start_ns, parent_pid=event.parent_pid, comm=event.comm)
         ended = _new_process((*proc[:_EXIT], event, *proc[_EXIT + 1 :]))  # proc._replace(exit=event), at a third
-        self._retire(ended)
+        if self.grace_ns > 0:
+            self._retire(ended)
         return ended
 
     def _existing(self, event: Existing) -> Process:
@@ -558,39 +632,66 @@ class ProcessCache:
 
     def _put(self, proc: Process) -> Process:
         live = self._live
+        if proc.pid in self._named_parents:
+            self._changes += 1
         if proc.pid not in live and len(live) + len(self._exited) >= self.capacity:
             self._evict()
         live[proc.pid] = proc
         return proc
 
     def _retire(self, proc: Process) -> None:
-        ref: TaskKey | int = proc.key or proc.pid
-        if self.grace_ns <= 0:
-            return
-        if len(self._live) + len(self._exited) >= self.capacity or len(self._exited) >= MAX_EXITED:
+        """Keep an exited record for the grace period (the oldest exited ones go first past MAX_EXITED)."""
+        exited = self._exited
+        if len(exited) >= MAX_EXITED:
+            self._evict(_EVICT_BATCH)
+        elif len(self._live) + len(exited) >= self.capacity:
             self._evict()
-        self._exited[ref] = proc
-        self._last_exited[proc.pid] = proc
+        # A plain tuple: equal to the TaskKey a lookup brings, with the same hash, and cheaper to make.
+        pid = proc.pid
+        ref: tuple[int, int] | int = pid if proc.start_ns is None else (pid, proc.start_ns)
+        exited[ref] = proc
+        self._last_exited[pid] = proc
         self._expiry.append((time.monotonic_ns() + self.grace_ns, ref))
 
-    def _evict(self) -> None:
-        """Make room for one record: the oldest exited one, else the live one learnt longest ago."""
-        self._stats.evictions += 1
+    def _evict(self, count: int = 1) -> None:
+        """Make room for ``count`` records: the oldest exited ones, else the live ones learnt longest ago (a storm
+        evicts in batches, not one record per exit)."""
         exited = self._exited
-        if exited:
-            # The oldest by the expiry queue, which holds them in the order retired (the dict's own order; a ref
-            # retired again keeps its first place in both, its later entry finds nothing).  Not next(iter(dict)):
-            # records popped from a dict's front stay there as holes that iteration walks over until the next
-            # resize, 5 us an eviction in a fork storm that evicts one record per exit.
-            expiry = self._expiry
-            while expiry:
-                proc = exited.pop(expiry.popleft()[1], None)
-                if proc is not None:
-                    if self._last_exited.get(proc.pid) is proc:
-                        del self._last_exited[proc.pid]
-                    return
-        if self._live:
-            del self._live[next(iter(self._live))]
+        expiry = self._expiry
+        last_exited = self._last_exited
+        named = self._named_parents
+        left = count
+        # The oldest by the expiry queue, which holds them in the order retired (the dict's own order; a ref retired
+        # again keeps its first place in both, its later entry finds nothing).  Not next(iter(dict)): records popped
+        # from a dict's front stay there as holes that iteration walks over until the next resize.
+        while left and expiry:
+            proc = exited.pop(expiry.popleft()[1], None)
+            if proc is not None:
+                left -= 1
+                pid = proc.pid
+                if last_exited.get(pid) is proc:
+                    del last_exited[pid]
+                if pid in named:
+                    self._left(pid)
+        live = self._live
+        while left and live and not exited:
+            pid = next(iter(live))
+            del live[pid]
+            self._left(pid)
+            left -= 1
+        self._stats.evictions += count - left
+
+    def _forget_exited(self, proc: Process) -> None:
+        """An exited record left the cache."""
+        if self._last_exited.get(proc.pid) is proc:
+            del self._last_exited[proc.pid]
+        self._left(proc.pid)
+
+    def _left(self, pid: int) -> None:
+        """A record of ``pid`` left the cache: a memoised ancestry naming it is stale."""
+        if pid in self._named_parents:
+            self._changes += 1
+            self._named_parents.discard(pid)
 
     # -- repair ------------------------------------------------------------------------------------------------
     def count_repair(self, gone: int, found: int) -> None:
@@ -601,6 +702,11 @@ class ProcessCache:
 
 
 _MEMO_MAX = 2048
+_ORPHAN = (None,) * 13  # _child_of(None): a child whose parent is unknown inherits nothing
+_EVICT_BATCH = 256  # exited records evicted at once past MAX_EXITED
+# id(parent record) -> (that record, its ancestors, the JSON members, ProcessCache._changes when found)
+_ChainEntry = tuple["Process | None", list[Process], str, int]
+_ChainMemo = dict[int, _ChainEntry]
 _INTERN_MAX = 65_536
 _T = TypeVar("_T")
 _NO_CONTEXT = '"exec_id":null,"parent":null'
