@@ -6,7 +6,8 @@ Usage (root):  python3 bench/context_cost.py [--modes fork,exec] [--tasks 100000
 Each run: bench/loadgen makes N tasks (``fork``: children that exit at once; ``exec``: children that exec loadgen
 itself and exit), waiting for a go so the consumer subscribes first.  The consumer, a fresh Python process, follows
 exactly that subtree with a :class:`proctap.Watcher` and writes each event's NDJSON line (the CLI's renderer) to
-/dev/null, until the loadgen's own exit.  Variants, run alternately:
+/dev/null, until the loadgen's own exit; it tunes the garbage collector as ``proctap watch`` does
+(``settle_for_storms``).  Variants, run alternately:
 
 - ``plain``: ``watch --json`` (no process cache: ``cache=False``);
 - ``cache``: the process cache and the parent/exec_id context of issue 11, without the context of issue 12
@@ -48,11 +49,13 @@ VARIANTS = ("plain", "cache", "context", "ancestry")
 CONSUMER = r"""
 import json, os, resource, sys, time
 import proctap
+from proctap.cli.common import settle_for_storms
 from proctap.render import JsonRenderer
 backend, variant, root = sys.argv[1], sys.argv[2], int(sys.argv[3])
 track = variant != "plain"
 w = proctap.watch("fork,exec,exit", backend=backend, pid=root, track=track, cache=track,
                   context=variant in ("context", "ancestry"))
+settle_for_storms()  # as proctap watch does once its watcher is set up
 renderer = JsonRenderer(open(os.devnull, "w"), context=w.processes if track else None,
                         ancestry=variant == "ancestry")
 seen = {"fork": 0, "exec": 0, "exit": 0, "lost": 0}

@@ -223,10 +223,12 @@ class ProcessCache:
         self.read_proc = read_proc
         self.cgroups = (cgroups or Cgroups()) if context else None
         self._live: dict[int, Process] = {}
-        # by key, as a (pid, start_ns) tuple (by pid when the start is unknown)
-        self._exited: dict[tuple[int, int] | int, Process] = {}
+        # by key, as one int (_exited_ref: a storm retires thousands a second, and an int is no object for the GC)
+        self._exited: dict[int, Process] = {}
         self._last_exited: dict[int, Process] = {}  # pid -> the latest exited record of that pid
-        self._expiry: collections.deque[tuple[int, tuple[int, int] | int]] = collections.deque()
+        # when each exited record expires (CLOCK_MONOTONIC ns) and its ref, in the order retired: two queues of ints
+        self._expiry_at: collections.deque[int] = collections.deque()
+        self._expiry_ref: collections.deque[int] = collections.deque()
         self._clock = Clock()
         self._stats = CacheStats(capacity=capacity)
         self._interned: dict[object, object] = {}
@@ -268,7 +270,7 @@ class ProcessCache:
             live = self._live.get(ref.pid)
             if live is not None and live.same_as(ref):
                 return live
-            found = self._exited.get(ref)
+            found = self._exited.get(_exited_ref(ref.pid, ref.start_ns))
             if found is None:
                 last = self._last_exited.get(ref.pid)
                 found = last if last is not None and last.same_as(ref) else None
@@ -428,13 +430,13 @@ class ProcessCache:
 
     def expire(self, now_ns: int | None = None) -> None:
         """Drop exited records older than the grace period (``now_ns``: CLOCK_MONOTONIC, default now)."""
-        expiry = self._expiry
-        if not expiry:
+        expiry_at = self._expiry_at
+        if not expiry_at:
             return
         now = time.monotonic_ns() if now_ns is None else now_ns
-        while expiry and expiry[0][0] <= now:
-            _, ref = expiry.popleft()
-            proc = self._exited.pop(ref, None)
+        while expiry_at and expiry_at[0] <= now:
+            expiry_at.popleft()
+            proc = self._exited.pop(self._expiry_ref.popleft(), None)
             if proc is not None:
                 self._stats.expired += 1
                 self._forget_exited(proc)
@@ -538,24 +540,29 @@ class ProcessCache:
         else:
             where_from = where.origin
             cwd, cwd_from = where.cwd, None if where.cwd is None else where.origin
-        new = proc._replace(
-            start_ns=proc.start_ns if proc.start_ns is not None else event.start_ns,
-            parent_pid=parent_pid,
-            parent_key=proc.parent_key if parent_pid == proc.parent_pid else None,
-            comm=comm,
-            comm_from=comm_from,
-            exe=self._shared(event.filename),
-            exe_from=event.filename_from,
-            argv=self._shared(event.argv),
-            argv_from=event.argv_from,
-            uid=proc.uid if event.uid is None else event.uid,
-            gid=proc.gid if event.gid is None else event.gid,
-            exec_ns=event.timestamp_ns,
-            where=where,
-            where_from=where_from,
-            cwd=cwd,
-            cwd_from=cwd_from,
-        )
+        # Positional, in field order, as in _fork (an exec storm makes one per task).
+        new = _new_process((
+            proc.pid,  # pid
+            proc.start_ns if proc.start_ns is not None else event.start_ns,  # start_ns
+            parent_pid,  # parent_pid
+            proc.parent_key if parent_pid == proc.parent_pid else None,  # parent_key
+            comm,  # comm
+            self._shared(event.filename),  # exe
+            self._shared(event.argv),  # argv
+            proc.uid if event.uid is None else event.uid,  # uid
+            proc.gid if event.gid is None else event.gid,  # gid
+            proc.forked_ns,  # forked_ns
+            event.timestamp_ns,  # exec_ns
+            comm_from,  # comm_from
+            event.filename_from,  # exe_from
+            event.argv_from,  # argv_from
+            proc.exit,  # exit
+            proc.synthetic,  # synthetic
+            where,
+            where_from,
+            cwd,
+            cwd_from,
+        ))  # fmt: skip
         return self._put(new)
 
     def _exit(self, event: Exit) -> Process | None:
@@ -646,26 +653,27 @@ class ProcessCache:
             self._evict(_EVICT_BATCH)
         elif len(self._live) + len(exited) >= self.capacity:
             self._evict()
-        # A plain tuple: equal to the TaskKey a lookup brings, with the same hash, and cheaper to make.
         pid = proc.pid
-        ref: tuple[int, int] | int = pid if proc.start_ns is None else (pid, proc.start_ns)
+        ref = _exited_ref(pid, proc.start_ns)
         exited[ref] = proc
         self._last_exited[pid] = proc
-        self._expiry.append((time.monotonic_ns() + self.grace_ns, ref))
+        self._expiry_at.append(time.monotonic_ns() + self.grace_ns)
+        self._expiry_ref.append(ref)
 
     def _evict(self, count: int = 1) -> None:
         """Make room for ``count`` records: the oldest exited ones, else the live ones learnt longest ago (a storm
         evicts in batches, not one record per exit)."""
         exited = self._exited
-        expiry = self._expiry
+        expiry_at, expiry_ref = self._expiry_at, self._expiry_ref
         last_exited = self._last_exited
         named = self._named_parents
         left = count
         # The oldest by the expiry queue, which holds them in the order retired (the dict's own order; a ref retired
         # again keeps its first place in both, its later entry finds nothing).  Not next(iter(dict)): records popped
         # from a dict's front stay there as holes that iteration walks over until the next resize.
-        while left and expiry:
-            proc = exited.pop(expiry.popleft()[1], None)
+        while left and expiry_ref:
+            expiry_at.popleft()
+            proc = exited.pop(expiry_ref.popleft(), None)
             if proc is not None:
                 left -= 1
                 pid = proc.pid
@@ -746,6 +754,12 @@ def where_dict(proc: Process | None) -> dict[str, object]:
 
 
 _NO_WHERE = "," + _encode(where_dict(None))[1:-1]
+
+
+def _exited_ref(pid: int, start_ns: int | None) -> int:
+    """An exited record's key in the cache as one int: the pid (below 2**22, PID_MAX_LIMIT in
+    include/linux/threads.h) and the start, or the pid alone when the start is unknown."""
+    return pid if start_ns is None else (start_ns + 1) << 23 | pid
 
 
 def _younger(candidate: Process, child: Process) -> bool:

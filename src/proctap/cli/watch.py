@@ -33,6 +33,7 @@ from .common import (
     kinds_arg,
     os_error_message,
     pid_arg,
+    settle_for_storms,
     silence_stdout,
     stderr,
 )
@@ -213,7 +214,7 @@ def open_watcher(
     backend = choose_backend(args.backend)
     _warn_unsupported(backend, args.events, args)
     try:
-        return Watcher(
+        watcher = Watcher(
             args.events,
             backend,
             pid=args.pid,
@@ -232,6 +233,8 @@ def open_watcher(
         )
     except OSError as exc:
         raise ProctapError(os_error_message(backend.name, exc)) from None
+    settle_for_storms()
+    return watcher
 
 
 def _warn_unsupported(backend: type[Backend], kinds: frozenset[EventKind], args: argparse.Namespace) -> None:
