@@ -339,7 +339,11 @@ class ProcessCache:
         cost a few dict lookups, not a walk up the chain."""
         if proc is None:
             return (_NO_CONTEXT_ANCESTRY if ancestry else _NO_CONTEXT) + _NO_WHERE
-        parent = self._parent_of(proc)
+        # _parent_of and _where_json inlined: this runs for every line of a storm
+        parent_key = proc.parent_key
+        parent = None if parent_key is None else self._live.get(parent_key[0])
+        if parent is None or parent.start_ns != parent_key[1]:  # type: ignore[index]
+            parent = self.parent(proc)
         memo = self._ancestry_memo if ancestry else self._context_memo
         found = memo.get(id(parent))
         if found is None or found[0] is not parent:
@@ -349,12 +353,13 @@ class ProcessCache:
                 found = memo[id(parent)] = (*found[:3], self._changes)
             else:
                 found = self._remember_chain(memo, parent, ancestry)
+        where = proc.where
+        place = self._where_memo.get((id(where), proc.where_from, proc.cwd, proc.cwd_from))
+        where_text = self._where_json(proc) if place is None else place[1]
         exec_ns = proc.exec_ns
         if exec_ns is None or proc.start_ns is None:
-            head = '"exec_id":null'
-        else:
-            head = f'"exec_id":"{proc.pid}@{proc.start_ns}:{exec_ns}"'
-        return head + found[2] + self._where_json(proc)
+            return '"exec_id":null' + found[2] + where_text
+        return f'"exec_id":"{proc.pid}@{proc.start_ns}:{exec_ns}"{found[2]}{where_text}'
 
     def _remember_chain(self, memo: _ChainMemo, parent: Process | None, ancestry: bool) -> _ChainEntry:
         above = self.ancestors(parent) if ancestry and parent is not None else []
