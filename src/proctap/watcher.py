@@ -60,6 +60,10 @@ WakeFd = int | tuple[int, int]  # a descriptor (POLLIN) or (descriptor, poll eve
 DEFAULT_LATENCY_S = 0.01  # how long events may wait in the kernel between drains while they keep coming
 ACCOUNTING_DRAIN_S = 1.0  # with accounting, the longest idle wait: the taskstats socket hears every exit
 PENDING_SLICE = 1024  # events handed over per read() from what is already queued (a snapshot)
+# A process the scan found may be reported by the backend a moment later (its fork tracepoint fires after it is in
+# /proc: kernel/fork.c, copy_process then the tracepoint in kernel_clone); its Fork within this many seconds of the
+# snapshot is a duplicate.
+SNAPSHOT_RACE_S = 2.0
 REPAIR_INTERVAL_S = 0.5  # at most one /proc reconciliation this often in a storm of losses (the last one is kept)
 CACHE_KINDS = frozenset({EventKind.FORK, EventKind.EXEC, EventKind.EXIT})  # what keeps the process cache complete
 _set = object.__setattr__  # Event.process is set once, by the drain step, on an event nobody else holds yet
@@ -372,7 +376,8 @@ class Watcher:
         self._clock = Clock()
         self._repair_due: float | None = None  # monotonic seconds: a repair is pending (throttled)
         self._last_repair = -REPAIR_INTERVAL_S
-        self._snapshot_pids: set[int] = set()
+        self._snapshot_pids: set[int] = set()  # for a while after the snapshot: its pids (see _prime)
+        self._snapshot_ends = 0.0
         self._wanted: dict[type[Event], bool] = {}  # event class -> whether its kind was asked for
         if track:
             self._prime(deliver=snapshot)
@@ -503,6 +508,8 @@ class Watcher:
         out = self._process(events) if events else []
         if self._cache_fed:
             self.processes.expire()  # also when idle: exited processes leave after their grace period
+        if self._snapshot_pids and time.monotonic() > self._snapshot_ends:
+            self._snapshot_pids = set()  # forks during the scan are all in by now (one set of 2 MB at 30,000)
         if self._accounting is not None:
             if events:
                 out = self._accounting.attach(out)
@@ -616,15 +623,21 @@ class Watcher:
         forked = {ev.pid for ev in queued if type(ev) is Fork and not ev.is_thread}  # type: ignore[attr-defined]
         found = [ev for ev in found if ev.pid not in forked]
         self._snapshot_pids = {ev.pid for ev in found}
-        existing = self._process(found)
-        live = self._process(queued)
+        self._snapshot_ends = time.monotonic() + SNAPSHOT_RACE_S
         if deliver:
+            existing = self._process(found)
             self._pending.extend(existing)
-            self._pending.extend(live)
-            self._stats.delivered += len(existing) + len(live)
-        else:
-            self._pending.extend(live)
-            self._stats.delivered += len(live)
+            self._stats.delivered += len(existing)
+        else:  # into the cache a slice at a time, each slice's events let go: 30,000 of them weigh 10 MB
+            found.reverse()
+            while found:
+                chunk = found[-PENDING_SLICE:]
+                del found[-PENDING_SLICE:]
+                chunk.reverse()
+                self._process(chunk)
+        live = self._process(queued)
+        self._pending.extend(live)
+        self._stats.delivered += len(live)
 
     def _duplicate_of_snapshot(self, ev: Fork) -> bool:
         """A Fork of a process that the snapshot already delivered (it forked during the scan)."""
