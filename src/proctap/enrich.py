@@ -121,7 +121,12 @@ def _interned(where: Where) -> Where:
 
 
 def read_existing(
-    pid: int, reason: str, clock: Clock, source: str, cgroups: Cgroups | None = None, shared: dict[Any, Any] | None = None
+    pid: int,
+    reason: str,
+    clock: Clock,
+    source: str,
+    cgroups: Cgroups | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> Existing | None:
     """An :class:`Existing` event for a live process, read from /proc now (``reason``: ``"snapshot"`` or
     ``"repair"``), or ``None`` when /proc no longer has it.  One stat read gives parent, comm and start; the owner of
