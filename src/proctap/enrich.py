@@ -143,7 +143,8 @@ def read_existing(
     except OSError:
         uid = gid = None
     now = time.monotonic_ns()
-    comm, filename, argv = stat.comm, procfs.read_exe(pid), procfs.read_argv(pid)
+    comm: str | None = stat.comm
+    filename, argv = procfs.read_exe(pid), procfs.read_argv(pid)
     where = None if cgroups is None else read_where(pid, cgroups, stat)
     if shared is not None:
         comm, filename, argv, where = (shared.setdefault(v, v) for v in (comm, filename, argv, where))
