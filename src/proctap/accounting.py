@@ -20,6 +20,7 @@ from .linux.taskstats import RawRecord, TaskstatsListener, TaskstatsRecord
 __all__ = ["ExitAccounting", "record_accounting", "sum_records"]
 
 MAX_PROCESSES = 16384  # processes whose records wait for their Exit, at most
+_set = object.__setattr__  # see ExitAccounting.attach
 _FROM_RECORD = tuple(f.name for f in dataclasses.fields(Accounting) if f.name != "per_process")
 
 
@@ -97,20 +98,23 @@ class ExitAccounting:
                 group.append(raw)
 
     def attach(self, events: list[Event]) -> list[Event]:
-        """``events`` with accounting (and, where the event lacks it, the comm) added to their Exit events."""
+        """``events`` with accounting (and, where the event lacks it, the comm) added to their Exit events.
+
+        The Exit events are completed in place: the watcher's drain step calls this before anyone else holds them
+        (the process cache's record of the process then has the same, complete Exit), and a copy per exit was a
+        tenth of ``proctap run``'s CPU on a loop of 20,000 processes."""
         self.collect()
-        out = events
-        for i, ev in enumerate(events):
+        for ev in events:
             if type(ev) is not Exit or ev.accounting is not None:
                 continue
-            found = self._take(ev)
+            found = self._take(ev)  # type: ignore[arg-type]
             if found is None:
                 continue
             acct, comm = found
-            if out is events:
-                out = list(events)
-            out[i] = dataclasses.replace(ev, accounting=acct, comm=ev.comm if ev.comm is not None else comm)
-        return out
+            _set(ev, "accounting", acct)
+            if ev.comm is None:
+                _set(ev, "comm", comm)
+        return events
 
     def forget(self, pid: int) -> None:
         """A process ended whose Exit is not delivered: drop its records."""
