@@ -276,11 +276,12 @@ def add_switch(parser: argparse.ArgumentParser, name: str, *, default: bool, hel
 
 
 def settle_for_storms() -> None:
-    """Once the watcher is set up: keep the garbage collector out of a storm's way.  The process cache retains two
-    objects per ended process (its record and its Exit) and evicts them in order, so in a storm the generational GC
-    promotes tens of thousands of objects that die later anyway, and each full collection scans them all (three of
-    50 ms each in a 100k fork storm, a tenth of the watcher's CPU; bench/context_cost.py).  proctap makes no
-    reference cycles on its hot path: start-up objects are frozen out of collections, and the young generation is
-    collected every 20,000 allocations instead of 700 (a pause of a few ms)."""
+    """Once set up (``watch``, ``top``, ``run``): keep the garbage collector out of a storm's way.  The process
+    cache retains two objects per ended process (its record and its Exit) and evicts them in order, so in a storm
+    the generational GC promotes tens of thousands of objects that die later anyway, and each full collection scans
+    them all (three of 50 ms each in a 100k fork storm, a tenth of the watcher's CPU; bench/context_cost.py), and
+    run's tree keeps every process (a fifth of run's CPU on a loop of 20,000).  proctap makes no reference cycles on
+    its hot path: start-up objects are frozen out of collections, and the young generation is collected every
+    20,000 allocations instead of 700 (a pause of a few ms)."""
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)

@@ -19,7 +19,7 @@ from ..errors import ProctapError
 from ..run.report import format_report, run_document, summary_line
 from ..run.session import CommandFailed, RunOptions, RunResult, run
 from . import export_options
-from .common import PROG, Subcommand, add_backend_arguments, add_switch, count_arg, stderr
+from .common import PROG, Subcommand, add_backend_arguments, add_switch, count_arg, settle_for_storms, stderr
 
 __all__ = ["SUBCOMMAND", "add_arguments", "run_command"]
 
@@ -127,6 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_path(option, path)
     export_options.check_run_export(args)
+    settle_for_storms()  # the tree keeps every process: full collections would scan it again and again
     try:
         result = run(opts)
     except CommandFailed as exc:
