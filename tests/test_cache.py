@@ -352,3 +352,32 @@ def test_the_memoised_ancestry_follows_changes_of_the_ancestors() -> None:
     assert chain() == [(300, "make"), (200, "zsh")]  # no grace: the exited init left the cache
     fork(100, 0, "newcomer", 10**9)  # its pid reused by a younger process: not the shell's parent
     assert chain() == [(300, "make"), (200, "zsh")]
+
+
+def test_evicted_records_are_freed_without_the_garbage_collector() -> None:
+    """An Exit's record holds the event and the event its record (event.process): the cache cuts that cycle when the
+    record leaves and nothing else holds either, so a storm's ended processes are freed at once; an event someone
+    still holds keeps its process."""
+    import gc
+
+    from proctap.cache import MAX_EXITED
+
+    cache = ProcessCache(read_proc=False)
+    common = {"source": "bpf", "wall_time": 1.0}
+    kept: list[Exit] = []
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(MAX_EXITED + 20_000):
+            pid = 1000 + i % 30_000
+            fork = Fork(**common, timestamp_ns=2 * i, pid=pid, tid=pid, start_ns=10 * i + 1, parent_pid=1)  # type: ignore[arg-type]
+            end = Exit(**common, timestamp_ns=2 * i + 1, pid=pid, tid=pid, start_ns=10 * i + 1, status=0)  # type: ignore[arg-type]
+            for ev in (fork, end):
+                object.__setattr__(ev, "process", cache.apply(ev))  # as the watcher does
+            if i < 10:
+                kept.append(end)
+        assert gc.collect() < 100  # without the cut: one cycle of two objects per evicted record, 40,000
+    finally:
+        gc.enable()
+    assert cache.stats().evictions >= 20_000
+    assert all(ev.process is not None and ev.process.exit is ev for ev in kept)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -670,8 +671,6 @@ class ProcessCache:
         evicts in batches, not one record per exit)."""
         exited = self._exited
         expiry_at, expiry_ref = self._expiry_at, self._expiry_ref
-        last_exited = self._last_exited
-        named = self._named_parents
         left = count
         # The oldest by the expiry queue, which holds them in the order retired (the dict's own order; a ref retired
         # again keeps its first place in both, its later entry finds nothing).  Not next(iter(dict)): records popped
@@ -681,11 +680,7 @@ class ProcessCache:
             proc = exited.pop(expiry_ref.popleft(), None)
             if proc is not None:
                 left -= 1
-                pid = proc.pid
-                if last_exited.get(pid) is proc:
-                    del last_exited[pid]
-                if pid in named:
-                    self._left(pid)
+                self._forget_exited(proc)
         live = self._live
         while left and live and not exited:
             pid = next(iter(live))
@@ -695,10 +690,21 @@ class ProcessCache:
         self._stats.evictions += count - left
 
     def _forget_exited(self, proc: Process) -> None:
-        """An exited record left the cache."""
+        """An exited record left the cache (its caller holds it in one local variable).
+
+        The record holds its Exit event and the watcher made the event's ``process`` that record: a reference
+        cycle, which only the garbage collector would free, after the cache let go, one per ended process of a storm
+        (hundreds of MB until a full collection).  When nothing else holds either (their reference counts are what
+        this cache and the cycle account for), nobody can see the event again, so the cycle is cut here and both
+        are freed at once."""
         if self._last_exited.get(proc.pid) is proc:
             del self._last_exited[proc.pid]
         self._left(proc.pid)
+        ended = proc.exit
+        # proc: the caller's variable, this parameter, getrefcount's argument, ended.process;
+        # ended: proc's field, this variable, getrefcount's argument.
+        if ended is not None and ended.process is proc and _refs(proc) == 4 and _refs(ended) == 3:
+            _set(ended, "process", None)
 
     def _left(self, pid: int) -> None:
         """A record of ``pid`` left the cache: a memoised ancestry naming it is stale."""
@@ -715,6 +721,8 @@ class ProcessCache:
 
 
 _MEMO_MAX = 2048
+_refs = sys.getrefcount
+_set = object.__setattr__
 _ORPHAN = (None,) * 13  # _child_of(None): a child whose parent is unknown inherits nothing
 _EVICT_BATCH = 256  # exited records evicted at once past MAX_EXITED
 # id(parent record) -> (that record, its ancestors, the JSON members, ProcessCache._changes when found)
