@@ -6,8 +6,8 @@ Run by bench/run.py as a separate process::
 
 Protocol: prints ``ready`` on stdout once the watcher is subscribed (the storm starts only then); on SIGTERM or
 SIGINT it stops reading new batches, drains what the kernel still holds (until it has read the Exit of ``--root``,
-the storm's last event, and one more batch; else until a read returns nothing for ``--drain`` seconds) and writes
-OUT.json: the events about tasks, the watcher's stats and its own CPU/RSS.
+the storm's last event, and one more batch, waited for up to ``--drain`` seconds; else until a read returns nothing
+for ``--drain`` seconds) and writes OUT.json: the events about tasks, the watcher's stats and its own CPU/RSS.
 
 The collector does the least possible per event: one ``type()`` test and a few appends to ``array('i')``
 columns, so the CPU and memory measured are proctap's.  The CPU window starts when the watcher is ready and ends
@@ -80,11 +80,14 @@ def collect(watcher: proctap.Watcher, drain_s: float, root: int | None = None) -
     drain_deadline = None
     last_activity = 0.0
     root_ended = False  # the root's Exit was read: everything of the storm was (the stream is in order)
+    last_batch = False
     while True:
         draining = _stop  # only a read started after the stop request may end the drain
         if draining and root_ended:
-            read(0)  # one more batch, then done
-            break
+            # One more batch, counted like the others, then done.  It waits for the backend's next readiness (up to
+            # drain_s): the proc backend reports a scan's missed tasks at the next scan, one scan after the root's
+            # Exit, and a read(0) here left those Lost events out (the verdict then read SILENT).
+            last_batch = True
         batch = read(drain_s if draining else 0.1)
         if not draining or not all(type(ev) is Lost for ev in batch):
             last_activity = time.monotonic()
@@ -112,6 +115,8 @@ def collect(watcher: proctap.Watcher, drain_s: float, root: int | None = None) -
                 e_ppid(-1 if ppid is None else ppid)
             elif t is Lost:
                 lost.append((ev.count, ev.reason, ev.cpu))
+        if last_batch:
+            break
         if draining:
             # Lost events alone are quiet too (a polling backend reports the rest of the machine's missed tasks on
             # every scan, one scan late: keep reading them for drain_s).  Unfiltered, the rest of the machine never
