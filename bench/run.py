@@ -162,6 +162,9 @@ def cpu_of(usage: Any) -> float:
     return float(usage.ru_utime + usage.ru_stime)
 
 
+LATE_LOSS_S = 0.3  # after the root's exit: more than a proc backend scan interval (100 ms) and its scan
+
+
 def wait_drained(pid: int, out: Path, root_exit: re.Pattern[str], timeout: float) -> dict[str, int] | None:
     """Until a monitor that prints as it goes has printed the loadgen's own exit (the storm's last event), or, if
     that was lost, until it has nothing left to read: its proc-connector socket queue stays empty for a second, or
@@ -179,6 +182,7 @@ def wait_drained(pid: int, out: Path, root_exit: re.Pattern[str], timeout: float
             cut = chunk.rfind(b"\n") + 1
             offset += cut
             if root_exit.search(chunk[:cut].decode(errors="replace")):
+                time.sleep(LATE_LOSS_S)  # the proc backend reports a scan's missed tasks at the next scan
                 break
             busy = sockets["rmem"] > 0 if sockets is not None else cut > 0
             now = time.monotonic()
