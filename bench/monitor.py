@@ -80,14 +80,14 @@ def collect(watcher: proctap.Watcher, drain_s: float, root: int | None = None) -
     drain_deadline = None
     last_activity = 0.0
     root_ended = False  # the root's Exit was read: everything of the storm was (the stream is in order)
-    last_batch = False
+    last_until = None
     while True:
         draining = _stop  # only a read started after the stop request may end the drain
-        if draining and root_ended:
-            # One more batch, counted like the others, then done.  It waits for the backend's next readiness (up to
-            # drain_s): the proc backend reports a scan's missed tasks at the next scan, one scan after the root's
-            # Exit, and a read(0) here left those Lost events out (the verdict then read SILENT).
-            last_batch = True
+        if draining and root_ended and last_until is None:
+            # One more non-empty batch (or drain_s of nothing), counted like the others, then done: the proc backend
+            # reports a scan's missed tasks at its next scan, one scan after the root's Exit, and a read may return
+            # empty before that scan is due (a read(0) here left those Lost events out: the verdict read SILENT).
+            last_until = time.monotonic() + drain_s
         batch = read(drain_s if draining else 0.1)
         if not draining or not all(type(ev) is Lost for ev in batch):
             last_activity = time.monotonic()
@@ -115,7 +115,7 @@ def collect(watcher: proctap.Watcher, drain_s: float, root: int | None = None) -
                 e_ppid(-1 if ppid is None else ppid)
             elif t is Lost:
                 lost.append((ev.count, ev.reason, ev.cpu))
-        if last_batch:
+        if last_until is not None and (batch or time.monotonic() >= last_until):
             break
         if draining:
             # Lost events alone are quiet too (a polling backend reports the rest of the machine's missed tasks on
