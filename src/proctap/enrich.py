@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .events import Exec, Existing, Namespaces, Origin, Where
 from .linux import procfs
@@ -106,33 +106,32 @@ def read_where(pid: int, cgroups: Cgroups, stat: procfs.Stat | None = None) -> W
     )
 
 
-_WHERES: dict[Where, Where] = {}
+_INTERNED: dict[Any, Any] = {}
+_T = TypeVar("_T")
 
 
-def _interned(where: Where) -> Where:
-    """One record for equal contexts (a build's thousand execs in one directory): less memory in the process
-    cache, and one encoding of it in ``--context`` output."""
-    found = _WHERES.get(where)
+def _interned(value: _T) -> _T:
+    """One object for equal values read from /proc (contexts, names, command lines: a build's thousand execs in one
+    directory, a server's thousands of workers): less memory in the process cache, and one encoding of a context
+    in ``--context`` output."""
+    if value is None:
+        return value
+    found = _INTERNED.get(value)
     if found is None:
-        if len(_WHERES) >= 16384:
-            _WHERES.clear()
-        found = _WHERES[where] = where
-    return found
+        if len(_INTERNED) >= 16384:
+            _INTERNED.clear()
+        found = _INTERNED[value] = value
+    return found  # type: ignore[no-any-return]
 
 
 def read_existing(
-    pid: int,
-    reason: str,
-    clock: Clock,
-    source: str,
-    cgroups: Cgroups | None = None,
-    shared: dict[Any, Any] | None = None,
+    pid: int, reason: str, clock: Clock, source: str, cgroups: Cgroups | None = None
 ) -> Existing | None:
     """An :class:`Existing` event for a live process, read from /proc now (``reason``: ``"snapshot"`` or
     ``"repair"``), or ``None`` when /proc no longer has it.  One stat read gives parent, comm and start; the owner of
     /proc/PID gives the uid and gid (the task's effective ids, fs/proc/base.c task_dump_owner).  With ``cgroups``
-    (context wanted) its ``where`` too.  ``shared``: equal names, command lines and contexts become one object
-    across the calls that pass the same dict (a scan of 30,000 workers of one program holds one argv, not 30,000)."""
+    (context wanted) its ``where`` too.  Equal names and command lines are one object (:func:`_interned`): a scan
+    of 30,000 workers of one program holds one argv, not 30,000."""
     stat = procfs.read_stat(pid)
     if stat is None:
         return None
@@ -143,11 +142,6 @@ def read_existing(
     except OSError:
         uid = gid = None
     now = time.monotonic_ns()
-    comm: str | None = stat.comm
-    filename, argv = procfs.read_exe(pid), procfs.read_argv(pid)
-    where = None if cgroups is None else read_where(pid, cgroups, stat)
-    if shared is not None:
-        comm, filename, argv, where = (shared.setdefault(v, v) for v in (comm, filename, argv, where))
     return Existing(
         source=source,
         timestamp_ns=now,
@@ -157,10 +151,10 @@ def read_existing(
         start_ns=stat.start_ns,
         reason=reason,
         parent_pid=stat.ppid,
-        comm=comm,
-        filename=filename,
-        argv=argv,
+        comm=_interned(stat.comm),
+        filename=_interned(procfs.read_exe(pid)),
+        argv=_interned(procfs.read_argv(pid)),
         uid=uid,
         gid=gid,
-        where=where,
+        where=None if cgroups is None else read_where(pid, cgroups, stat),
     )

@@ -22,11 +22,10 @@ def scan(
 ) -> list[Existing]:
     """An :class:`Existing` event for every live process (or for ``pids``), parents before children; with
     ``cgroups`` (context wanted) each carries its :class:`proctap.Where`."""
-    shared: dict[object, object] = {}
     found = [
         ev
         for pid in (procfs.list_pids() if pids is None else pids)
-        if (ev := read_existing(pid, reason, clock, source, cgroups, shared))
+        if (ev := read_existing(pid, reason, clock, source, cgroups))
     ]
     return parents_first(found)
 
