@@ -156,10 +156,8 @@ class Process(NamedTuple):
 
     def same_as(self, key: TaskKey) -> bool:
         """Whether ``key`` names this process (start times learnt from /proc are only tick-precise)."""
-        return (
-            key.pid == self.pid
-            and self.start_ns is not None
-            and abs(key.start_ns - self.start_ns) <= (START_TOLERANCE_NS)
+        return key.pid == self.pid and self.start_ns is not None and abs(key.start_ns - self.start_ns) <= (
+            START_TOLERANCE_NS
         )
 
 
@@ -340,7 +338,7 @@ class ProcessCache:
         cost a few dict lookups, not a walk up the chain."""
         if proc is None:
             return (_NO_CONTEXT_ANCESTRY if ancestry else _NO_CONTEXT) + _NO_WHERE
-        # _parent_of and _where_json inlined: this runs for every line of a storm
+        # parent() and _where_json with their common case inlined: this runs for every line of a storm
         parent_key = proc.parent_key
         parent = None if parent_key is None else self._live.get(parent_key[0])
         if parent is None or parent.start_ns != parent_key[1]:  # type: ignore[index]
@@ -374,15 +372,6 @@ class ProcessCache:
         # The entry holds the parent alive while its id is the key.
         found = memo[id(parent)] = (parent, above, tail, self._changes)
         return found
-
-    def _parent_of(self, proc: Process) -> Process | None:
-        """:meth:`parent`, with the common case first: the parent alive, named by its exact key."""
-        parent_key = proc.parent_key
-        if parent_key is not None:
-            found = self._live.get(parent_key[0])
-            if found is not None and found.start_ns == parent_key[1]:
-                return found
-        return self.parent(proc)
 
     def _all_live(self, chain: list[Process]) -> bool:
         """Whether each record is still the live one of its pid (then the ancestors found from them are too)."""

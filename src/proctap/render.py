@@ -310,16 +310,8 @@ class JsonRenderer:
 
     def render_events(self, events: list[Event]) -> None:
         """Each event with its process (``event.process``, as the watcher set it), one write."""
-        if not events:
-            return
-        if self.context is None:
-            lines = list(map(event_json, events))
-        else:  # format() inlined: a storm's every line comes here
-            ctx, anc = self.context.context_json, self.ancestry
-            lines = [
-                event_json(ev) if type(ev) is Lost else f"{event_json(ev)[:-1]},{ctx(ev.process, ancestry=anc)}}}"
-                for ev in events
-            ]  # fmt: skip
-        lines.append("")
-        self.stream.write("\n".join(lines))
-        self.stream.flush()
+        if self.context is not None:
+            self.render_batch([(ev, ev.process) for ev in events])
+        elif events:
+            self.stream.write("\n".join(map(event_json, events)) + "\n")
+            self.stream.flush()
