@@ -365,15 +365,7 @@ def _creds_cgroup_comm(a: Asm, filters: Filters, maps: MapFds) -> None:
         _jne_u32(a, R1, filters.uid, "out")
     a.rsh(R0, 32)
     a.stx(W, R9, rec.OFF_GID, R0)
-    if filters.loginuid is not None and filters.loginuid_offset >= 0:
-        a.call(Helper.get_current_task_btf)
-        a.ldx(W, R1, R0, filters.loginuid_offset)
-        _jne_u32(a, R1, filters.loginuid, "out")
-    if filters.cgroup_under and maps.cgroup >= 0:
-        a.ld_map_fd(R1, maps.cgroup)
-        a.mov(R2, 0)
-        a.call(Helper.current_task_under_cgroup)
-        a.jne(R0, 1, "out")
+    _login_and_subtree_filters(a, filters, maps)
     a.call(Helper.get_current_cgroup_id)
     a.stx(DW, R9, rec.OFF_CGROUP, R0)
     if filters.cgroup_id is not None:
@@ -383,6 +375,19 @@ def _creds_cgroup_comm(a: Asm, filters: Filters, maps: MapFds) -> None:
     a.add(R1, rec.OFF_COMM)
     a.mov(R2, 16)
     a.call(Helper.get_current_comm)
+
+
+def _login_and_subtree_filters(a: Asm, filters: Filters, maps: MapFds) -> None:
+    """Exit unless the current task has the wanted loginuid and is under the wanted cgroup (clobbers r0-r5)."""
+    if filters.loginuid is not None and filters.loginuid_offset >= 0:
+        a.call(Helper.get_current_task_btf)
+        a.ldx(W, R1, R0, filters.loginuid_offset)
+        _jne_u32(a, R1, filters.loginuid, "out")
+    if filters.cgroup_under and maps.cgroup >= 0:
+        a.ld_map_fd(R1, maps.cgroup)
+        a.mov(R2, 0)
+        a.call(Helper.current_task_under_cgroup)
+        a.jne(R0, 1, "out")
 
 
 def _jne_u32(a: Asm, reg: Reg, value: int, label: str) -> None:
@@ -497,15 +502,7 @@ def _context_filters(a: Asm, filters: Filters, maps: MapFds) -> None:
         a.call(Helper.get_current_uid_gid)
         a.mov32(R1, R0)
         _jne_u32(a, R1, filters.uid, "out")
-    if filters.loginuid is not None and filters.loginuid_offset >= 0:
-        a.call(Helper.get_current_task_btf)
-        a.ldx(W, R1, R0, filters.loginuid_offset)
-        _jne_u32(a, R1, filters.loginuid, "out")
-    if filters.cgroup_under and maps.cgroup >= 0:
-        a.ld_map_fd(R1, maps.cgroup)
-        a.mov(R2, 0)
-        a.call(Helper.current_task_under_cgroup)
-        a.jne(R0, 1, "out")
+    _login_and_subtree_filters(a, filters, maps)
     if filters.cgroup_id is not None:
         a.call(Helper.get_current_cgroup_id)
         a.ld_imm64(R1, filters.cgroup_id)
