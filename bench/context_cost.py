@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""What the context of issue 12 costs: a task storm watched as ``proctap watch --json`` does, in three variants.
+"""What the context of issue 12 costs: a task storm watched as ``proctap watch --json`` does, in four variants.
 
 Usage (root):  python3 bench/context_cost.py [--modes fork,exec] [--tasks 100000] [--runs 3] [--backend bpf]
+               [--gc settled|default]
 
 Each run: bench/loadgen makes N tasks (``fork``: children that exit at once; ``exec``: children that exec loadgen
 itself and exit), waiting for a go so the consumer subscribes first.  The consumer, a fresh Python process, follows
 exactly that subtree with a :class:`proctap.Watcher` and writes each event's NDJSON line (the CLI's renderer) to
 /dev/null, until the loadgen's own exit; it tunes the garbage collector as ``proctap watch`` does
-(``settle_for_storms``).  Variants, run alternately:
+(``settle_for_storms``; ``--gc default`` leaves Python's own settings, to compare).  Variants, run alternately:
 
 - ``plain``: ``watch --json`` (no process cache: ``cache=False``);
 - ``cache``: the process cache and the parent/exec_id context of issue 11, without the context of issue 12
@@ -18,11 +19,11 @@ exactly that subtree with a :class:`proctap.Watcher` and writes each event's NDJ
   figure: its cost over ``plain``).
 
 Printed per run: the events seen of those that happened (fork and exit of every task, exec in exec mode: 100%
-expected with bpf), the consumer's CPU per 1,000 tasks after its start-up (``mcpu/1k``), the storm's own CPU
-(loadgen and its children, from wait4: what watching costs the watched), the consumer's peak RSS (including its
-start-up snapshot of /proc); then the medians
-and the ratios context/cache (issue 12's part), context/plain and ancestry/plain (issue 11's).  A benchmark prints
-numbers; it asserts nothing.
+expected with bpf), the consumer's CPU per 1,000 tasks after its start-up (``mcpu/1k``), the seconds it spent in
+garbage collections (``gc``), the storm's own CPU (loadgen and its children, from wait4: what watching costs the
+watched), the consumer's peak RSS (including its start-up snapshot of /proc); then the medians and the ratios
+context/cache (issue 12's part), context/plain and ancestry/plain (issue 11's).  A benchmark prints numbers; it
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -47,15 +48,27 @@ from run import build_loadgen  # noqa: E402  (bench/run.py: builds bench/build/l
 VARIANTS = ("plain", "cache", "context", "ancestry")
 
 CONSUMER = r"""
-import json, os, resource, sys, time
+import gc, json, os, resource, sys, time
 import proctap
 from proctap.cli.common import settle_for_storms
 from proctap.render import JsonRenderer
-backend, variant, root = sys.argv[1], sys.argv[2], int(sys.argv[3])
+backend, variant, root, settle = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "settled"
 track = variant != "plain"
 w = proctap.watch("fork,exec,exit", backend=backend, pid=root, track=track, cache=track,
                   context=variant in ("context", "ancestry"))
-settle_for_storms()  # as proctap watch does once its watcher is set up
+if settle:
+    settle_for_storms()  # as proctap watch does once its watcher is set up
+gc_time = {"total": 0.0, "start": 0.0}  # seconds in garbage collections
+
+
+def on_gc(phase, _info):
+    if phase == "start":
+        gc_time["start"] = time.perf_counter()
+    else:
+        gc_time["total"] += time.perf_counter() - gc_time["start"]
+
+
+gc.callbacks.append(on_gc)
 renderer = JsonRenderer(open(os.devnull, "w"), context=w.processes if track else None,
                         ancestry=variant == "ancestry")
 seen = {"fork": 0, "exec": 0, "exit": 0, "lost": 0}
@@ -73,14 +86,15 @@ while not done:
             done = True
 cpu = time.process_time() - ready
 w.close()
-print(json.dumps({**seen, "cpu": cpu, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+print(json.dumps({**seen, "cpu": cpu, "gc_s": gc_time["total"],
+                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 """
 
 
-def one_run(loadgen: Path, backend: str, mode: str, tasks: int, variant: str) -> dict[str, Any]:
+def one_run(loadgen: Path, backend: str, mode: str, tasks: int, variant: str, gc_mode: str) -> dict[str, Any]:
     gen = subprocess.Popen([str(loadgen), mode, str(tasks), "-w"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     consumer = subprocess.Popen(
-        [sys.executable, "-c", CONSUMER, backend, variant, str(gen.pid)],
+        [sys.executable, "-c", CONSUMER, backend, variant, str(gen.pid), gc_mode],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
@@ -101,7 +115,7 @@ def one_run(loadgen: Path, backend: str, mode: str, tasks: int, variant: str) ->
     return {
         "mode": mode, "variant": variant, "tasks": tasks, "seen_pct": 100.0 * got / sum(expected.values()),
         "lost": seen.get("lost", 0), "mcpu_per_1k": seen.get("cpu", 0.0) / tasks * 1000,
-        "storm_cpu_s": storm_cpu, "rss_mb": seen.get("rss_kb", 0) / 1024,
+        "storm_cpu_s": storm_cpu, "rss_mb": seen.get("rss_kb", 0) / 1024, "gc_s": seen.get("gc_s", 0.0),
     }  # fmt: skip
 
 
@@ -112,6 +126,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each variant, alternating (default 3)")
     parser.add_argument("--backend", default="bpf", help="proctap backend (default bpf)")
     parser.add_argument("--json", action="store_true", help="print every run as one JSON object per line too")
+    parser.add_argument(
+        "--gc",
+        choices=("settled", "default"),
+        default="settled",
+        help="the consumer's garbage collector: as proctap watch sets it (default), or Python's own",
+    )
     args = parser.parse_args()
     loadgen = build_loadgen()
     results: list[dict[str, Any]] = []
@@ -120,10 +140,11 @@ def main() -> int:
     for mode in args.modes.split(","):
         for run in range(args.runs):
             for variant in VARIANTS:
-                r = one_run(loadgen, args.backend, mode, args.tasks, variant)
+                r = one_run(loadgen, args.backend, mode, args.tasks, variant, args.gc)
                 results.append(r)
                 print(f"{mode:<5} {variant:<8} run {run + 1}: seen {r['seen_pct']:7.3f}%  lost {r['lost']}  "
-                      f"mcpu/1k {r['mcpu_per_1k']:.4f}  storm cpu {r['storm_cpu_s']:.2f}s  rss {r['rss_mb']:.0f} MB",
+                      f"mcpu/1k {r['mcpu_per_1k']:.4f}  gc {r['gc_s']:.3f}s  storm cpu {r['storm_cpu_s']:.2f}s  "
+                      f"rss {r['rss_mb']:.0f} MB",
                       flush=True)  # fmt: skip
                 if args.json:
                     print(json.dumps(r))
