@@ -101,8 +101,8 @@ class ExitAccounting:
         """``events`` with accounting (and, where the event lacks it, the comm) added to their Exit events.
 
         The Exit events are completed in place: the watcher's drain step calls this before anyone else holds them
-        (the process cache's record of the process then has the same, complete Exit), and a copy per exit was a
-        tenth of ``proctap run``'s CPU on a loop of 20,000 processes."""
+        (the process cache's record of the process then has the same, complete Exit), instead of a copy per exit
+        (``dataclasses.replace``, several microseconds each: ``proctap run``'s hot path)."""
         self.collect()
         for ev in events:
             if type(ev) is not Exit or ev.accounting is not None:

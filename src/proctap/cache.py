@@ -682,10 +682,10 @@ class ProcessCache:
         """An exited record left the cache (its caller holds it in one local variable).
 
         The record holds its Exit event and the watcher made the event's ``process`` that record: a reference
-        cycle, which only the garbage collector would free, after the cache let go, one per ended process of a storm
-        (hundreds of MB until a full collection).  When nothing else holds either (their reference counts are what
-        this cache and the cycle account for), nobody can see the event again, so the cycle is cut here and both
-        are freed at once."""
+        cycle, which only the garbage collector would free, one per ended process of a storm (with the CLI's rare
+        collections they piled up: tests/test_cache.py counts them).  When nothing else holds either (their
+        reference counts are what this cache and the cycle account for), nobody can see the event again, so the
+        cycle is cut here and both are freed at once."""
         if self._last_exited.get(proc.pid) is proc:
             del self._last_exited[proc.pid]
         self._left(proc.pid)
