@@ -509,7 +509,7 @@ class Watcher:
         if self._cache_fed:
             self.processes.expire()  # also when idle: exited processes leave after their grace period
         if self._snapshot_pids and time.monotonic() > self._snapshot_ends:
-            self._snapshot_pids = set()  # forks during the scan are all in by now (one set of 2 MB at 30,000)
+            self._snapshot_pids = set()  # forks during the scan are all in by now: let the big set go
         if self._accounting is not None:
             if events:
                 out = self._accounting.attach(out)
@@ -628,7 +628,7 @@ class Watcher:
             existing = self._process(found)
             self._pending.extend(existing)
             self._stats.delivered += len(existing)
-        else:  # into the cache a slice at a time, each slice's events let go: 30,000 of them weigh 10 MB
+        else:  # into the cache a slice at a time, each slice's events let go (the peak: bench/cache_memory.py)
             found.reverse()
             while found:
                 chunk = found[-PENDING_SLICE:]
