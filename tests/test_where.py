@@ -405,8 +405,10 @@ def _rmdir(path: Path, root: Path) -> None:
 
 
 def in_cgroup(directory: Path, command: str) -> subprocess.Popen[bytes]:
-    """A shell that moves itself into ``directory`` (a cgroup) before running ``command``."""
-    return subprocess.Popen(["sh", "-c", f'echo $$ > "{directory}/cgroup.procs" && {command}'])
+    """A shell that moves itself into ``directory`` (a cgroup) before running ``command``.  It waits a moment first:
+    backends that read an exec's argv and context from /proc (netlink) read them after the event, and a shell that
+    moved and exec'd at once had its own exec (outside the cgroup) reported as inside, with the command's argv."""
+    return subprocess.Popen(["sh", "-c", f'sleep 0.1; echo $$ > "{directory}/cgroup.procs" && {command}'])
 
 
 @ROOT
