@@ -190,6 +190,22 @@ def test_event_json_equals_the_dict_for_any_values(event: Event) -> None:
     assert event_json(event) == _encoded(event)
 
 
+def test_remembered_argv_lists_stay_exact() -> None:
+    """The writer remembers argv lists it wrote (a storm repeats them): a second line, an equal argv, a non-ASCII
+    one and items of the wrong type still come out as the dict's encoding."""
+    plain = exec_event(b"echo", b"hi", filename=b"/bin/echo")
+    odd = exec_event(b"echo", b"caf\xc3\xa9", b"\xff", filename=b"/bin/echo")
+    for ev in (plain, plain, dataclasses.replace(plain, argv=("echo", "hi")), odd, odd):
+        assert event_json(ev) == _encoded(ev)
+    for argv in (("echo", 1), ("echo", ["x"])):  # only a type checker would stop these: the dict path decides
+        ev = dataclasses.replace(plain, argv=argv)  # type: ignore[arg-type]
+        try:
+            expected = _encoded(ev)
+        except TypeError:
+            continue
+        assert event_json(ev) == expected
+
+
 def test_events_stay_frozen_with_their_signature() -> None:
     fork = Fork(**COMMON, parent_pid=1)  # type: ignore[arg-type]
     assert fork.is_thread is False and fork.comm is None and fork.process is None and fork.where is None

@@ -742,7 +742,8 @@ def _json_writer(cls: type[Event]) -> Callable[[Any], str | None]:
     hints = get_type_hints(cls)
     scope: dict[str, Any] = {
         "_get": plan.get, "_esc": json.encoder.encode_basestring_ascii, "_float": float.__repr__,  # type: ignore[attr-defined]
-        "_encode": _ENCODE, "_accounting": accounting_dict, "_Accounting": Accounting, "_isascii": str.isascii,
+        "_encode": _ENCODE, "_accounting": accounting_dict, "_Accounting": Accounting,
+        "_texts_get": _TEXTS_JSON.get, "_texts_json": _texts_json,
     }  # fmt: skip
     local = [f"v{i}" for i in range(len(plan.names))]
     guards: list[str] = []
@@ -764,12 +765,10 @@ def _json_writer(cls: type[Event]) -> Callable[[Any], str | None]:
         elif tp is str:
             guard, text = f"type({v}) is str and {v}.isascii()", f"{{_esc({v})}}"
         elif get_origin(tp) is tuple and get_args(tp) == (str, ...):
-            guard, text = f"type({v}) is tuple and all(map(_isascii, {v}))", f"{{t_{v}}}"
-            prepare.append(
-                f't_{v} = "[" + ",".join(map(_esc, {v})) + "]"'
-                if not optional
-                else f't_{v} = "null" if {v} is None else "[" + ",".join(map(_esc, {v})) + "]"'
-            )
+            guard, text = f"type({v}) is tuple", f"{{t_{v}}}"
+            found = f"(_texts_get({v}) or _texts_json({v}))"
+            prepare.append(f"t_{v} = {found}" if not optional else f't_{v} = "null" if {v} is None else {found}')
+            prepare.append(f"if t_{v} is None:\n            return None")
         elif isinstance(tp, type) and issubclass(tp, Enum):
             scope[f"_type_{v}"] = tp
             guard, text = f"type({v}) is _type_{v}", f"{{_esc({v}._value_)}}"
@@ -810,6 +809,24 @@ def _json_writer(cls: type[Event]) -> Callable[[Any], str | None]:
     writer.__qualname__ = f"{cls.__qualname__} JSON writer"
     _JSON_WRITERS[cls] = writer
     return writer
+
+
+def _texts_json(texts: tuple[str, ...]) -> str | None:
+    """A tuple of text (an argv) as a JSON list, remembered (a storm repeats a few command lines); None when one is
+    not ASCII (the dict path then makes it valid UTF-8 and keeps the bytes in raw_b64)."""
+    if not all(map(str.isascii, texts)):
+        return None
+    found = "[" + ",".join(map(_ESCAPE, texts)) + "]"
+    if len(found) <= _TEXTS_JSON_CHARS:  # bounded: at most _TEXTS_JSON_MAX short lists
+        if len(_TEXTS_JSON) >= _TEXTS_JSON_MAX:
+            _TEXTS_JSON.clear()
+        _TEXTS_JSON[texts] = found
+    return found
+
+
+_TEXTS_JSON: dict[tuple[str, ...], str] = {}
+_TEXTS_JSON_CHARS, _TEXTS_JSON_MAX = 512, 1024
+_ESCAPE = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _no_writer(cls: type[Event]) -> Callable[[Any], str | None]:

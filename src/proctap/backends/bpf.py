@@ -78,6 +78,7 @@ FORK_SYSCALLS = ("clone", "clone3", "fork", "vfork")  # ForkFailed.syscall by th
 EXEC_SYSCALLS = progs.EXEC_SYSCALLS  # ExecFailed.syscall by the index the program writes
 FORK_FAILED_HOOKS = ("syscalls", "raw")
 MISSES_INTERVAL_S = 1.0
+PAYLOAD_MEMO_BYTES, PAYLOAD_MEMO_MAX = 512, 1024  # exec payloads remembered: at most this long, this many
 _U64 = struct.Struct("=Q")
 HEADER_SIZE = rec.HEADER_SIZE
 EXIT_SIZE = rec.EXIT_RECORD_SIZE
@@ -478,7 +479,10 @@ class EventDecoder:
     the header once and builds the events directly.  ``threads``: whether thread Exits are wanted.  ``cgroups``:
     resolves the cgroup ids of context blocks (records with FLAG_WHERE) to paths and containers."""
 
-    __slots__ = ("_boot_offset_ns", "_cgroups", "_comms", "_starts", "_threads", "_wall_offset_ns", "_wheres", "stamp")
+    __slots__ = (
+        "_boot_offset_ns", "_cgroups", "_comms", "_payloads", "_starts", "_threads", "_wall_offset_ns", "_wheres",
+        "stamp",
+    )  # fmt: skip
 
     def __init__(self, clock: Clock, *, threads: bool = True, cgroups: Cgroups | None = None) -> None:
         self.stamp = Stamp("bpf", clock)
@@ -489,6 +493,7 @@ class EventDecoder:
         self._starts = StartTimes()
         self._cgroups = cgroups
         self._wheres: dict[tuple[bytes, int, bytes | None], Where] = {}
+        self._payloads: dict[tuple[bytes, int, int, int], tuple[str, tuple[str, ...] | None, bool]] = {}
 
     def decode(self, data: bytes | mmap.mmap, offset: int, length: int, out: list[Event]) -> None:
         """The record at ``data[offset:offset + length]`` into 0-2 events appended to ``out``; DecodeError when
@@ -547,8 +552,11 @@ class EventDecoder:
                     raise DecodeError(f"BPF exec record: a cwd of {cwd_len} bytes in {length}")
                 start_payload, end = offset + FORK_WHERE_SIZE, end - cwd_len
                 where = self._where(data, offset, cgroup, None if cwd_flags else data[end : end + cwd_len])
-            payload = data[start_payload:end]
-            filename, argv, truncated = rec.decode_exec_payload(payload, len_a, len_b, flags)
+            key = (data[start_payload:end], len_a, len_b, flags)
+            decoded = self._payloads.get(key)
+            if decoded is None:
+                decoded = self._exec_payload(key)
+            filename, argv, truncated = decoded
             out.append(_exec(
                 "bpf", ts, wall, tgid, tid, start, filename, argv, aux64, truncated,
                 self._comms.get(comm) or self._comm(comm), ppid, uid, gid, cgroup, _KERNEL,
@@ -610,6 +618,16 @@ class EventDecoder:
             ns_pid=ns_pid if level else None,
             namespaces=None if not any(ns) else namespaces,
         )
+
+    def _exec_payload(self, key: tuple[bytes, int, int, int]) -> tuple[str, tuple[str, ...] | None, bool]:
+        """An exec record's (filename, argv, argv_truncated), remembered by its bytes: a storm repeats a few
+        command lines, and equal ones then share their objects (which the JSON writer remembers too)."""
+        decoded = rec.decode_exec_payload(*key)
+        if len(key[0]) <= PAYLOAD_MEMO_BYTES:  # bounded: at most PAYLOAD_MEMO_MAX short command lines
+            if len(self._payloads) >= PAYLOAD_MEMO_MAX:
+                self._payloads.clear()
+            self._payloads[key] = decoded
+        return decoded
 
     def _comm(self, raw: bytes) -> str:
         """comm[16] as text; cached, since a storm repeats a few names."""
