@@ -50,7 +50,7 @@ VARIANTS = ("plain", "cache", "context", "ancestry")
 CONSUMER = r"""
 import gc, json, os, resource, sys, time
 import proctap
-from proctap.cli.common import settle_for_storms
+from proctap import settle_for_storms
 from proctap.render import JsonRenderer
 backend, variant, root, settle = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "settled"
 track = variant != "plain"

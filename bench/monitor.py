@@ -2,7 +2,7 @@
 
 Run by bench/run.py as a separate process::
 
-    python3 bench/monitor.py BACKEND OUT.json [--pid PID] [--root PID] [--latency S] [--buffer BYTES]
+    python3 bench/monitor.py BACKEND OUT.json [--pid PID] [--root PID] [--latency S] [--buffer BYTES] [--gc ...]
 
 Protocol: prints ``ready`` on stdout once the watcher is subscribed (the storm starts only then); on SIGTERM or
 SIGINT it stops reading new batches, drains what the kernel still holds (until it has read the Exit of ``--root``,
@@ -139,6 +139,8 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=None, help="Watcher latency (default: proctap's)")
     parser.add_argument("--buffer", type=int, default=None, help="kernel buffer bytes (default: the backend's)")
     parser.add_argument("--drain", type=float, default=0.5, help="stop after a quiet read this long once asked")
+    parser.add_argument("--gc", choices=("default", "settled"), default="default",
+                        help="Python's garbage collector settings (default), or proctap.settle_for_storms() once set up")  # fmt: skip
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, _request_stop)
@@ -153,6 +155,8 @@ def main() -> int:
     except proctap.ProctapError as exc:
         print(f"error: {exc}", flush=True)
         return 2
+    if args.gc == "settled":
+        proctap.settle_for_storms()  # what proctap watch does, and the docs suggest to programs that read storms
     rss_ready_kb = vm_kb("VmRSS")
     cpu_ready = _cpu_seconds()
     wall_ready = time.monotonic()

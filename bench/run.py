@@ -233,6 +233,7 @@ class ProctapMonitor(Monitor):
             cmd += ["--latency", str(args.latency)]
         if args.buffer is not None:
             cmd += ["--buffer", str(args.buffer)]
+        cmd += ["--gc", args.collector_gc]
         stderr = self.open_output("monitor.stderr")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
         assert self.proc.stdout is not None
@@ -692,6 +693,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="pace the storm at this many tasks per second (default: as fast as it can); e.g. --rate 1000 --sizes "
         "10000 for the latency at a steady 1,000 forks/s",
+    )
+    p.add_argument(
+        "--collector-gc",
+        choices=("default", "settled"),
+        default="default",
+        help="the API collector's garbage collector: Python's settings (default) or proctap.settle_for_storms(), as "
+        "proctap watch sets it",
     )
     p.add_argument("--cli", action="store_true", help="also measure `proctap watch --json` (the CLI) per backend")
     p.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import select
@@ -347,3 +348,20 @@ def test_poll_timeouts_round_up_to_the_millisecond_not_beyond() -> None:
         0, 0, 1, 1, 1, 10, 11, 70, 500
     ]  # fmt: skip
     assert _milliseconds(1e12) == (1 << 31) - 1
+
+
+def test_settle_for_storms_is_what_the_commands_use() -> None:
+    """The public helper freezes what exists and collects the young generation less often; watch, top and run call
+    it (what it saves is measured by bench/context_cost.py --gc, not timed here)."""
+    before = gc.get_threshold()
+    try:
+        proctap.settle_for_storms()
+        assert gc.get_threshold() == (20_000, 50, 100)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    from proctap.cli import run as cli_run
+    from proctap.cli import watch as cli_watch
+
+    assert cli_watch.settle_for_storms is proctap.settle_for_storms is cli_run.settle_for_storms

@@ -38,7 +38,7 @@ from .events import (
     decode_wait_status,
     event_from_dict,
 )
-from .watcher import AsyncWatcher, Watcher, WatchStats, awatch, watch
+from .watcher import AsyncWatcher, Watcher, WatchStats, awatch, settle_for_storms, watch
 
 __version__ = "0.1.0"
 
@@ -83,6 +83,7 @@ __all__ = [
     "event_from_dict",
     "export",
     "probe_all",
+    "settle_for_storms",
     "watch",
 ]
 

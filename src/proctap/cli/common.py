@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import os
 import re
 import signal
@@ -273,15 +272,3 @@ def silence_stdout() -> None:
 def add_switch(parser: argparse.ArgumentParser, name: str, *, default: bool, help: str) -> None:
     """A ``--NAME/--no-NAME`` option."""
     parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
-
-
-def settle_for_storms() -> None:
-    """Once set up (``watch``, ``top``, ``run``): keep the garbage collector out of a storm's way.  The process
-    cache retains two objects per ended process (its record and its Exit) and evicts them in order, and run's tree
-    keeps every process, so the generational GC promotes tens of thousands of objects and each full collection
-    scans them all again (0.22 s against 0.006 s for a consumer with ``--ancestry`` in a 100k fork storm:
-    ``bench/context_cost.py --gc default`` / ``--gc settled``).  proctap makes no reference cycles on its hot path
-    (the cache cuts the one between an ended record and its Exit): start-up objects are frozen out of collections,
-    and the young generation is collected every 20,000 allocations instead of 700 (a pause of a few ms)."""
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)

@@ -18,8 +18,9 @@ from typing import TextIO
 from ..errors import ProctapError
 from ..run.report import format_report, run_document, summary_line
 from ..run.session import CommandFailed, RunOptions, RunResult, run
+from ..watcher import settle_for_storms
 from . import export_options
-from .common import PROG, Subcommand, add_backend_arguments, add_switch, count_arg, settle_for_storms, stderr
+from .common import PROG, Subcommand, add_backend_arguments, add_switch, count_arg, stderr
 
 __all__ = ["SUBCOMMAND", "add_arguments", "run_command"]
 

@@ -19,7 +19,7 @@ from ..errors import ProctapError
 from ..events import Event, EventKind
 from ..render import JsonRenderer, Renderer, TableRenderer
 from ..text import plural, quote_arg
-from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats
+from ..watcher import DEFAULT_LATENCY_S, Watcher, WatchStats, settle_for_storms
 from ..where import AUDIT_UNSET
 from . import common, export_options
 from .common import (
@@ -33,7 +33,6 @@ from .common import (
     kinds_arg,
     os_error_message,
     pid_arg,
-    settle_for_storms,
     silence_stdout,
     stderr,
 )
