@@ -139,8 +139,12 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=None, help="Watcher latency (default: proctap's)")
     parser.add_argument("--buffer", type=int, default=None, help="kernel buffer bytes (default: the backend's)")
     parser.add_argument("--drain", type=float, default=0.5, help="stop after a quiet read this long once asked")
-    parser.add_argument("--gc", choices=("default", "settled"), default="default",
-                        help="Python's garbage collector settings (default), or proctap.settle_for_storms() once set up")  # fmt: skip
+    parser.add_argument(
+        "--gc",
+        choices=("default", "settled"),
+        default="default",
+        help="Python's garbage collector settings (default), or proctap.settle_for_storms() once set up",
+    )
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, _request_stop)

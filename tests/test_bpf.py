@@ -293,6 +293,27 @@ def test_decode_exec_record() -> None:
     assert t.argv_truncated and t.argv == ("x", "", "a ")
 
 
+def test_one_decoder_remembers_exec_payloads_exactly() -> None:
+    """A storm repeats a few command lines: one decoder decodes each payload once and shares the result; the same
+    bytes with another announced length (truncated) or a malformed record are never taken for a remembered one."""
+    decoder = EventDecoder(Clock())
+    fname, args = b"/bin/x\0", b"x\0-c\0"
+    whole = make_record(rec.TYPE_EXEC, fname + args, len_a=len(fname), len_b=len(args))
+    cut = make_record(rec.TYPE_EXEC, fname + args, len_a=len(fname), len_b=len(args) + 4)
+    out: list[Event] = []
+    for record in (whole, whole, cut, whole):
+        decoder.decode(record, 0, len(record), out)
+    first, second, truncated, again = out
+    assert isinstance(first, Exec) and isinstance(second, Exec) and isinstance(truncated, Exec)
+    assert first.argv == ("x", "-c") and second.argv is first.argv and not second.argv_truncated
+    assert truncated.argv == ("x", "-c", "") and truncated.argv_truncated
+    assert again == first
+    bad = make_record(rec.TYPE_EXEC, b"x\0y", len_a=0, len_b=3)  # complete argv without NUL
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            decoder.decode(bad, 0, len(bad), [])
+
+
 def exec_failed_record(fname: bytes, args: bytes, argc: int, *, syscall: int = 0, ret: int = -2, flags: int = 0,
                        **fields: int) -> bytes:  # fmt: skip
     return make_record(rec.TYPE_EXEC_FAILED, fname + args, len_a=len(fname), len_b=len(args),
