@@ -30,7 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,10 @@ def storm(exe: Path, mode: str, n: int, reader: Reader | None) -> dict[str, Any]
             raise SystemExit(f"loadgen failed (exit {proc.returncode}): {header}")
         wall = score.parse_header(header)[3] / 1e9
     finally:
+        if proc.returncode is None:  # interrupted: the storm goes too
+            proc.kill()
+            with suppress(ChildProcessError):
+                os.waitpid(proc.pid, 0)
         truth.unlink(missing_ok=True)
     result: dict[str, Any] = {"wall_s": wall}
     if reader is not None:
@@ -205,7 +210,24 @@ def storm(exe: Path, mode: str, n: int, reader: Reader | None) -> dict[str, Any]
     return result
 
 
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main() -> int:
+    try:
+        return measure()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def measure() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="thread,fork", help="comma list of fork, exec, thread (thread,fork)")
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks per storm (default 100000)")
@@ -236,7 +258,8 @@ def main() -> int:
                     runs[name].append(storm(exe, mode, args.tasks, reader))
                 finally:
                     if reader is not None:
-                        reader.close()
+                        with _uninterrupted():  # a second Ctrl-C must not leave the reader or its instance
+                            reader.close()
         base = statistics.median(r["wall_s"] for r in runs["unwatched"])
         print(f"\n{mode} storm: unwatched wall {base:.2f} s")
         print(f"  {'reader':<12} {'wall x':>7} {'CPU s/1k':>9} {'events':>8}")
