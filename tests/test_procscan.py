@@ -28,7 +28,7 @@ from proctap.backends.proc import (
 from proctap.enrich import enrich_exec
 from proctap.errors import ProctapError
 from proctap.events import Comm, Event, Exec, Exit, Fork, Lost
-from proctap.linux.procfs import parse_stat
+from proctap.linux.procfs import parse_stat, read_stat
 
 PY = sys.executable
 PY_COMM = os.path.basename(PY)[:15]  # exec names the task after the path it was given (a venv: "python")
@@ -288,11 +288,23 @@ def set_next_pid(pid: int) -> None:
         f.write(str(pid - 1))
 
 
+def _exec_done(pid: int) -> None:
+    """Until the process's exec has mapped its program: Popen returns once exec closed the close-on-exec pipe, before
+    load_elf_binary() sets start_code (fs/binfmt_elf.c), and a scan in between owes an Exec (reported at its exit)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stat = read_stat(pid)
+        if stat is None or stat.is_settled:
+            return
+        time.sleep(0.001)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="steering the pid allocator needs root")
 def test_pid_reuse_between_scans_is_exit_then_fork() -> None:
     with make() as b:
         for _attempt in range(10):
             first = subprocess.Popen(["sleep", "30"])
+            _exec_done(first.pid)
             b.scan()
             first.kill()
             first.wait()
