@@ -39,8 +39,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "src"))  # measure this checkout's proctap
 sys.path.insert(0, str(BENCH))
 
-import score  # noqa: E402
-from run import build_loadgen, cpu_now, wait_rusage  # noqa: E402
+from run import build_loadgen, cpu_now, go, loadgen, wait_rusage  # noqa: E402
 
 READERS = ("cat", "bpf-drain", "bpf-decode", "api", "api-cache", "watch")
 QUIET_S = 0.3  # a reader is drained once its CPU time has not grown for this long after the storm
@@ -184,25 +183,14 @@ class Reader:
 
 
 def storm(exe: Path, mode: str, n: int, reader: Reader | None) -> dict[str, Any]:
-    """One storm (loadgen waits for its go, so the reader is ready first); its wall time, the reader's cost."""
+    """One storm (it waits for its go, so the reader is ready first); its wall time, the reader's cost."""
     truth = Path(f"/tmp/proctap-floor-{os.getpid()}.truth")
-    cmd = [str(exe), mode, str(n), "-c", "4", "-t", str(truth), "-w"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(b"g")
-        proc.stdin.close()
-        _, status, _ = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        header = proc.stdout.read().decode().strip()
-        if proc.returncode != 0:
-            raise SystemExit(f"loadgen failed (exit {proc.returncode}): {header}")
-        wall = score.parse_header(header)[3] / 1e9
+        with loadgen(exe, mode, n, truth) as lg:  # killed on Ctrl-C
+            wall, _ = go(lg)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        if proc.returncode is None:  # interrupted: the storm goes too
-            proc.kill()
-            with suppress(ChildProcessError):
-                os.waitpid(proc.pid, 0)
         truth.unlink(missing_ok=True)
     result: dict[str, Any] = {"wall_s": wall}
     if reader is not None:

@@ -474,10 +474,13 @@ def make_monitor(tool: str, workdir: Path) -> Monitor:
 
 
 @contextmanager
-def loadgen(exe: Path, mode: str, n: int, args: argparse.Namespace, truth: Path) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [str(exe), mode, str(n), "-c", str(args.concurrency), "-t", str(truth), "-w"]
-    if args.rate:
-        cmd += ["-r", str(args.rate)]
+def loadgen(
+    exe: Path, mode: str, n: int, truth: Path, *, concurrency: int = 4, rate: float | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The storm, started and waiting for its go (:func:`go`); killed if still running at the end of the block."""
+    cmd = [str(exe), mode, str(n), "-c", str(concurrency), "-t", str(truth), "-w"]
+    if rate:
+        cmd += ["-r", str(rate)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         yield proc
@@ -490,26 +493,32 @@ def loadgen(exe: Path, mode: str, n: int, args: argparse.Namespace, truth: Path)
             proc.returncode = -9
 
 
+def go(lg: subprocess.Popen[bytes]) -> tuple[float, Any]:
+    """Give the waiting storm its go and wait for its end: (its wall time in seconds, from its header; its rusage).
+    RuntimeError when it failed."""
+    assert lg.stdin is not None and lg.stdout is not None
+    lg.stdin.write(b"g")
+    lg.stdin.close()
+    _, status, usage = os.wait4(lg.pid, 0)
+    lg.returncode = os.waitstatus_to_exitcode(status)
+    header = lg.stdout.read().decode().strip()
+    if lg.returncode != 0:
+        raise RuntimeError(f"loadgen failed (exit {lg.returncode}): {header}")
+    _, _, _, wall_ns, _ = score.parse_header(header)
+    return wall_ns / 1e9, usage
+
+
 def run_once(exe: Path, tool: str, mode: str, n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """One storm, watched by ``tool`` (or by nothing: tool "baseline")."""
     workdir.mkdir(parents=True)
     truth_path = workdir / "truth.txt"
     result: dict[str, Any] = {"tool": tool, "mode": mode, "n": n, "loadavg": os.getloadavg()[0], "runnable": runnable()}
     monitor = None if tool == "baseline" else make_monitor(tool, workdir)
-    with loadgen(exe, mode, n, args, truth_path) as lg:
+    with loadgen(exe, mode, n, truth_path, concurrency=args.concurrency, rate=args.rate) as lg:
         try:
             if monitor is not None:
                 monitor.start(lg.pid, args)
-            assert lg.stdin is not None and lg.stdout is not None
-            lg.stdin.write(b"g")
-            lg.stdin.close()
-            _, status, usage = os.wait4(lg.pid, 0)
-            lg.returncode = os.waitstatus_to_exitcode(status)
-            header = lg.stdout.read().decode().strip()
-            if lg.returncode != 0:
-                raise RuntimeError(f"loadgen failed (exit {lg.returncode}): {header}")
-            _, _, _, wall_ns, _ = score.parse_header(header)
-            result["load_wall_s"] = wall_ns / 1e9
+            result["load_wall_s"], usage = go(lg)
             result["load_cpu_s"] = cpu_of(usage)
             if monitor is not None:
                 data = monitor.stop(n)

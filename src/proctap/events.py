@@ -741,7 +741,7 @@ def _json_writer(cls: type[Event]) -> Callable[[Any], str | None]:
     plan = _PLANS.get(cls) or _plan(cls)
     hints = get_type_hints(cls)
     scope: dict[str, Any] = {
-        "_get": plan.get, "_esc": json.encoder.encode_basestring_ascii, "_float": float.__repr__,  # type: ignore[attr-defined]
+        "_get": plan.get, "_esc": _ESCAPE, "_float": float.__repr__,
         "_encode": _ENCODE, "_accounting": accounting_dict, "_Accounting": Accounting,
         "_texts_get": _TEXTS_JSON.get, "_texts_json": _texts_json,
     }  # fmt: skip

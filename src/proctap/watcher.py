@@ -819,9 +819,9 @@ def settle_for_storms() -> None:
     with these (``bench/context_cost.py --gc default`` / ``--gc settled``).
 
     What it does: objects that exist now (modules, classes, set-up) are frozen out of collections (``gc.freeze``),
-    and the young generation is collected every 20,000 allocations instead of 700 (a pause of a few ms).  proctap
-    makes no reference cycles on its hot path (the cache cuts the one between an ended record and its Exit), so
-    memory is still freed as it goes; a program that makes many cycles of its own may prefer Python's settings.
+    and the young generation is collected every 20,000 allocations instead of 700.  proctap makes no reference
+    cycles on its hot path (the cache cuts the one between an ended record and its Exit), so memory is still freed
+    as it goes; a program that makes many cycles of its own may prefer Python's settings.
     """
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
