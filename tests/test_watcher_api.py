@@ -297,24 +297,47 @@ def _workload_events(w: proctap.Watcher, root: int) -> list[tuple[object, ...]]:
 
 @pytest.mark.parametrize("threads", [False, True])
 def test_a_watcher_that_only_forwards_filters_as_the_full_step(threads: bool) -> None:
-    """Without a process cache or filters that need one, the watcher takes a short path per event: the same kinds
-    and threads filters, execs enriched, every event counted, as with the cache fed (the full step)."""
+    """Without filters that need the general step (pids, names, context) the watcher takes a short path per event,
+    with its process cache fed or not: the same kinds and threads filters, execs enriched, every event counted, as
+    the full step (here forced by a uid filter, which every process of this root test passes)."""
     backend = choose_backend("auto").name
     with (
         proctap.watch("fork,exit", backend=backend, threads=threads, cache=False) as short,
-        proctap.watch("fork,exit", backend=backend, threads=threads, track=True) as full,
+        proctap.watch("fork,exit", backend=backend, threads=threads, context=True) as fed,
+        proctap.watch("fork,exit", backend=backend, threads=threads, uid=os.getuid()) as full,
     ):
         work = subprocess.Popen([sys.executable, "-c", THREADED])
         work.wait()
         seen_short = _workload_events(short, work.pid)
+        seen_fed = _workload_events(fed, work.pid)
         seen_full = _workload_events(full, work.pid)
-        assert short.processes.stats().live == 0 and full.processes.stats().live > 0  # the short path, the full one
-    assert seen_short == seen_full
-    assert {kind for kind, *_ in seen_short} == {"fork", "exit"}  # no exec (the full one received and dropped it)
+        assert short.processes.stats().exited == 0 and fed.processes.stats().exited > 0  # fed, or not
+    assert seen_short == seen_fed == seen_full
+    assert {kind for kind, *_ in seen_short} == {"fork", "exit"}  # no exec (the fed ones received and dropped it)
     assert any(is_thread for *_, is_thread in seen_short) == threads
     received = short.stats().received
     assert received.get("fork", 0) >= 2 + threads and received.get("exit", 0) >= 2 + threads  # dropped threads too
-    assert full.stats().received.get("exec", 0) >= 1
+    assert fed.stats().received.get("exec", 0) >= 1 and full.stats().received.get("exec", 0) >= 1
+
+
+def test_a_forwarding_watcher_feeds_its_cache_every_event_it_drops() -> None:
+    """``watch("exec", context=True)`` delivers only execs, but its cache follows the forks and exits it drops: the
+    exec carries its process, whose parent is this test, and the process is known exited afterwards."""
+    with proctap.watch("exec", context=True) as w:
+        child = subprocess.Popen(["sleep", "0.2"])
+        child.wait()
+        seen: list[proctap.Event] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(ev.pid == child.pid for ev in seen):
+            seen += w.read(timeout=0.5)
+        time.sleep(0.3)
+        w.read(timeout=0.1)  # its exit, dropped
+        ended = w.processes.lookup(child.pid)
+    assert {ev.kind.value for ev in seen} == {"exec"}
+    execd = next(ev for ev in seen if ev.pid == child.pid)
+    assert execd.process is not None and execd.process.exe is not None and execd.process.exe.endswith("/sleep")
+    assert execd.process.parent_pid == os.getpid() and execd.process.parent_key is not None
+    assert ended is not None and ended.exit is not None and ended.exit.exit_code == 0
 
 
 def test_a_forwarding_watcher_enriches_execs_and_counts_losses() -> None:

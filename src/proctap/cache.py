@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import NamedTuple, TypeVar
 
 from .enrich import read_existing
@@ -162,7 +163,9 @@ class Process(NamedTuple):
 
 
 _new_key = TaskKey._make  # from a (pid, start_ns) tuple: a third of TaskKey(pid, start_ns)'s cost
-_new_process = Process._make  # from a tuple of every field, in order (the fork storm's path: no keyword matching)
+# From a tuple of every field, in order (the fork storm's path: no keyword matching, and not Process._make, a
+# Python call): a third of Process(...)'s cost.
+_new_process = partial(tuple.__new__, Process)
 _EXIT = Process._fields.index("exit")
 assert Process._fields[-6:] == ("exit", "synthetic", "where", "where_from", "cwd", "cwd_from")  # _fork's order
 
@@ -239,7 +242,8 @@ class ProcessCache:
         # pids of the ancestors context_json walked, and how many times a record of one of them changed or left
         self._named_parents: set[int] = set()
         self._changes = 0
-        self._where_memo: dict[tuple[int, Origin | None, str | None, Origin | None], tuple[Where | None, str]] = {}
+        # (id(where), id(where_from), cwd, id(cwd_from)) -> (where, its JSON members): ids, as an Enum hashes in Python
+        self._where_memo: dict[tuple[int, int, str | None, int], tuple[Where | None, str]] = {}
         self._inherited_memo: dict[int, tuple[Where, Where]] = {}
 
     # -- reading -----------------------------------------------------------------------------------------------
@@ -353,7 +357,7 @@ class ProcessCache:
             else:
                 found = self._remember_chain(memo, parent, ancestry)
         where = proc.where
-        place = self._where_memo.get((id(where), proc.where_from, proc.cwd, proc.cwd_from))
+        place = self._where_memo.get((id(where), id(proc.where_from), proc.cwd, id(proc.cwd_from)))
         where_text = self._where_json(proc) if place is None else place[1]
         exec_ns = proc.exec_ns
         if exec_ns is None or proc.start_ns is None:
@@ -382,7 +386,7 @@ class ProcessCache:
         """``,"cgroup":...`` (:func:`where_dict` as JSON members), memoised by the identity of the (immutable,
         shared) Where record and the cwd."""
         where = proc.where
-        key = (id(where), proc.where_from, proc.cwd, proc.cwd_from)
+        key = (id(where), id(proc.where_from), proc.cwd, id(proc.cwd_from))
         memo = self._where_memo
         found = memo.get(key)
         if found is None:
@@ -648,8 +652,8 @@ class ProcessCache:
             self._evict(_EVICT_BATCH)
         elif len(self._live) + len(exited) >= self.capacity:
             self._evict()
-        pid = proc.pid
-        ref = _exited_ref(pid, proc.start_ns)
+        pid, start = proc.pid, proc.start_ns
+        ref = pid if start is None else (start + 1) << 23 | pid  # _exited_ref(pid, start), without the call
         exited[ref] = proc
         self._last_exited[pid] = proc
         self._expiry_at.append(time.monotonic_ns() + self.grace_ns)

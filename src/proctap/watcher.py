@@ -540,8 +540,8 @@ class Watcher:
         by_context = flt.by_context
         accounting = self._accounting
         subtree = flt.tracked is not None
-        if cache is None and not by_comm and not by_context and accounting is None and not subtree:
-            return self._forward(events)
+        if not by_comm and not by_context and accounting is None and not subtree and not self._snapshot_pids:
+            return self._forward(events, cache)
         wanted = self._wanted
         threads = flt.threads
         out: list[Event] = []
@@ -576,14 +576,18 @@ class Watcher:
                 flt.forget(ev)
         return out
 
-    def _forward(self, events: Sequence[Event]) -> list[Event]:
-        """:meth:`_process` for a watcher that only forwards events (no process cache, no filter on pids, names or
-        context, no accounting): the same kinds and threads filters, execs enriched, losses counted, at a tenth of
-        the general step's cost per event (a storm of 100,000 tasks makes 200,000)."""
+    def _forward(self, events: Sequence[Event], cache: ProcessCache | None) -> list[Event]:
+        """:meth:`_process` for a watcher without filters on pids, names or context and without accounting (``proctap
+        watch --json``, with ``--context`` too): the same kinds and threads filters, execs enriched, losses counted,
+        each event applied to the ``cache`` when it is fed, at a fraction of the general step's cost per event (a
+        storm of 100,000 tasks makes 200,000)."""
         wanted = self._wanted
         kinds = self.filter.kinds
         threads = self.filter.threads
         enrich = self.read_proc
+        enrich_all = self._enrich_all
+        cgroups = self.cgroups
+        apply = None if cache is None else cache.apply
         out: list[Event] = []
         append = out.append
         for ev in events:
@@ -591,14 +595,19 @@ class Watcher:
             ok = wanted.get(cls)
             if ok is None:
                 ok = wanted[cls] = cls.kind in kinds
-            if not ok or (not threads and isinstance(ev, (Fork, Exit)) and ev.is_thread):
+            if ok and not threads and isinstance(ev, (Fork, Exit)) and ev.is_thread:
+                ok = False
+            if not ok and apply is None:
                 continue
             if cls is Exec:
-                if enrich:
-                    ev = enrich_exec(ev, self.cgroups)  # type: ignore[arg-type]
+                if enrich and (ok or enrich_all):
+                    ev = enrich_exec(ev, cgroups)  # type: ignore[arg-type]
             elif cls is Lost:
                 self._count_lost(ev)  # type: ignore[arg-type]
-            append(ev)
+            if apply is not None:
+                _set(ev, "process", apply(ev))  # every event the cache needs, delivered or not
+            if ok:
+                append(ev)
         return out
 
     def _count_lost(self, ev: Lost) -> None:
