@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the context of issue 12 costs: a task storm watched as ``proctap watch --json`` does, in four variants.
+"""What the context of issues 11 and 12 costs: a task storm watched as ``proctap watch --json`` does, in five variants.
 
 Usage (root):  python3 bench/context_cost.py [--modes fork,exec] [--tasks 100000] [--runs 3] [--backend bpf]
                [--gc settled|default]
@@ -16,7 +16,12 @@ exactly that subtree with a :class:`proctap.Watcher` and writes each event's NDJ
 - ``context``: ``watch --json --context`` (``track=True, context=True``): with ``bpf`` each fork and exec record
   carries its context block and each exec its cwd, captured in the kernel;
 - ``ancestry``: ``watch --json --context --ancestry``: each line also carries the chain of ancestors (issue 11's
-  figure: its cost over ``plain``).
+  figure: its cost over ``plain``);
+- ``floor``: the least any process cache with context can cost in Python, for comparison: the ``plain`` watcher,
+  plus per event one small tuple per process in a dict (removed at its exit and kept, without the event, among the
+  last 16,384 exited), one dict lookup standing for the memoised chain of its parent, and a context text of the
+  real shape (``ancestry``'s, made once from the storm's root) spliced into its line.  No Process records, no
+  ``event.process``, no where, no repair: what is left is the bookkeeping and the longer lines.
 
 Printed per run: the events seen of those that happened (fork and exit of every task, exec in exec mode: 100%
 expected with bpf), the consumer's CPU per 1,000 tasks after its start-up (``mcpu/1k``), the seconds it spent in
@@ -45,15 +50,16 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from run import build_loadgen  # noqa: E402  (bench/run.py: builds bench/build/loadgen)
 
-VARIANTS = ("plain", "cache", "context", "ancestry")
+VARIANTS = ("plain", "cache", "context", "ancestry", "floor")
 
 CONSUMER = r"""
-import gc, json, os, resource, sys, time
+import collections, gc, json, os, resource, sys, time
 import proctap
 from proctap import settle_for_storms
+from proctap.events import Exit, Fork, event_json
 from proctap.render import JsonRenderer
 backend, variant, root, settle = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "settled"
-track = variant != "plain"
+track = variant not in ("plain", "floor")
 w = proctap.watch("fork,exec,exit", backend=backend, pid=root, track=track, cache=track,
                   context=variant in ("context", "ancestry"))
 if settle:
@@ -72,6 +78,46 @@ gc.callbacks.append(on_gc)
 renderer = JsonRenderer(open(os.devnull, "w"), context=w.processes if track else None,
                         ancestry=variant == "ancestry")
 seen = {"fork": 0, "exec": 0, "exit": 0, "lost": 0}
+
+
+class Floor:
+    # the floor variant: see the module's docstring
+
+    def __init__(self, out):
+        self.out = out
+        self.live, self.exited, self.order, self.chains = {}, {}, collections.deque(), {}
+        cache = proctap.ProcessCache(context=True)  # the real context text of the storm's root, made once
+        self.text = cache.context_json(cache.lookup(root), ancestry=True)
+
+    def render_batch(self, pairs):
+        live, exited, order, chains, text = self.live, self.exited, self.order, self.chains, self.text
+        lines = []
+        for ev, _ in pairs:
+            cls, pid = type(ev), ev.pid
+            if cls is Fork:
+                parent = ev.parent_pid
+                live[pid] = (ev.start_ns, parent)
+            elif cls is Exit:
+                rec = live.pop(pid, None)
+                parent = None if rec is None else rec[1]
+                exited[pid] = rec
+                order.append(pid)
+                if len(order) > 16384:
+                    exited.pop(order.popleft(), None)
+            else:
+                rec = live.get(pid)
+                parent = None if rec is None else rec[1]
+                live[pid] = (ev.start_ns, parent, ev.timestamp_ns)
+            chains.get(parent)
+            line = event_json(ev)
+            lines.append(f"{line[:-1]},{text}}}")
+        lines.append("")
+        self.out.write("\n".join(lines))
+        self.out.flush()
+
+
+if variant == "floor":
+    renderer = Floor(renderer.stream)
 print("ready", flush=True)
 ready = time.process_time()
 done = False
@@ -160,7 +206,8 @@ def main() -> int:
                   f"{statistics.median(r['rss_mb'] for r in runs):7.0f}")  # fmt: skip
         print(f"{mode:<5} context/cache {med['context'] / med['cache']:.2f}x   "
               f"context/plain {med['context'] / med['plain']:.2f}x   "
-              f"ancestry/plain {med['ancestry'] / med['plain']:.2f}x")  # fmt: skip
+              f"ancestry/plain {med['ancestry'] / med['plain']:.2f}x   "
+              f"floor/plain {med['floor'] / med['plain']:.2f}x")  # fmt: skip
     return 0
 
 
