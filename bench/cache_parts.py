@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "src"))
 
-from run import build_loadgen  # noqa: E402  (bench/run.py: builds bench/build/loadgen)
+from run import build_loadgen, go, loadgen  # noqa: E402  (bench/run.py: the storm)
 
 import proctap  # noqa: E402
 from proctap.events import Event, Exit, event_json  # noqa: E402
@@ -43,20 +44,24 @@ _set = object.__setattr__  # as the watcher sets event.process
 _now = time.perf_counter_ns
 
 
-def capture(loadgen: Path, backend: str, mode: str, tasks: int) -> list[Event]:
-    """The events of one storm of ``tasks`` tasks, as a cacheless watcher of its subtree delivered them."""
-    gen = subprocess.Popen([str(loadgen), mode, str(tasks), "-w"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+def capture(exe: Path, backend: str, mode: str, tasks: int) -> list[Event]:
+    """The events of one storm of ``tasks`` tasks, as a cacheless watcher of its subtree delivered them (the storm
+    runs in a thread, through run.py's :func:`loadgen` and :func:`go`, while this one reads)."""
     events: list[Event] = []
-    with proctap.watch("fork,exec,exit", backend=backend, pid=gen.pid, cache=False, context=True) as w:
-        assert gen.stdin is not None
-        gen.stdin.close()  # go
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        loadgen(exe, mode, tasks, Path(tmp) / "truth.txt") as gen,
+        proctap.watch("fork,exec,exit", backend=backend, pid=gen.pid, cache=False, context=True) as w,
+    ):
+        storm = threading.Thread(target=go, args=(gen,))
+        storm.start()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             batch = w.read(timeout=1.0)
             events += batch
             if any(type(ev) is Exit and ev.pid == gen.pid and not ev.is_thread for ev in batch):
                 break
-    gen.wait()
+        storm.join()
     return events
 
 
@@ -116,12 +121,12 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the watcher needs it")
-    loadgen = build_loadgen()
+    exe = build_loadgen()
     proctap.settle_for_storms()  # as proctap watch runs
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  kernel {os.uname().release}  backend {args.backend}  "
           f"{args.tasks} tasks per storm, drains of {DRAIN}")  # fmt: skip
     for mode in args.modes.split(","):
-        report(mode, capture(loadgen, args.backend, mode, args.tasks), args.rounds)
+        report(mode, capture(exe, args.backend, mode, args.tasks), args.rounds)
     return 0
 
 

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import NamedTuple, TypeVar
 
 from .enrich import read_existing
@@ -163,9 +162,7 @@ class Process(NamedTuple):
 
 
 _new_key = TaskKey._make  # from a (pid, start_ns) tuple: a third of TaskKey(pid, start_ns)'s cost
-# From a tuple of every field, in order (the fork storm's path: no keyword matching, and not Process._make, a
-# Python call): a third of Process(...)'s cost.
-_new_process = partial(tuple.__new__, Process)
+_new_process = Process._make  # from a tuple of every field, in order (the fork storm's path: no keyword matching)
 _EXIT = Process._fields.index("exit")
 assert Process._fields[-6:] == ("exit", "synthetic", "where", "where_from", "cwd", "cwd_from")  # _fork's order
 
@@ -652,8 +649,8 @@ class ProcessCache:
             self._evict(_EVICT_BATCH)
         elif len(self._live) + len(exited) >= self.capacity:
             self._evict()
-        pid, start = proc.pid, proc.start_ns
-        ref = pid if start is None else (start + 1) << 23 | pid  # _exited_ref(pid, start), without the call
+        pid = proc.pid
+        ref = _exited_ref(pid, proc.start_ns)
         exited[ref] = proc
         self._last_exited[pid] = proc
         self._expiry_at.append(time.monotonic_ns() + self.grace_ns)

@@ -289,29 +289,29 @@ class JsonRenderer:
         """NDJSON has no header."""
 
     def format(self, event: Event, info: Process | None = None) -> str:
-        line = event_json(event)
-        if self.context is None or type(event) is Lost:
-            return line
-        return f"{line[:-1]},{self.context.context_json(info, ancestry=self.ancestry)}}}"
+        return self._lines(((event, info),))[0]
 
     def render(self, event: Event, info: Process | None = None) -> None:
         self.stream.write(self.format(event, info) + "\n")
         self.stream.flush()
 
     def render_batch(self, pairs: Iterable[EventInfo]) -> None:
-        if self.context is not None:  # format() for each, without the call: a storm's hot path
-            context_json, ancestry = self.context.context_json, self.ancestry
-            lines = [
-                line if type(ev) is Lost else f"{line[:-1]},{context_json(info, ancestry=ancestry)}}}"
-                for ev, info in pairs
-                for line in (event_json(ev),)
-            ]
-        else:
-            lines = [event_json(ev) for ev, _ in pairs]
+        lines = self._lines(pairs)
         if lines:
             lines.append("")
             self.stream.write("\n".join(lines))
             self.stream.flush()
+
+    def _lines(self, pairs: Iterable[EventInfo]) -> list[str]:
+        """Each event's line, its process's context spliced in when wanted: one loop for a storm's batch."""
+        if self.context is None:
+            return [event_json(ev) for ev, _ in pairs]
+        context_json, ancestry = self.context.context_json, self.ancestry
+        return [
+            line if type(ev) is Lost else f"{line[:-1]},{context_json(info, ancestry=ancestry)}}}"
+            for ev, info in pairs
+            for line in (event_json(ev),)
+        ]
 
     def render_events(self, events: list[Event]) -> None:
         """Each event with its process (``event.process``, as the watcher set it), one write."""
